@@ -1,0 +1,125 @@
+"""Settings from `ASKLEPIOS_*` environment variables, validated at start-up.
+
+Names and defaults are the operator contract (README, CONTRACT.md). Every value
+is parsed before the first API call; a bad one raises `ConfigError` whose
+message is one line naming the variable, the value and what is allowed, which
+the CLI prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import attrs
+import environ
+
+from asklepios.config import parse
+from asklepios.config.legacy import read_legacy_file
+from asklepios.core.guard import MaxUnhealthy
+from asklepios.core.judge import Timing
+from asklepios.core.selector import LabelSelector
+
+PREFIX = "ASKLEPIOS"
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; str() is the one line to print."""
+
+
+def _var(name: str, default: str, convert: Callable[[str], Any]) -> Any:
+    env_name = f"{PREFIX}_{name}"
+
+    def checked(raw: object) -> Any:
+        if not isinstance(raw, str):  # the default, already a string, or a value given in code
+            return raw
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{env_name}={raw!r} is not allowed: expected {exc}") from None
+
+    return environ.var(default=default, converter=checked, name=env_name)
+
+
+@environ.config(prefix=PREFIX, frozen=True)
+class _Environment:
+    kickout_seconds: int = _var("KICKOUT_SECONDS", "60", parse.integer(1))
+    kickin_seconds: int = _var("KICKIN_SECONDS", "60", parse.integer(1))
+    resync_seconds: int = _var("RESYNC_SECONDS", "10", parse.integer(1, 3600))
+    node_selector: LabelSelector = _var(
+        "NODE_SELECTOR", "node-role.kubernetes.io/control-plane", parse.selector
+    )
+    max_unhealthy: MaxUnhealthy = _var("MAX_UNHEALTHY", "50%", parse.max_unhealthy)
+    balancer: bool = _var("BALANCER", "false", parse.boolean)
+    balancer_selector: LabelSelector = _var("BALANCER_SELECTOR", "asklepios.io/balance=true", parse.selector)
+    balancer_namespaces: tuple[str, ...] = _var("BALANCER_NAMESPACES", "", parse.namespaces)
+    dry_run: bool = _var("DRY_RUN", "false", parse.boolean)
+    http_port: int = _var("HTTP_PORT", "8080", parse.integer(0, 65535))
+    leader_election: bool = _var("LEADER_ELECTION", "true", parse.boolean)
+    namespace: str = _var("NAMESPACE", "", parse.optional(parse.namespace))
+    log_format: str = _var("LOG_FORMAT", "json", parse.word(parse.LOG_FORMATS))
+    log_level: str = _var("LOG_LEVEL", "info", parse.word(parse.LOG_LEVELS))
+    lease_duration_seconds: int = _var("LEASE_DURATION_SECONDS", "15", parse.integer(2, 300))
+    lease_renew_seconds: int = _var("LEASE_RENEW_SECONDS", "10", parse.integer(1, 300))
+    lease_retry_seconds: int = _var("LEASE_RETRY_SECONDS", "2", parse.integer(1, 60))
+    watch_timeout_seconds: int = _var("WATCH_TIMEOUT_SECONDS", "290", parse.integer(5, 3600))
+    config_file: str = _var("CONFIG_FILE", "", parse.text)
+
+
+@attrs.frozen
+class Settings:
+    kickout_seconds: int = 60
+    kickin_seconds: int = 60
+    resync_seconds: int = 10
+    node_selector: LabelSelector = parse.selector("node-role.kubernetes.io/control-plane")
+    max_unhealthy: MaxUnhealthy = MaxUnhealthy(50, percent=True)
+    balancer: bool = False
+    balancer_selector: LabelSelector = parse.selector("asklepios.io/balance=true")
+    balancer_namespaces: tuple[str, ...] = ()
+    dry_run: bool = False
+    http_port: int = 8080
+    leader_election: bool = True
+    namespace: str = "kube-system"
+    log_format: str = "json"
+    log_level: str = "info"
+    lease_duration_seconds: int = 15
+    lease_renew_seconds: int = 10
+    lease_retry_seconds: int = 2
+    watch_timeout_seconds: int = 290
+    config_file: str = ""
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            kickout=timedelta(seconds=self.kickout_seconds),
+            kickin=timedelta(seconds=self.kickin_seconds),
+        )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise ConfigError on the first bad one."""
+    source = dict(os.environ if env is None else env)
+    config_file = source.get(f"{PREFIX}_CONFIG_FILE", "")
+    merged = {**read_legacy_file(config_file), **source} if config_file else source
+    try:
+        raw = environ.to_config(_Environment, environ=merged)
+    except ConfigError:
+        raise
+    except environ.exceptions.MissingEnvValueError as exc:  # pragma: no cover - all have defaults
+        raise ConfigError(f"missing setting {exc}") from None
+    values = {f.name: getattr(raw, f.name) for f in attrs.fields(_Environment)}  # type: ignore[arg-type]
+    if not values["namespace"]:
+        fallback = source.get("POD_NAMESPACE", "") or "kube-system"
+        try:
+            values["namespace"] = parse.namespace(fallback)
+        except ValueError as exc:
+            raise ConfigError(f"POD_NAMESPACE={fallback!r} is not allowed: expected {exc}") from None
+    settings = Settings(**values)
+    if settings.lease_renew_seconds >= settings.lease_duration_seconds:
+        raise ConfigError(
+            f"{PREFIX}_LEASE_RENEW_SECONDS={settings.lease_renew_seconds!r} is not allowed: "
+            f"expected less than {PREFIX}_LEASE_DURATION_SECONDS ({settings.lease_duration_seconds})"
+        )
+    return settings

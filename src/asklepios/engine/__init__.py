@@ -1,0 +1,1 @@
+"""The running controller: watches, timer wheel, actions, resync, leader election, balancer."""

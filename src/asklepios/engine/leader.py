@@ -1,0 +1,126 @@
+"""Leader election over the Lease `asklepios`: one replica writes, the other stays warm.
+
+Modelled on client-go's leaderelection. The leader renews every retry period;
+it may write only while its last successful renewal is younger than the renew
+deadline, which is shorter than the lease duration, so it stops writing before
+any other replica could take the lease. A follower takes the lease once it has
+seen no renewal for a whole lease duration (measured on its own clock, as
+client-go does, so clock skew between nodes does not matter). On shutdown the
+leader releases the lease so the follower takes over within one retry period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+import attrs
+
+from asklepios.kube.client import ApiError, Conflict
+from asklepios.kube.lease import LeaseApi, LeaseRecord
+from asklepios.observe import metrics
+
+log = logging.getLogger("asklepios.leader")
+
+
+def default_identity() -> str:
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.getpid()}"
+
+
+@attrs.define(eq=False)
+class LeaderElector:
+    lease: LeaseApi
+    identity: str
+    lease_duration: float
+    renew_deadline: float
+    retry_period: float
+    on_started: Callable[[], None] = lambda: None
+    clock: Callable[[], float] = time.monotonic
+    _renewed_at: float | None = None  # monotonic start of our last successful renewal
+    _observed: LeaseRecord | None = None
+    _observed_at: float = 0.0  # when the lease record last changed, on our clock
+
+    def may_write(self) -> bool:
+        return self.write_budget() > 0
+
+    def write_budget(self) -> float:
+        """Seconds left in which a write of ours is certainly made as the leader."""
+        if self._renewed_at is None:
+            return 0.0
+        return self._renewed_at + self.renew_deadline - self.clock()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.may_write()
+
+    async def run(self) -> None:
+        """Acquire and renew until cancelled; then release the lease if we hold it."""
+        try:
+            while True:
+                was_leader = self.is_leader
+                await self._try_once()
+                now_leader = self.is_leader
+                metrics.IS_LEADER.set(1 if now_leader else 0)
+                if now_leader and not was_leader:
+                    log.info("became leader", extra={"identity": self.identity})
+                    self.on_started()
+                elif was_leader and not now_leader:
+                    log.warning("lost leadership: writes stopped", extra={"identity": self.identity})
+                await anyio.sleep(self.retry_period)
+        finally:
+            metrics.IS_LEADER.set(0)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._release()
+
+    async def _try_once(self) -> None:
+        started = self.clock()
+        timeout = max(1.0, min(self.retry_period * 2, self.renew_deadline / 2))
+        try:
+            current = await self.lease.get(timeout)
+            if current != self._observed:
+                self._observed, self._observed_at = current, started
+            if current is not None and current.holder not in ("", self.identity):
+                expires = self._observed_at + max(current.duration_seconds, 1)
+                if started < expires:
+                    self._renewed_at = None
+                    return
+            ours = current is not None and current.holder == self.identity
+            now = datetime.now(UTC)
+            record = await self.lease.write(
+                holder=self.identity,
+                duration_seconds=round(self.lease_duration),
+                now=now,
+                acquired=None if ours else now,
+                transitions=(current.transitions if current else 0) + (0 if ours else 1),
+                previous=current,
+                timeout=timeout,
+            )
+            self._observed, self._observed_at = record, started
+            self._renewed_at = started
+        except Conflict:
+            log.info("lease changed under us; will look again", extra={"identity": self.identity})
+        except ApiError as exc:
+            log.warning("lease renewal failed", extra={"identity": self.identity, "error": str(exc)})
+
+    async def _release(self) -> None:
+        if not self.is_leader or self._observed is None:
+            return
+        self._renewed_at = None  # no write of ours from here on
+        try:
+            await self.lease.write(
+                holder="",
+                duration_seconds=1,
+                now=datetime.now(UTC),
+                acquired=None,
+                transitions=self._observed.transitions,
+                previous=self._observed,
+                timeout=2,
+            )
+            log.info("released the lease", extra={"identity": self.identity})
+        except ApiError as exc:
+            log.warning("could not release the lease", extra={"error": str(exc)})

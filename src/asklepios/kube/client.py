@@ -1,0 +1,164 @@
+"""One connection to the apiserver: configuration, plain requests and watch streams.
+
+kubernetes-asyncio supplies configuration loading (kubeconfig or in-cluster,
+with token refresh) and its aiohttp session; requests are sent raw and decoded
+with orjson, which keeps big lists fast and lets us see status codes (409, 410,
+429) as values instead of generated model objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+JSON = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A request the apiserver refused or that never reached it (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.status in {0, 429} or self.status >= 500
+
+
+class Conflict(ApiError):
+    """409: the object changed since we read it (resourceVersion precondition)."""
+
+
+class Gone(ApiError):
+    """410: the resourceVersion we resume from has been compacted away."""
+
+
+class NotFound(ApiError):
+    """404."""
+
+
+def _error(status: int, body: bytes) -> ApiError:
+    message = body.decode(errors="replace")[:500]
+    try:
+        parsed = orjson.loads(body)
+        if isinstance(parsed, dict):
+            message = str(parsed.get("message", message))
+    except orjson.JSONDecodeError:
+        pass
+    cls = {409: Conflict, 410: Gone, 404: NotFound}.get(status, ApiError)
+    return cls(status, message)
+
+
+class KubeClient:
+    """Requests to one apiserver. Use `async with KubeClient.connect() as kube`."""
+
+    def __init__(self, api: k8s_client.ApiClient, request_timeout: float = 10.0) -> None:
+        self._api = api
+        self.request_timeout = request_timeout
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, kubeconfig: str | None = None) -> AsyncIterator[KubeClient]:
+        """Load KUBECONFIG when set (or given), else the in-cluster service account."""
+        configuration = k8s_client.Configuration()
+        path = kubeconfig if kubeconfig is not None else os.environ.get("KUBECONFIG")
+        if path:
+            await k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+        else:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        api = k8s_client.ApiClient(configuration)
+        try:
+            yield cls(api)
+        finally:
+            await api.close()
+
+    @property
+    def host(self) -> str:
+        return str(self._api.configuration.host)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str | int] | None,
+        body: Any,
+        content_type: str,
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        try:
+            response: aiohttp.ClientResponse = await self._api.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        except k8s_client.ApiException as exc:  # raised for connection failures inside the client
+            raise ApiError(int(exc.status or 0), f"{method} {path}: {exc.reason}") from exc
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> JSON:
+        """Send one request and return the decoded JSON body; raise ApiError on failure."""
+        limit = aiohttp.ClientTimeout(total=timeout or self.request_timeout)
+        response = await self._send(method, path, query, body, content_type, limit)
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.release()
+        if not 200 <= response.status < 300:
+            raise _error(response.status, data)
+        decoded = orjson.loads(data) if data else {}
+        return decoded if isinstance(decoded, dict) else {"items": decoded}
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, query: Mapping[str, str | int], read_timeout: float
+    ) -> AsyncIterator[AsyncIterator[JSON]]:
+        """A watch: yields decoded events; a silent connection fails after `read_timeout`."""
+        limit = aiohttp.ClientTimeout(total=None, connect=self.request_timeout, sock_read=read_timeout)
+        response = await self._send("GET", path, query, None, "application/json", limit)
+        try:
+            if response.status != 200:
+                raise _error(response.status, await response.read())
+            yield _events(response, path)
+        finally:
+            response.close()
+
+
+async def _events(response: aiohttp.ClientResponse, path: str) -> AsyncIterator[JSON]:
+    """Split the chunked body into JSON lines (objects may exceed aiohttp's line limit)."""
+    pending = b""
+    try:
+        async for chunk in response.content.iter_any():
+            pending += chunk
+            while (cut := pending.find(b"\n")) >= 0:
+                line, pending = pending[:cut], pending[cut + 1 :]
+                if line.strip():
+                    yield orjson.loads(line)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ApiError(0, f"watch {path}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,149 @@
+"""List-then-watch for one kind of object, kept in a consumer's store.
+
+One implementation serves the node and the pod watches. It lists (paged), hands
+the consumer the whole set, then watches from the list's resourceVersion with
+bookmarks on, resuming from the newest resourceVersion after a timeout or an
+error (exponential backoff with full jitter) and relisting only on 410 Gone.
+Server-side label selectors keep the traffic to the objects we care about.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import anyio
+import attrs
+
+from asklepios.kube.client import JSON, ApiError, Gone, KubeClient
+
+T = TypeVar("T")
+log = logging.getLogger("asklepios.watch")
+
+
+class Store(Protocol[T]):
+    """Where a reflector delivers objects; called from the event loop, must not block."""
+
+    def replace(self, items: dict[str, T]) -> None: ...
+    def upsert(self, key: str, item: T) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+@attrs.frozen
+class Hooks:
+    """Observability callbacks (the kube layer does not import metrics itself)."""
+
+    progress: Callable[[], None] = lambda: None
+    restarted: Callable[[str], None] = lambda cause: None
+    synced: Callable[[], None] = lambda: None
+
+
+@attrs.define
+class Backoff:
+    base: float = 0.2
+    cap: float = 5.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def object_key(obj: JSON) -> str:
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+@attrs.define
+class Reflector(Generic[T]):
+    client: KubeClient
+    path: str  # e.g. /api/v1/nodes or /api/v1/pods
+    parse: Callable[[JSON], T]
+    label_selector: str = ""
+    watch_timeout: int = 290
+    page_size: int = 500
+    hooks: Hooks = attrs.Factory(Hooks)
+    resource_version: str = ""
+    backoff: Backoff = attrs.Factory(Backoff)
+
+    def _query(self) -> dict[str, str | int]:
+        return {"labelSelector": self.label_selector} if self.label_selector else {}
+
+    async def list_all(self) -> tuple[dict[str, T], str]:
+        """A consistent paged list: (objects by key, the list's resourceVersion)."""
+        items: dict[str, T] = {}
+        query = {**self._query(), "limit": self.page_size}
+        while True:
+            page = await self.client.request("GET", self.path, query=query, timeout=60)
+            for obj in page.get("items", []):
+                items[object_key(obj)] = self.parse(obj)
+            meta = page.get("metadata", {})
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            query["continue"] = meta["continue"]
+
+    async def run(self, store: Store[T]) -> None:
+        """Keep `store` in sync with the apiserver until cancelled."""
+        while True:
+            try:
+                if not self.resource_version:
+                    items, self.resource_version = await self.list_all()
+                    store.replace(items)
+                    self.hooks.synced()
+                    self.hooks.progress()
+                    log.info("listed", extra={"resource": self.path, "count": len(items)})
+                await self._watch(store)
+                self.backoff.reset()
+                self.hooks.restarted("timeout")
+            except Gone:
+                log.info("resourceVersion too old (410 Gone): relisting", extra={"resource": self.path})
+                self.resource_version = ""
+                self.hooks.restarted("gone")
+            except ApiError as exc:
+                delay = self.backoff.next_delay()
+                log.warning(
+                    "watch failed, retrying",
+                    extra={"resource": self.path, "error": str(exc), "retry_in": round(delay, 2)},
+                )
+                self.hooks.restarted("error")
+                await anyio.sleep(delay)
+
+    async def _watch(self, store: Store[T]) -> None:
+        timeout = int(self.watch_timeout * random.uniform(0.9, 1.0))
+        query = {
+            **self._query(),
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": self.resource_version,
+            "timeoutSeconds": timeout,
+        }
+        # Bookmarks arrive about once a minute; a connection silent for far longer is dead.
+        async with self.client.stream(self.path, query, read_timeout=min(timeout + 30, 120)) as events:
+            async for event in events:
+                self._apply(store, event)
+                self.hooks.progress()
+
+    def _apply(self, store: Store[T], event: JSON) -> None:
+        kind, obj = event.get("type"), event.get("object", {})
+        if kind == "ERROR":
+            status = int(obj.get("code", 0))
+            message = str(obj.get("message", "watch error"))
+            if status == 410:
+                raise Gone(status, message)
+            raise ApiError(status, message)
+        rv = obj.get("metadata", {}).get("resourceVersion")
+        if rv:
+            self.resource_version = str(rv)
+        if kind == "BOOKMARK":
+            return
+        if kind == "DELETED":
+            store.delete(object_key(obj))
+        elif kind in ("ADDED", "MODIFIED"):
+            store.upsert(object_key(obj), self.parse(obj))
