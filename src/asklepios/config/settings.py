@@ -119,7 +119,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.lease_renew_seconds >= settings.lease_duration_seconds:
         raise ConfigError(
-            f"{PREFIX}_LEASE_RENEW_SECONDS={settings.lease_renew_seconds!r} is not allowed: "
+            f"{PREFIX}_LEASE_RENEW_SECONDS={str(settings.lease_renew_seconds)!r} is not allowed: "
             f"expected less than {PREFIX}_LEASE_DURATION_SECONDS ({settings.lease_duration_seconds})"
         )
     return settings

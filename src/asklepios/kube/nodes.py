@@ -83,7 +83,8 @@ def kickin_patch(view: NodeView, record: KickoutRecord) -> JSON:
     if record.cordoned and view.unschedulable:
         spec["unschedulable"] = None
     if record.tainted and view.has_out_of_service_taint:
-        spec["taints"] = _taints(tuple(t for t in view.taints if t.key != OUT_OF_SERVICE_TAINT_KEY))
+        ours = (OUT_OF_SERVICE_TAINT_KEY, OUT_OF_SERVICE_TAINT.effect)
+        spec["taints"] = _taints(tuple(t for t in view.taints if (t.key, t.effect) != ours))
     return {
         "metadata": {
             "resourceVersion": view.resource_version,

@@ -1,0 +1,309 @@
+"""The deployment manifests (k8s/) and the Containerfile, checked without a cluster.
+
+`kubectl kustomize` renders the base and every overlay; each object is validated
+against the Kubernetes 1.37 OpenAPI schemas (strict: unknown fields fail), then
+the parts that operators rely on are pinned: every setting of the contract with
+its default, the Pod Security `restricted` fields, and RBAC verb by verb.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+KUBERNETES_VERSION = "1.37"
+NAMESPACE = "kube-system"
+NAME = "asklepios"
+SELECTOR = {"app.kubernetes.io/name": NAME}
+
+Manifest = dict[str, Any]
+
+# The environment variables of the operator-facing contract, with their defaults.
+CONTRACT_DEFAULTS: dict[str, str] = {
+    "ASKLEPIOS_KICKOUT_SECONDS": "60",
+    "ASKLEPIOS_KICKIN_SECONDS": "60",
+    "ASKLEPIOS_RESYNC_SECONDS": "10",
+    "ASKLEPIOS_NODE_SELECTOR": "node-role.kubernetes.io/control-plane",
+    "ASKLEPIOS_MAX_UNHEALTHY": "50%",
+    "ASKLEPIOS_BALANCER": "false",
+    "ASKLEPIOS_BALANCER_SELECTOR": "asklepios.io/balance=true",
+    "ASKLEPIOS_BALANCER_NAMESPACES": "",
+    "ASKLEPIOS_DRY_RUN": "false",
+    "ASKLEPIOS_HTTP_PORT": "8080",
+    "ASKLEPIOS_LEADER_ELECTION": "true",
+    "ASKLEPIOS_NAMESPACE": "",  # default: POD_NAMESPACE, else kube-system
+    "ASKLEPIOS_LOG_FORMAT": "json",
+    "ASKLEPIOS_LOG_LEVEL": "info",
+    "ASKLEPIOS_CONFIG_FILE": "",  # default: unset
+}
+# Left out of the ConfigMap on purpose, and said so in a comment there:
+# the namespace comes from POD_NAMESPACE, and no legacy config file is used.
+NOT_IN_CONFIGMAP = {"ASKLEPIOS_NAMESPACE", "ASKLEPIOS_CONFIG_FILE"}
+BASE_SETTINGS = {k: v for k, v in CONTRACT_DEFAULTS.items() if k not in NOT_IN_CONFIGMAP}
+BURRITO_SETTINGS = BASE_SETTINGS | {
+    "ASKLEPIOS_BALANCER": "true",
+    "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
+    "ASKLEPIOS_BALANCER_NAMESPACES": "openstack",
+}
+SETTINGS = {"k8s": BASE_SETTINGS, "k8s/overlays/burrito": BURRITO_SETTINGS}
+
+# (apiGroup, resource, verb, resourceNames): exactly these, nothing more.
+Rule = tuple[str, str, str, tuple[str, ...]]
+CLUSTER_RULES: set[Rule] = {
+    *(("", "nodes", v, ()) for v in ("get", "list", "watch", "patch")),
+    *(("", "pods", v, ()) for v in ("get", "list", "watch")),
+    ("", "pods/eviction", "create", ()),
+    *((g, "events", v, ()) for g in ("", "events.k8s.io") for v in ("create", "patch")),
+    *(("apps", "statefulsets", v, ()) for v in ("get", "list", "watch")),
+}
+LEASE_RULES: set[Rule] = {
+    ("coordination.k8s.io", "leases", "create", ()),
+    *(("coordination.k8s.io", "leases", v, ("asklepios",)) for v in ("get", "update", "patch")),
+}
+KINDS = Counter(
+    {
+        "ServiceAccount": 1,
+        "ClusterRole": 1,
+        "ClusterRoleBinding": 1,
+        "Role": 1,
+        "RoleBinding": 1,
+        "ConfigMap": 1,
+        "Deployment": 1,
+        "PodDisruptionBudget": 1,
+        "Service": 1,
+    }
+)
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
+
+
+def tool(name: str) -> str:
+    """The venv's copy of a tool (installed with the test extras), else PATH's."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install the test extras (pip install -e '.[test]')")
+    return found
+
+
+@functools.cache
+def render(directory: str) -> tuple[Manifest, ...]:
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(ROOT / directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc is not None)
+
+
+def one(directory: str, kind: str) -> Manifest:
+    [found] = [m for m in render(directory) if m["kind"] == kind]
+    return found
+
+
+def pod_spec(directory: str) -> Manifest:
+    spec: Manifest = one(directory, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(directory: str) -> Manifest:
+    [only] = pod_spec(directory)["containers"]
+    assert only["name"] == NAME
+    return only  # type: ignore[no-any-return]
+
+
+def rules(role: Manifest) -> set[Rule]:
+    flat: set[Rule] = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        flat.update(
+            (group, resource, verb, tuple(rule.get("resourceNames", ())))
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        )
+    return flat
+
+
+DIRECTORIES = pytest.mark.parametrize("directory", sorted(SETTINGS))
+
+
+@DIRECTORIES
+def test_renders_the_expected_objects(directory: str) -> None:
+    manifests = render(directory)
+    assert Counter(m["kind"] for m in manifests) == KINDS
+    for m in manifests:
+        if m["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in m["metadata"]
+        else:
+            assert m["metadata"]["namespace"] == NAMESPACE, m["metadata"]
+        assert m["metadata"]["labels"]["app.kubernetes.io/name"] == NAME
+
+
+@DIRECTORIES
+def test_validates_against_the_kubernetes_schemas_strictly(directory: str) -> None:
+    for m in render(directory):
+        kubernetes_validate.validate(m, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_catches_an_unknown_field() -> None:
+    deployment = yaml.safe_load(yaml.safe_dump(one("k8s", "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@DIRECTORIES
+def test_every_setting_of_the_contract_with_its_value(directory: str) -> None:
+    config_map = one(directory, "ConfigMap")
+    assert config_map["metadata"]["name"].startswith(f"{NAME}-settings-")  # hashed: rolls
+    assert config_map["data"] == SETTINGS[directory]
+    c = container(directory)
+    assert c["envFrom"] == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
+    assert c["env"] == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
+
+
+def test_settings_left_out_are_explained() -> None:
+    text = (K8S / "base" / "kustomization.yaml").read_text()
+    for name in [*NOT_IN_CONFIGMAP, "KUBECONFIG"]:
+        assert f"# {name} " in text, name
+
+
+@DIRECTORIES
+def test_deployment(directory: str) -> None:
+    deployment = one(directory, "Deployment")
+    assert deployment["metadata"]["name"] == NAME
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["selector"] == {"matchLabels": SELECTOR}
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"] == SELECTOR
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+    spec = template["spec"]
+    assert spec["serviceAccountName"] == NAME
+    assert spec["automountServiceAccountToken"] is True
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["terminationGracePeriodSeconds"] == 30
+    assert spec["affinity"]["podAntiAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": SELECTOR}}
+        ]
+    }
+    tolerations = {(t["key"], t["effect"]): t for t in spec["tolerations"]}
+    assert set(tolerations) == {
+        ("node-role.kubernetes.io/control-plane", "NoSchedule"),
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+    }
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        assert tolerations[key, "NoExecute"]["tolerationSeconds"] == 10
+    for t in spec["tolerations"]:  # a replica must leave a kicked-out node
+        assert t["operator"] == "Exists"
+        assert "out-of-service" not in t["key"]
+
+    c = container(directory)
+    assert c["image"] == "asklepios:0.1.0"
+    assert c["command"] == ["asklepios", "run"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"] == {
+        "requests": {"cpu": "50m", "memory": "96Mi"},
+        "limits": {"memory": "192Mi"},
+    }
+
+
+@DIRECTORIES
+def test_pod_security_restricted(directory: str) -> None:
+    spec = pod_spec(directory)
+    for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(forbidden), forbidden
+    assert all("hostPath" not in volume for volume in spec.get("volumes", []))
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(directory)
+    assert c["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert "ports" not in c or all("hostPort" not in p for p in c["ports"])
+
+
+@DIRECTORIES
+def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
+    cluster_role = one(directory, "ClusterRole")
+    assert cluster_role["metadata"]["name"] == NAME
+    assert rules(cluster_role) == CLUSTER_RULES
+    role = one(directory, "Role")
+    assert role["metadata"]["name"] == "asklepios-leader-election"
+    # Also guards against kustomize rewriting the Lease name in resourceNames
+    # when a generated ConfigMap shares it.
+    assert rules(role) == LEASE_RULES
+    for rule in rules(cluster_role) | rules(role):
+        assert "*" not in rule
+        assert rule[1] != "secrets"
+    subject = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
+    for kind, ref_kind, ref_name in (
+        ("ClusterRoleBinding", "ClusterRole", NAME),
+        ("RoleBinding", "Role", "asklepios-leader-election"),
+    ):
+        binding = one(directory, kind)
+        assert binding["subjects"] == [subject]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": ref_kind,
+            "name": ref_name,
+        }
+    assert one(directory, "ServiceAccount")["metadata"]["name"] == NAME
+
+
+@DIRECTORIES
+def test_disruption_budget_and_metrics_service(directory: str) -> None:
+    pdb = one(directory, "PodDisruptionBudget")
+    assert pdb["metadata"]["name"] == NAME
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
+    service = one(directory, "Service")
+    assert service["metadata"]["name"] == "asklepios-metrics"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == SELECTOR
+    assert service["spec"]["ports"] == [
+        {"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_containerfile_is_hadolint_clean() -> None:
+    out = subprocess.run(
+        [tool("hadolint"), "Containerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
