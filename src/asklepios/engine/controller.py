@@ -13,6 +13,7 @@ import logging
 import anyio
 
 from asklepios.config import Settings
+from asklepios.engine.balancer import Balancer
 from asklepios.engine.gate import AlwaysOpen, WriteGate
 from asklepios.engine.healer import Healer
 from asklepios.engine.leader import LeaderElector, default_identity
@@ -20,7 +21,7 @@ from asklepios.kube.client import KubeClient
 from asklepios.kube.events import EventRecorder
 from asklepios.kube.lease import LeaseApi
 from asklepios.kube.nodes import NodeApi, parse_node
-from asklepios.kube.pods import PodApi
+from asklepios.kube.pods import Evictions, PodApi, parse_pod
 from asklepios.kube.reflector import Hooks, Reflector
 from asklepios.observe import metrics
 from asklepios.observe.health import Health
@@ -85,3 +86,30 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health)
         if elector is not None:
             elector.on_started = healer.resync
             tg.start_soon(elector.run)
+        if settings.balancer:
+            balancer = Balancer(
+                settings=settings,
+                evictions=Evictions(client),
+                events=healer.events,
+                nodes=lambda: healer.views,
+                gate=gate,
+            )
+            healer.on_kickin = lambda _node: balancer.trigger()
+            health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)
+            for path in _pod_paths(settings):
+                pods = Reflector(
+                    client=client,
+                    path=path,
+                    parse=parse_pod,
+                    label_selector=str(settings.balancer_selector),
+                    watch_timeout=settings.watch_timeout_seconds,
+                    hooks=_hooks(health, "pods"),
+                )
+                tg.start_soon(pods.run, balancer.shard())
+            tg.start_soon(balancer.run)
+
+
+def _pod_paths(settings: Settings) -> list[str]:
+    if not settings.balancer_namespaces:
+        return ["/api/v1/pods"]
+    return [f"/api/v1/namespaces/{ns}/pods" for ns in settings.balancer_namespaces]

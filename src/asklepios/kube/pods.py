@@ -1,8 +1,12 @@
-"""Pods: the ones on a node (to hold kickin while old pods are still Terminating)."""
+"""Pods: those on a node (kickin waits for old ones), balancer pods, and evictions."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
+from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.node import parse_time
+from asklepios.core.placement import NodeRequirement, Placement, Toleration
 from asklepios.core.pod import PodRef
 from asklepios.kube.client import JSON, KubeClient
 
@@ -26,3 +30,74 @@ class PodApi:
             "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={node}"}, timeout=30
         )
         return [parse_pod_ref(obj) for obj in data.get("items", [])]
+
+
+def _placement(spec: JSON) -> Placement:
+    terms: list[tuple[NodeRequirement, ...]] = []
+    required = (spec.get("affinity") or {}).get("nodeAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or ():
+        reqs = [
+            NodeRequirement(e.get("key", ""), e.get("operator", ""), tuple(e.get("values") or ()))
+            for e in term.get("matchExpressions") or ()
+        ]
+        reqs += [
+            NodeRequirement(e.get("key", ""), e.get("operator", ""), tuple(e.get("values") or ()), field=True)
+            for e in term.get("matchFields") or ()
+        ]
+        terms.append(tuple(reqs))
+    return Placement(
+        node_selector=MappingProxyType(dict(spec.get("nodeSelector") or {})),
+        affinity_terms=tuple(terms),
+        tolerations=tuple(
+            Toleration(
+                key=t.get("key", "") or "",
+                operator=t.get("operator", "Equal") or "Equal",
+                value=t.get("value", "") or "",
+                effect=t.get("effect", "") or "",
+            )
+            for t in spec.get("tolerations") or ()
+        ),
+    )
+
+
+def parse_pod(obj: JSON) -> PodView:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    owner = next((o for o in meta.get("ownerReferences") or () if o.get("controller")), None)
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+    )
+    return PodView(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        node=spec.get("nodeName", "") or "",
+        owner=OwnerRef(owner.get("kind", ""), owner.get("name", ""), owner.get("uid", "")) if owner else None,
+        created=parse_time(meta.get("creationTimestamp")),
+        deleting=meta.get("deletionTimestamp") is not None,
+        ready=ready,
+        placement=_placement(spec),
+    )
+
+
+class Evictions:
+    """The Eviction API (PodDisruptionBudgets are honoured: a 429 means not now)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def evict(self, pod: PodView, timeout: float) -> None:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod.name, "namespace": pod.namespace},
+            "deleteOptions": {"preconditions": {"uid": pod.uid}},
+        }
+        await self.client.request(
+            "POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction", body=body, timeout=timeout
+        )
+
+    async def statefulset_replicas(self, namespace: str, name: str) -> int:
+        sts = await self.client.request("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
+        return int(sts.get("spec", {}).get("replicas", 1))

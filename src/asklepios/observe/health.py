@@ -26,10 +26,11 @@ class Health:
         self._ready: set[str] = set()
         self._required: set[str] = set()
 
-    def expect(self, name: str, silence: float) -> None:
+    def expect(self, name: str, silence: float, *, gates_readiness: bool = True) -> None:
         """Register a watch that must make progress at least every `silence` seconds."""
         self._beats[name] = (time.monotonic(), silence)
-        self._required.add(name)
+        if gates_readiness:
+            self._required.add(name)
 
     def beat(self, name: str) -> None:
         _, silence = self._beats.get(name, (0.0, 60.0))
