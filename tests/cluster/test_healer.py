@@ -1,0 +1,303 @@
+"""The healer on the real local control plane: kickout and kickin at their deadlines.
+
+Each test watches its own nodes only (a per-test label in ASKLEPIOS_NODE_SELECTOR),
+so tests share one control plane without seeing each other's nodes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane, wait_for
+from tests.cluster import workloads
+from tests.cluster.runner import AsklepiosFactory, wait_value
+
+JSON = dict[str, Any]
+SEL = "asklepios.test/id"
+OOS = "node.kubernetes.io/out-of-service"
+KICKOUT_ANNOTATION = "asklepios.io/kickout"
+OBSERVATION_WINDOW = 6.0  # seconds: kickout (2 s) + two resync periods (2 s each)
+
+
+@pytest.fixture
+def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
+    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
+    yield factory
+    complaints = list(factory.close())
+    assert not complaints, "\n".join(complaints)
+
+
+def env(prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "ASKLEPIOS_NODE_SELECTOR": f"{SEL}={prefix}",
+        "ASKLEPIOS_KICKOUT_SECONDS": "5",
+        "ASKLEPIOS_KICKIN_SECONDS": "5",
+        "ASKLEPIOS_RESYNC_SECONDS": "2",
+        **extra,
+    }
+
+
+def parse_time(raw: str) -> float:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+
+
+def ready(node: JSON) -> JSON:
+    return next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+
+
+def has_oos(node: JSON) -> bool:
+    return any(t["key"] == OOS and t["effect"] == "NoExecute" for t in node["spec"].get("taints") or [])
+
+
+def first_seen(cp: ControlPlane, name: str, check: Any, timeout: float, what: str) -> tuple[float, JSON]:
+    """Poll the node every 50 ms; return (wall time first seen, node)."""
+
+    def probe() -> tuple[float, JSON] | None:
+        node = cp.node(name)
+        return (time.time(), node) if check(node) else None
+
+    return wait_value(probe, timeout, what, interval=0.05)
+
+
+def wait_node(cp: ControlPlane, name: str, check: Callable[[JSON], bool], timeout: float, what: str) -> JSON:
+    def probe() -> JSON | None:
+        node = cp.node(name)
+        return node if check(node) else None
+
+    return wait_value(probe, timeout, what)
+
+
+def events(cp: ControlPlane, reason: str, node: str) -> list[JSON]:
+    items: list[JSON] = cp.api.get(
+        "/api/v1/namespaces/default/events",
+        query={"fieldSelector": f"involvedObject.name={node},reason={reason}"},
+    )["items"]
+    return items
+
+
+@pytest.mark.timeout(240)
+def test_seed_scenario_kickout_and_kickin_at_deadlines(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
+        workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
+    before = {
+        sts: workloads.wait_all_running(cp, namespace, sts, 3)
+        for sts in ("mariadb-server", "rabbitmq-rabbitmq")
+    }
+    healer = asklepios(env(nodes.prefix))
+    victim = names[1]
+    victim_pods = sorted(p for where in before.values() for p, n in where.items() if n == victim)
+
+    cp.crash(victim)
+    node = wait_node(cp, victim, lambda n: ready(n)["status"] != "True", 30, "NotReady")
+    deadline = parse_time(ready(node)["lastTransitionTime"]) + 5
+    seen, kicked = first_seen(cp, victim, has_oos, 30, "out-of-service taint")
+    # the condition's time has 1 s resolution; the poll adds up to 50 ms
+    assert deadline - 1.0 <= seen <= deadline + 1.0, (seen - deadline, healer.tail())
+    assert kicked["spec"].get("unschedulable") is True
+    assert KICKOUT_ANNOTATION in kicked["metadata"]["annotations"]
+    line = healer.wait_log(lambda r: r.get("msg") == "node kicked out", 5, "kickout log")
+    assert line["node"] == victim
+    assert line["late_seconds"] < 1.0
+    assert healer.metric("asklepios_kickouts_total") == 1
+    assert wait_for(lambda: events(cp, "NodeKickedOut", victim), 10, what="NodeKickedOut event")
+
+    survivors = {names[0], names[2]}
+    for sts in before:  # the dead node's pods are recreated elsewhere and Running
+
+        def moved(s: str = sts) -> dict[str, str] | None:
+            where = workloads.placement(cp, namespace, s)
+            return where if len(where) == 3 and set(where.values()) <= survivors else None
+
+        wait_value(moved, 90, f"{sts} Running on the survivors")
+    assert victim_pods  # the victim did hold pods before
+
+    cp.restore(victim)
+    up = wait_node(cp, victim, lambda n: ready(n)["status"] == "True", 30, "Ready again")
+    kickin_deadline = parse_time(ready(up)["lastTransitionTime"]) + 5
+    seen, back = first_seen(cp, victim, lambda n: not has_oos(n), 30, "taint removed")
+    assert kickin_deadline - 1.0 <= seen <= kickin_deadline + 1.5, seen - kickin_deadline
+    assert not back["spec"].get("unschedulable")
+    assert KICKOUT_ANNOTATION not in (back["metadata"].get("annotations") or {})
+    assert healer.metric("asklepios_kickins_total") == 1
+    assert wait_for(lambda: events(cp, "NodeKickedIn", victim), 10, what="NodeKickedIn event")
+
+
+@pytest.mark.timeout(120)
+def test_false_unknown_flip_keeps_the_deadline(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    nodes.add("m", labels={SEL: nodes.prefix})
+    nodes.add("o", labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="8"))
+    start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
+    wait_for(
+        lambda: "asklepios.io/notready-since" in (cp.node(name)["metadata"].get("annotations") or {}),
+        5,
+        what="mark",
+    )
+    wait_for(lambda: time.time() >= start + 3, 5, what="3 s into the countdown")
+    flipped = cp.set_ready(name, "Unknown")
+    assert parse_time(ready(flipped)["lastTransitionTime"]) > start  # the condition's clock moved
+    seen, _ = first_seen(cp, name, has_oos, 20, "kickout")
+    assert start + 8 - 1.0 <= seen <= start + 8 + 1.0, (seen - start, healer.tail())
+
+
+@pytest.mark.timeout(120)
+def test_restart_mid_countdown_acts_at_the_original_deadline(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    nodes.add("m", labels={SEL: nodes.prefix})
+    nodes.add("o", labels={SEL: nodes.prefix})
+    first = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="10"))
+    start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
+    wait_for(lambda: time.time() >= start + 2, 5, what="2 s into the countdown")
+    flipped = ready(cp.set_ready(name, "Unknown"))["lastTransitionTime"]  # a flip the first process records
+
+    def mark() -> str:
+        return str(
+            (cp.node(name)["metadata"].get("annotations") or {}).get("asklepios.io/notready-since", "")
+        )
+
+    wait_for(lambda: flipped in mark(), 5, what="the mark updated for the flip")
+    first.kill()
+    second = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="10"))
+    seen, _ = first_seen(cp, name, has_oos, 20, "kickout by the restarted process")
+    assert start + 10 - 1.0 <= seen <= start + 10 + 1.0, (seen - start, second.tail())
+
+
+@pytest.mark.timeout(180)
+def test_admin_cordon_and_foreign_taint_survive_a_cycle(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    foreign = {"key": "example.com/maintenance", "value": "disk", "effect": "NoSchedule"}
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    nodes.add("m", labels={SEL: nodes.prefix})
+    nodes.add("o", labels={SEL: nodes.prefix})
+    cp.api.patch(f"/api/v1/nodes/{name}", {"spec": {"unschedulable": True, "taints": [foreign]}})
+    asklepios(env(nodes.prefix))
+    cp.set_ready(name, "False")
+    _, kicked = first_seen(cp, name, has_oos, 20, "kickout")
+    record = kicked["metadata"]["annotations"][KICKOUT_ANNOTATION]
+    assert '"cordoned":false' in record
+    assert '"tainted":true' in record
+    cp.clear_ready(name)
+    _, back = first_seen(cp, name, lambda n: not has_oos(n), 30, "kickin")
+    assert back["spec"].get("unschedulable") is True  # the admin's cordon stays
+    assert foreign in back["spec"]["taints"]
+    assert KICKOUT_ANNOTATION not in (back["metadata"].get("annotations") or {})
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_taint_writer_loses_nothing(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    nodes.add("m", labels={SEL: nodes.prefix})
+    nodes.add("o", labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3"))
+    written: list[str] = []
+    stop = threading.Event()
+    writer_api = cp.client(cp.admin_token)
+
+    def writer() -> None:  # another controller adding taints with its own read-modify-write
+        i = 0
+        while not stop.is_set() and i < 400:
+            node = writer_api.get(f"/api/v1/nodes/{name}")
+            taints = [
+                *(node["spec"].get("taints") or []),
+                {"key": f"example.com/w{i}", "effect": "NoSchedule"},
+            ]
+            guarded = {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}}
+            status, _ = writer_api.request(
+                "PATCH",
+                f"/api/v1/nodes/{name}",
+                {**guarded, "spec": {"taints": taints}},
+                content_type="application/merge-patch+json",
+            )
+            if status == 200:
+                written.append(f"example.com/w{i}")
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    cp.set_ready(name, "False")
+    thread.start()
+    try:
+        first_seen(cp, name, has_oos, 20, "kickout")
+        wait_for(lambda: len(written) >= 5, 10, what="writer progress after the kickout")
+    finally:
+        stop.set()
+        thread.join(10)
+        writer_api.close_all()
+    keys = {t["key"] for t in cp.node(name)["spec"]["taints"]}
+    assert set(written) <= keys, set(written) - keys
+    assert OOS in keys
+    assert healer.metric("asklepios_kickouts_total") == 1
+
+
+@pytest.mark.timeout(120)
+def test_too_many_notready_holds_kickouts(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    a, b, _c = (nodes.add(s, labels={SEL: nodes.prefix}) for s in "abc")
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_MAX_UNHEALTHY="1", ASKLEPIOS_KICKOUT_SECONDS="3"))
+    cp.set_ready(a, "False")
+    cp.set_ready(b, "Unknown")
+    for name in (a, b):
+        wait_value(lambda n=name: events(cp, "KickoutHeld", n), 15, f"KickoutHeld on {name}")  # type: ignore[misc]
+    assert "too many NotReady" in events(cp, "KickoutHeld", a)[0]["message"]
+    assert healer.metric("asklepios_kickouts_held_total", 'reason="too many NotReady"') == 2
+    assert not has_oos(cp.node(a))
+    assert not has_oos(cp.node(b))
+    cp.clear_ready(b)  # back to one NotReady: the guard lets the held kickout go
+    first_seen(cp, a, has_oos, 10, "kickout once the guard lifts")
+    assert not has_oos(cp.node(b))
+
+
+@pytest.mark.timeout(120)
+def test_excluded_skip_and_dry_run_write_nothing(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    skip = {"key": "node.kubernetes.io/asklepios", "value": "skip", "effect": "NoExecute"}
+    excluded = nodes.add("ex", labels={SEL: nodes.prefix, "asklepios.io/exclude": "true"})
+    skipped = nodes.add("sk", labels={SEL: nodes.prefix}, taints=[skip])
+    dry = nodes.add("dr", labels={SEL: nodes.prefix})
+    for i in range(3):
+        nodes.add(f"ok{i}", labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="2", ASKLEPIOS_DRY_RUN="true"))
+    for name in (excluded, skipped, dry):
+        cp.set_ready(name, "False")
+    assert wait_for(lambda: events(cp, "KickoutHeld", dry), 15, what="dry-run KickoutHeld")
+    assert events(cp, "KickoutHeld", dry)[0]["message"] == "dry run"
+    healer.wait_log(lambda r: r.get("msg") == "kickout held" and r.get("node") == dry, 5, "dry-run log")
+    # A negative claim needs an observation window: past every deadline plus two resyncs.
+    observed_until = time.time() + OBSERVATION_WINDOW
+    wait_for(lambda: time.time() >= observed_until, OBSERVATION_WINDOW + 1, what="observation window")
+    assert healer.metric("asklepios_watched_nodes") == 6
+    for name in (excluded, skipped, dry):
+        node = cp.node(name)
+        assert not has_oos(node)
+        assert not node["spec"].get("unschedulable")
+        assert not any(
+            k.startswith("asklepios.io/") and k != "asklepios.io/exclude"
+            for k in node["metadata"].get("annotations") or {}
+        )
+    assert healer.metric("asklepios_kickouts_total") == 0
