@@ -32,7 +32,7 @@ from asklepios.kube.pods import PodApi
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
-STUCK_POD_RECHECK_SECONDS = 5.0
+STUCK_POD_RECHECK_SECONDS = 2.0
 MAX_ATTEMPTS = 30
 
 

@@ -1,0 +1,70 @@
+"""Watch resilience: an apiserver restart mid-countdown, and a relist after 410 Gone."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane, wait_for
+from tests.cluster.runner import AsklepiosFactory
+from tests.cluster.test_healer import SEL, env, first_seen, has_oos, parse_time, ready
+
+
+@pytest.fixture
+def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
+    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
+    yield factory
+    complaints = list(factory.close())
+    assert not complaints, "\n".join(complaints)
+
+
+@pytest.mark.timeout(180)
+def test_apiserver_restart_mid_countdown_kickout_still_on_time(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    for s in "mo":
+        nodes.add(s, labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="15", ASKLEPIOS_MAX_UNHEALTHY="100%"))
+    start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
+    wait_for(lambda: time.time() >= start + 2, 5, what="2 s into the countdown")
+    cp.stop_apiserver()
+    healer.wait_log(lambda r: r.get("msg") == "watch failed, retrying", 15, "the watch noticed")
+    cp.start_apiserver()
+    seen, _ = first_seen(cp, name, has_oos, 30, "kickout after the apiserver restart")
+    assert start + 15 - 1.0 <= seen <= start + 15 + 1.0, (seen - start, healer.tail())
+    assert healer.metric("asklepios_watch_restarts_total", 'cause="error",resource="nodes"') >= 1
+    assert healer.metric("asklepios_kickouts_total") == 1
+
+
+@pytest.mark.timeout(180)
+def test_410_gone_relists_and_keeps_working(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    for s in "mo":
+        nodes.add(s, labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3", ASKLEPIOS_MAX_UNHEALTHY="100%"))
+    cp.stop_apiserver()
+    # move etcd past the watch's resourceVersion, then compact it away
+    key = base64.b64encode(b"/asklepios-test/bump").decode()
+    for _ in range(3):
+        cp._etcd_post("/v3/kv/put", {"key": key, "value": key})
+    cp.compact_etcd()
+    cp.start_apiserver()
+    healer.wait_log(lambda r: "410 Gone" in str(r.get("msg")), 30, "relist after 410")
+    assert healer.metric("asklepios_watch_restarts_total", 'cause="gone",resource="nodes"') >= 1
+    healer.wait_log(
+        lambda r: r.get("msg") == "listed" and len(healer.find(lambda x: x.get("msg") == "listed")) >= 2,
+        30,
+        "second list",
+    )
+    cp.set_ready(name, "False")
+    first_seen(cp, name, has_oos, 20, "kickout after the relist")
