@@ -6,6 +6,9 @@ so tests share one control plane without seeing each other's nodes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -301,3 +304,77 @@ def test_excluded_skip_and_dry_run_write_nothing(
             for k in node["metadata"].get("annotations") or {}
         )
     assert healer.metric("asklepios_kickouts_total") == 0
+
+
+@pytest.mark.timeout(120)
+def test_kickin_waits_for_pods_stuck_terminating(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """A pod from before the kickout that is still Terminating (here: held by a finalizer)
+    holds the kickin: removing the taint first would leave it stuck for good."""
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    for s in "mo":
+        nodes.add(s, labels={SEL: nodes.prefix})
+    pod = {
+        "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
+        "spec": {"nodeName": name, "containers": [{"name": "c", "image": "registry.local/x:1"}]},
+    }
+    cp.api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="2", ASKLEPIOS_KICKIN_SECONDS="2"))
+    cp.crash(name)  # kwok gone: nothing will finish the pod's deletion but us removing the finalizer
+    first_seen(cp, name, has_oos, 30, "kickout")
+    path = f"/api/v1/namespaces/{namespace}/pods/held"
+    wait_for(lambda: "deletionTimestamp" in cp.api.get(path)["metadata"], 30, what="pod force-deleted")
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # the node reports Ready while its kwok stays down
+        while not stop.is_set():
+            cp.set_ready(name, "True")
+            stop.wait(1.0)
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        healer.wait_log(
+            lambda r: r.get("msg") == "kickin waits for pods still terminating", 20, "kickin held"
+        )
+        assert has_oos(cp.node(name))
+        cp.api.patch(path, {"metadata": {"finalizers": None}})
+        cp.api.delete(path, grace_seconds=0)  # what the node's kubelet would do once back
+        first_seen(cp, name, lambda n: not has_oos(n), 20, "kickin once the pod is gone")
+    finally:
+        stop.set()
+        beating.join(10)
+    cp.restore(name)
+
+
+@pytest.mark.timeout(60)
+def test_status_command_shows_countdowns(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    down = nodes.add("down", labels={SEL: nodes.prefix})
+    up = nodes.add("up", labels={SEL: nodes.prefix})
+    excluded = nodes.add("ex", labels={SEL: nodes.prefix, "asklepios.io/exclude": "true"})
+    cp.set_ready(down, "False")
+    cp.set_ready(excluded, "False")
+    done = subprocess.run(
+        [sys.executable, "-m", "asklepios", "status"],
+        env={
+            **os.environ,
+            "KUBECONFIG": str(cp.kubeconfig),
+            **env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="300"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == {down, up, excluded}
+    assert "counting down" in rows[down]
+    seconds = int(rows[down].split()[-1].rstrip("s"))
+    assert 290 <= seconds <= 300
+    assert "ready" in rows[up]
+    assert "excluded" in rows[excluded]

@@ -55,6 +55,7 @@ class Healer:
     held: dict[str, str] = attrs.Factory(dict)  # node -> hold reason already announced
     wheel: TimerWheel = attrs.Factory(TimerWheel)
     synced: bool = False
+    blocked_until: dict[str, float] = attrs.Factory(dict)  # kickin held by old pods: next look
     _inflight: set[str] = attrs.Factory(set)
     _again: set[str] = attrs.Factory(set)
     _tg: TaskGroup | None = None
@@ -90,6 +91,7 @@ class Healer:
         self.marks.pop(key, None)
         self.notready.discard(key)
         self.held.pop(key, None)
+        self.blocked_until.pop(key, None)
         self.wheel.cancel(key)
         self._publish_counts()
 
@@ -232,8 +234,10 @@ class Healer:
         action = verdict.action
         for attempt in range(MAX_ATTEMPTS):
             if action is Action.KICKIN and not await self._old_pods_gone(view):
-                self.wheel.schedule(name, self.clock().timestamp() + STUCK_POD_RECHECK_SECONDS)
+                self.blocked_until[name] = self.clock().timestamp() + STUCK_POD_RECHECK_SECONDS
+                self.wheel.schedule(name, self.blocked_until[name])
                 return
+            self.blocked_until.pop(name, None)
             if not self.gate.may_write():
                 return
             try:
