@@ -11,9 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +26,6 @@ SEL = "asklepios.test/id"
 OOS = "node.kubernetes.io/out-of-service"
 KICKOUT_ANNOTATION = "asklepios.io/kickout"
 OBSERVATION_WINDOW = 6.0  # seconds: kickout (2 s) + two resync periods (2 s each)
-
-
-@pytest.fixture
-def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
-    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
-    yield factory
-    complaints = list(factory.close())
-    assert not complaints, "\n".join(complaints)
 
 
 def env(prefix: str, **extra: str) -> dict[str, str]:

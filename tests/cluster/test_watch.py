@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +10,6 @@ import pytest
 from asklepios_lab import ControlPlane, wait_for
 from tests.cluster.runner import AsklepiosFactory
 from tests.cluster.test_healer import SEL, env, first_seen, has_oos, parse_time, ready
-
-
-@pytest.fixture
-def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
-    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
-    yield factory
-    complaints = list(factory.close())
-    assert not complaints, "\n".join(complaints)
 
 
 @pytest.mark.timeout(180)
@@ -54,9 +43,7 @@ def test_410_gone_relists_and_keeps_working(
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3", ASKLEPIOS_MAX_UNHEALTHY="100%"))
     cp.stop_apiserver()
     # move etcd past the watch's resourceVersion, then compact it away
-    key = base64.b64encode(b"/asklepios-test/bump").decode()
-    for _ in range(3):
-        cp._etcd_post("/v3/kv/put", {"key": key, "value": key})
+    cp.etcd.bump(3)
     cp.compact_etcd()
     cp.start_apiserver()
     healer.wait_log(lambda r: "410 Gone" in str(r.get("msg")), 30, "relist after 410")

@@ -19,9 +19,7 @@ TOLERATE_CP = Toleration(key="node-role.kubernetes.io/control-plane", operator="
 
 
 def nodes(*names: str, **overrides: NodeView) -> dict[str, NodeView]:
-    out = {
-        n: NodeView(name=n, labels={**CP, "kubernetes.io/hostname": n}, taints=(CP_TAINT,)) for n in names
-    }
+    out = {n: NodeView(name=n, labels={**CP, "kubernetes.io/hostname": n}, taints=(CP_TAINT,)) for n in names}
     out.update(overrides)
     return out
 

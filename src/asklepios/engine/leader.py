@@ -44,6 +44,7 @@ class LeaderElector:
     _renewed_at: float | None = None  # monotonic start of our last successful renewal
     _observed: LeaseRecord | None = None
     _observed_at: float = 0.0  # when the lease record last changed, on our clock
+    _leading: bool = False  # what we last reported
 
     def may_write(self) -> bool:
         return self.write_budget() > 0
@@ -60,22 +61,30 @@ class LeaderElector:
 
     async def run(self) -> None:
         """Acquire and renew until cancelled; then release the lease if we hold it."""
+        metrics.IS_LEADER.set_function(lambda: 1.0 if self.may_write() else 0.0)
         try:
             while True:
-                was_leader = self.is_leader
+                self._note_transition()
                 await self._try_once()
-                now_leader = self.is_leader
-                metrics.IS_LEADER.set(1 if now_leader else 0)
-                if now_leader and not was_leader:
-                    log.info("became leader", extra={"identity": self.identity})
-                    self.on_started()
-                elif was_leader and not now_leader:
-                    log.warning("lost leadership: writes stopped", extra={"identity": self.identity})
-                await anyio.sleep(self.retry_period)
+                self._note_transition()
+                delay = self.retry_period
+                if self._leading:  # wake when the budget runs out, to report it on time
+                    delay = min(delay, max(0.0, self.write_budget()) + 0.01)
+                await anyio.sleep(delay)
         finally:
-            metrics.IS_LEADER.set(0)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._release()
+            metrics.IS_LEADER.set_function(lambda: 0.0)
+
+    def _note_transition(self) -> None:
+        leading = self.is_leader
+        if leading and not self._leading:
+            log.info("became leader", extra={"identity": self.identity})
+            self._leading = True
+            self.on_started()
+        elif self._leading and not leading:
+            log.warning("lost leadership: writes stopped", extra={"identity": self.identity})
+            self._leading = False
 
     async def _try_once(self) -> None:
         started = self.clock()

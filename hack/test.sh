@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command of the README: from a fresh clone, set up the venv, build the pinned
+# control-plane binaries (first time only: minutes), lint, type-check, then run every
+# test (unit + cluster). Exits non-zero on the first failure.
+#
+#   hack/test.sh                 # everything
+#   hack/test.sh -k seed         # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n== %s\n' "$*" >&2; }
+
+if [[ ! -x .venv/bin/python ]]; then
+  step "creating .venv"
+  python3.11 -m venv .venv
+fi
+step "installing asklepios[test] and asklepios-lab (editable)"
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' -e ./lab
+
+step "building control-plane binaries (skipped when present)"
+bash hack/controlplane/build.sh >/dev/null
+
+export PATH="$PWD/.venv/bin:$PATH"
+step "ruff check";          ruff check .
+step "ruff format --check"; ruff format --check .
+step "mypy";                mypy
+step "lint-imports";        lint-imports
+step "pytest";              pytest -p no:cacheprovider "$@"

@@ -1,0 +1,163 @@
+"""Fixtures of the cluster tests: one real control plane per session, nodes and namespaces per test.
+
+Every test in ``tests/cluster`` is marked ``cluster``. The binaries are built (if missing)
+once, after collection and outside any test's timeout, with output shown live; a failed
+build makes every cluster test fail, never skip.
+
+Fixtures:
+
+* ``control_plane`` (session): a started :class:`asklepios_lab.ControlPlane`.
+* ``kube`` (session): :class:`asklepios_lab.Kube` (kubectl with the admin kubeconfig).
+* ``nodes`` (function): :class:`NodeFactory`; nodes named after the test, removed after.
+* ``namespace`` (function): a fresh namespace name, deleted after the test.
+* ``asklepios`` (function): :class:`tests.cluster.runner.AsklepiosFactory`, starting
+  ``python -m asklepios run`` processes; each must exit 0 on SIGTERM at the end.
+* ``asklepios_kubeconfig`` (session): kubeconfig of the static token of
+  :data:`ASKLEPIOS_USER` (RBAC for it is up to the test).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane, Kube, StaticToken, binaries, wait_for
+from tests.cluster.runner import AsklepiosFactory
+
+HERE = Path(__file__).parent
+ASKLEPIOS_USER = "system:serviceaccount:kube-system:asklepios"
+ASKLEPIOS_TOKEN = StaticToken(
+    token=secrets.token_hex(16),
+    user=ASKLEPIOS_USER,
+    uid="asklepios-lab-sa",
+    groups=["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"],
+)
+
+
+class _Build:
+    """Outcome of the build run after collection (see pytest_collection_finish)."""
+
+    bin_dir: Path | None = None
+    error: BaseException | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries now: outside test timeouts, with the build log visible."""
+    if session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capman.global_and_fixture_disabled():
+            _Build.bin_dir = binaries.ensure()
+    except Exception as exc:  # reported by the control_plane fixture, i.e. as test errors
+        _Build.error = exc
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    if _Build.error is not None:
+        raise RuntimeError("building the control-plane binaries failed") from _Build.error
+    cp = ControlPlane(
+        tmp_path_factory.mktemp("controlplane"),
+        bin_dir=_Build.bin_dir or binaries.ensure(),
+        extra_tokens=[ASKLEPIOS_TOKEN],
+    )
+    with cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    return Kube(control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def asklepios_kubeconfig(control_plane: ControlPlane) -> Path:
+    return control_plane.kubeconfig_for(ASKLEPIOS_TOKEN.token, "asklepios")
+
+
+def unique_id(request: pytest.FixtureRequest, length: int = 30) -> str:
+    """A DNS-label-safe, unique id for the current test: ``<test name>-<4 hex>``."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_")).strip("-")
+    return f"{name[:length].strip('-')}-{secrets.token_hex(2)}"
+
+
+class NodeFactory:
+    """Adds kwok nodes named ``<test id>-<suffix>``; removes them (and their kwok) at the end."""
+
+    def __init__(self, cp: ControlPlane, prefix: str) -> None:
+        self.cp = cp
+        self.prefix = prefix
+        self.names: list[str] = []
+
+    def add(
+        self,
+        suffix: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, Any]] | None = None,
+        control_plane: bool = False,
+        wait_ready: bool = True,
+    ) -> str:
+        """Add one node (Ready unless ``wait_ready=False``); returns its name."""
+        name = f"{self.prefix}-{suffix or len(self.names)}"
+        self.names.append(name)
+        self.cp.add_node(name, labels, taints, control_plane=control_plane, wait_ready=wait_ready)
+        return name
+
+    def add_many(self, count: int, **kw: Any) -> list[str]:
+        return [self.add(**kw) for _ in range(count)]
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            self.cp.remove_node(name)
+        self.names.clear()
+
+
+@pytest.fixture
+def nodes(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[NodeFactory]:
+    factory = NodeFactory(control_plane, unique_id(request))
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def namespace(
+    control_plane: ControlPlane, nodes: NodeFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount); deleted after the test.
+
+    Depends on ``nodes`` so that it is torn down first, while the nodes' kwoks still run
+    and can terminate the namespace's pods.
+    """
+    name = unique_id(request, 50)
+    api = control_plane.api
+    api.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    wait_for(
+        lambda: api.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        30,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    api.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
+    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
+    yield factory
+    complaints = list(factory.close())
+    assert not complaints, "\n".join(complaints)
