@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from asklepios_lab.procs import free_port
 
 from asklepios_lab import wait_for
 
 JSON = dict[str, Any]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Asklepios:

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,11 +45,21 @@ class ProcessDiedError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Taken below the kernel's ephemeral range (32768+ here), where outgoing connections
+    (of kwok, the controllers, the tests) never land, so the port is still free when
+    the process that was given it binds it a moment later.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec

@@ -1,0 +1,166 @@
+"""The balancer on the real control plane: doubled-up StatefulSet pods are spread back.
+
+Safety claims (never below a PDB's minAvailable, at most one pod per StatefulSet in
+flight) are checked against the test's own pod watch, event by event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane
+from tests.cluster import workloads
+from tests.cluster.podwatch import PodWatch
+from tests.cluster.runner import AsklepiosFactory, wait_value
+from tests.cluster.test_healer import SEL, env, first_seen, has_oos
+
+SEED = ("mariadb-server", "rabbitmq-rabbitmq")
+
+
+def balancer_env(prefix: str, namespace: str, **extra: str) -> dict[str, str]:
+    return env(
+        prefix,
+        ASKLEPIOS_BALANCER="true",
+        ASKLEPIOS_BALANCER_SELECTOR="application in (mariadb,rabbitmq,app-a,app-b,app-c)",
+        ASKLEPIOS_BALANCER_NAMESPACES=namespace,
+        **extra,
+    )
+
+
+def pdb(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": name}}, **spec},
+    }
+
+
+def one_per_node(cp: ControlPlane, namespace: str, sts: str, node_names: list[str]) -> dict[str, str] | None:
+    where = workloads.placement(cp, namespace, sts)
+    return where if len(where) == 3 and sorted(where.values()) == sorted(node_names) else None
+
+
+def assert_safe_moves(watch: PodWatch, since: float, apps: dict[str, int], replicas: int = 3) -> None:
+    """After `since`: each app keeps >= its minimum Ready, and has at most one pod in flight."""
+    for snapshot in watch.replay()[1:]:
+        latest = max(e.at for e in snapshot.values()) if snapshot else 0
+        if latest < since:
+            continue
+        ready = Counter(e.app for e in snapshot.values() if e.ready and not e.deleting)
+        for app, minimum in apps.items():
+            assert ready[app] >= minimum, (app, ready[app], snapshot)
+            assert replicas - ready[app] <= 1, (app, "more than one pod in flight", snapshot)
+
+
+@pytest.mark.timeout(300)
+def test_seed_story_ends_balanced_within_pdbs(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    with PodWatch(cp, namespace) as watch:
+        for sts in SEED:
+            workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
+            workloads.create(cp, namespace, pdb(sts, minAvailable=2))
+        for sts in SEED:
+            workloads.wait_all_running(cp, namespace, sts, 3)
+        healer = asklepios(balancer_env(nodes.prefix, namespace))
+        victim = names[1]
+        cp.crash(victim)
+        first_seen(cp, victim, has_oos, 30, "kickout")
+        survivors = [names[0], names[2]]
+        for sts in SEED:
+            wait_value(
+                lambda s=sts: (
+                    (w := workloads.placement(cp, namespace, s))
+                    and len(w) == 3
+                    and set(w.values()) <= set(survivors)
+                ),  # type: ignore[misc]
+                90,
+                f"{sts} on the survivors",
+            )
+        cp.restore(victim)
+        kicked_in, _ = first_seen(cp, victim, lambda n: not has_oos(n), 30, "kickin")
+        for sts in SEED:
+            wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 90, f"{sts} one per node")  # type: ignore[misc]
+        assert healer.metric("asklepios_rebalanced_pods_total") == 2
+        assert_safe_moves(watch, kicked_in, {sts: 2 for sts in SEED})
+    moved = healer.find(lambda r: r.get("msg") == "pod moved")
+    assert {r["to_node"] for r in moved} == {victim}
+    for sts in SEED:
+        reasons = cp.api.get(
+            f"/api/v1/namespaces/{namespace}/events",
+            query={"fieldSelector": f"involvedObject.name={sts},reason=PodRebalanced"},
+        )["items"]
+        assert len(reasons) == 1
+
+
+@pytest.mark.timeout(240)
+def test_unfit_blocked_and_unselected_pods_stay(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    a = nodes.add("a", labels={SEL: nodes.prefix, "disk": "ssd"})
+    b = nodes.add("b", labels={SEL: nodes.prefix, "disk": "ssd"})
+    c = nodes.add("c", labels={SEL: nodes.prefix})
+    cp.api.patch(f"/api/v1/nodes/{c}", {"spec": {"unschedulable": True}})  # everything doubles up on a, b
+    specs = {
+        "pinned": workloads.statefulset("pinned", "app-a", node_selector={"disk": "ssd"}),
+        "guarded": workloads.statefulset("guarded", "app-b"),
+        "ignored": workloads.statefulset("ignored", "other"),  # not matched by the selector
+    }
+    for obj in specs.values():
+        workloads.create(cp, namespace, obj)
+    workloads.create(cp, namespace, pdb("guarded", maxUnavailable=0))
+    for sts in specs:
+        workloads.wait_all_running(cp, namespace, sts, 3)
+    ignored_before = {p["metadata"]["uid"] for p in workloads.pods(cp, namespace, "ignored")}
+    healer = asklepios(balancer_env(nodes.prefix, namespace))
+    cp.api.patch(f"/api/v1/nodes/{c}", {"spec": {"unschedulable": None}})
+    healer.wait_log(
+        lambda r: (
+            "PodDisruptionBudget" in str(r.get("msg")) and r.get("statefulset", "").endswith("/guarded")
+        ),
+        30,
+        "eviction refused by the PDB",
+    )
+    healer.wait_log(lambda r: r.get("msg") == "listed", 5, "synced")
+    assert set(workloads.placement(cp, namespace, "guarded").values()) == {a, b}
+    cp.api.patch(
+        f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/guarded",
+        {"spec": {"maxUnavailable": 1}},
+    )
+    wait_value(
+        lambda: one_per_node(cp, namespace, "guarded", [a, b, c]), 60, "guarded moves once the PDB allows"
+    )
+    assert set(workloads.placement(cp, namespace, "pinned").values()) == {a, b}  # cannot fit on c
+    assert {p["metadata"]["uid"] for p in workloads.pods(cp, namespace, "ignored")} == ignored_before
+    assert healer.metric("asklepios_rebalanced_pods_total") == 1
+
+
+@pytest.mark.timeout(300)
+def test_three_statefulsets_converge_one_move_at_a_time(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    names = [nodes.add(s, labels={SEL: nodes.prefix}) for s in "abc"]
+    cp.api.patch(f"/api/v1/nodes/{names[2]}", {"spec": {"unschedulable": True}})
+    apps = {"sts-a": "app-a", "sts-b": "app-b", "sts-c": "app-c"}
+    with PodWatch(cp, namespace) as watch:
+        for sts, app in apps.items():
+            workloads.create(cp, namespace, workloads.statefulset(sts, app))
+        for sts in apps:
+            where = workloads.wait_all_running(cp, namespace, sts, 3)
+            assert set(where.values()) == set(names[:2])  # doubled up on two nodes
+        healer = asklepios(balancer_env(nodes.prefix, namespace))
+        start = time.time()
+        cp.api.patch(f"/api/v1/nodes/{names[2]}", {"spec": {"unschedulable": None}})
+        for sts in apps:
+            wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 120, f"{sts} one per node")  # type: ignore[misc]
+        assert_safe_moves(watch, float(start), {sts: 2 for sts in apps})
+    assert healer.metric("asklepios_rebalanced_pods_total") == 3
