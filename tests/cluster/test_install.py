@@ -1,0 +1,125 @@
+"""k8s/ on the real apiserver: server-side apply, Pod Security `restricted`, and RBAC that
+is enough for a full kickout/kickin/balancer cycle and no more."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from asklepios_lab import ApiError, ControlPlane, Kube, wait_for
+from tests.cluster import workloads
+from tests.cluster.conftest import ASKLEPIOS_TOKEN
+from tests.cluster.runner import AsklepiosFactory, wait_value
+from tests.cluster.test_balancer import balancer_env, one_per_node, pdb
+from tests.cluster.test_healer import SEL, first_seen, has_oos
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rendered() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(REPO / "k8s")], capture_output=True, text=True, check=True
+    )
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def apply_k8s(kube: Kube) -> str:
+    return kube.kubectl("apply", "--server-side", "--field-manager=asklepios-test", "-k", str(REPO / "k8s"))
+
+
+@pytest.mark.timeout(120)
+def test_k8s_applies_server_side_and_passes_restricted_admission(
+    control_plane: ControlPlane, kube: Kube, namespace: str
+) -> None:
+    cp = control_plane
+    out = apply_k8s(kube)
+    for kind_name in (
+        "serviceaccount/asklepios",
+        "clusterrole.rbac.authorization.k8s.io/asklepios",
+        "deployment.apps/asklepios",
+        "poddisruptionbudget.policy/asklepios",
+    ):
+        assert kind_name in out, out
+    deployment = cp.api.get("/apis/apps/v1/namespaces/kube-system/deployments/asklepios")
+    assert deployment["spec"]["replicas"] == 2
+    try:
+        cp.api.patch(
+            f"/api/v1/namespaces/{namespace}",
+            {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+        )
+        template = next(d for d in rendered() if d["kind"] == "Deployment")["spec"]["template"]
+        spec = {**template["spec"], "serviceAccountName": "default"}  # the SA lives in kube-system
+        pod = {
+            "metadata": {"name": "asklepios-restricted", "labels": template["metadata"]["labels"]},
+            "spec": spec,
+        }
+        cp.api.create(f"/api/v1/namespaces/{namespace}/pods", pod)  # admitted
+        weaker = {
+            **spec,
+            "securityContext": {},
+            "containers": [{**spec["containers"][0], "securityContext": {}}],
+        }
+        with pytest.raises(ApiError, match="violates PodSecurity"):  # the control: enforcement is on
+            cp.api.create(
+                f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "weaker"}, "spec": weaker}
+            )
+    finally:  # keep RBAC for the next test; the Deployment's fake pods would only add noise
+        kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "pdb/asklepios", "--wait=false")
+
+
+@pytest.mark.timeout(300)
+def test_rbac_is_enough_for_a_full_cycle_and_no_more(
+    control_plane: ControlPlane,
+    kube: Kube,
+    nodes: Any,
+    namespace: str,
+    asklepios: AsklepiosFactory,
+    asklepios_kubeconfig: Path,
+) -> None:
+    cp = control_plane
+    apply_k8s(kube)
+    kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "--ignore-not-found", "--wait=false")
+    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
+        workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
+        workloads.create(cp, namespace, pdb(sts, minAvailable=2))
+        workloads.wait_all_running(cp, namespace, sts, 3)
+    env = balancer_env(
+        nodes.prefix, namespace, ASKLEPIOS_LEADER_ELECTION="true", ASKLEPIOS_NAMESPACE="kube-system"
+    )
+    healer = asklepios(env, kubeconfig=asklepios_kubeconfig)  # authenticated as the ServiceAccount
+    wait_for(lambda: healer.metric("asklepios_is_leader") == 1, 30, what="leader with the Role of k8s/")
+    victim = names[1]
+    cp.crash(victim)
+    first_seen(cp, victim, has_oos, 30, "kickout")
+    for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
+        workloads.wait_all_running(cp, namespace, sts, 3, timeout=90)
+    cp.restore(victim)
+    first_seen(cp, victim, lambda n: not has_oos(n), 30, "kickin")
+    for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
+        wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 90, f"{sts} one per node")  # type: ignore[misc]
+    assert healer.metric("asklepios_rebalanced_pods_total") == 2
+    assert healer.metric("asklepios_kickouts_total") == 1
+    assert not healer.find(lambda r: "403" in str(r.get("error", "")) or "forbidden" in str(r).lower())
+
+    sa = cp.client(ASKLEPIOS_TOKEN.token)
+    try:
+        refused = {
+            "delete a node": sa.request("DELETE", f"/api/v1/nodes/{victim}")[0],
+            "read a secret": sa.request("GET", "/api/v1/namespaces/kube-system/secrets")[0],
+            "create a pod": sa.request(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/pods",
+                {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
+            )[0],
+            "update another lease": sa.request(
+                "PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler", {}
+            )[0],
+        }
+        assert refused == dict.fromkeys(refused, 403), refused
+    finally:
+        sa.close_all()
