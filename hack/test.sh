@@ -9,15 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
 
-if [[ ! -x .venv/bin/python ]]; then
-  step "creating .venv"
-  python3.11 -m venv .venv
-fi
-step "installing asklepios[test] and asklepios-lab (editable)"
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' -e ./lab
-
-step "building control-plane binaries (skipped when present)"
-bash hack/controlplane/build.sh >/dev/null
+bash hack/setup.sh
 
 export PATH="$PWD/.venv/bin:$PATH"
 step "ruff check";          ruff check .

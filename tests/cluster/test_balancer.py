@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from asklepios_lab import ControlPlane
-from tests.cluster import workloads
+from asklepios_lab import ControlPlane, workloads
 from tests.cluster.podwatch import PodWatch
 from tests.cluster.runner import AsklepiosFactory, wait_value
 from tests.cluster.test_healer import SEL, env, first_seen, has_oos

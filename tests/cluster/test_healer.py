@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from asklepios_lab import ControlPlane, wait_for
-from tests.cluster import workloads
+from asklepios_lab import ControlPlane, wait_for, workloads
 from tests.cluster.runner import AsklepiosFactory, wait_value
 
 JSON = dict[str, Any]

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from asklepios_lab import ApiError, ControlPlane, Kube, wait_for
-from tests.cluster import workloads
+from asklepios_lab import ApiError, ControlPlane, Kube, wait_for, workloads
 from tests.cluster.conftest import ASKLEPIOS_TOKEN
 from tests.cluster.runner import AsklepiosFactory, wait_value
 from tests.cluster.test_balancer import balancer_env, one_per_node, pdb

@@ -166,9 +166,7 @@ class ControlPlane(NodeOps):
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     def start(self) -> Self:
@@ -215,9 +213,7 @@ class ControlPlane(NodeOps):
     def pids(self) -> dict[str, int]:
         """PIDs of the running processes, by name (kwoks as ``kwok-<node or group>``)."""
         return {
-            p.name: p.pid
-            for p in [*self.control_procs, *self._kwoks.values()]
-            if p.pid is not None and p.running()
+            p.name: p.pid for p in [*self.control_procs, *self._kwoks.values()] if p.pid is not None and p.running()
         }
 
     # ------------------------------------------------------------------ apiserver

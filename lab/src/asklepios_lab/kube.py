@@ -159,8 +159,6 @@ class Kube:
             args += ["--grace-period=0", "--force"]
         self.kubectl(*args)
 
-    def wait_for(
-        self, condition: Callable[[], T], timeout: float, *, interval: float = 0.25, what: str = ""
-    ) -> T:
+    def wait_for(self, condition: Callable[[], T], timeout: float, *, interval: float = 0.25, what: str = "") -> T:
         """:func:`wait_for` (here for convenience)."""
         return wait_for(condition, timeout, interval=interval, what=what)

@@ -237,9 +237,7 @@ class NodeOps:
         if wait_ready:
             self.wait_ready(name, "True", timeout)
 
-    def set_ready(
-        self, name: str, status: str, reason: str | None = None, message: str | None = None
-    ) -> JSON:
+    def set_ready(self, name: str, status: str, reason: str | None = None, message: str | None = None) -> JSON:
         """Set the node's Ready condition to ``status`` ("True"/"False"/"Unknown"); sticks.
 
         lastHeartbeatTime is now; lastTransitionTime is now if the status changes, else

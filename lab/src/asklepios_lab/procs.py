@@ -69,9 +69,7 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
 class Proc:
     """One daemon: argv, log file, and the running ``Popen`` (if started)."""
 
-    def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path

@@ -55,6 +55,7 @@ class Healer:
     held: dict[str, str] = attrs.Factory(dict)  # node -> hold reason already announced
     wheel: TimerWheel = attrs.Factory(TimerWheel)
     synced: bool = False
+    states: dict[str, State] = attrs.Factory(dict)  # last state logged, to log changes only
     blocked_until: dict[str, float] = attrs.Factory(dict)  # kickin held by old pods: next look
     _inflight: set[str] = attrs.Factory(set)
     _again: set[str] = attrs.Factory(set)
@@ -91,6 +92,7 @@ class Healer:
         self.marks.pop(key, None)
         self.notready.discard(key)
         self.held.pop(key, None)
+        self.states.pop(key, None)
         self.blocked_until.pop(key, None)
         self.wheel.cancel(key)
         self._publish_counts()
@@ -130,6 +132,7 @@ class Healer:
         if view is None:
             return
         verdict = self.evaluate(name, view)
+        self._log_state(view, verdict)
         if verdict.state is not State.HELD:
             self.held.pop(name, None)
         due_now = verdict.action is not None or (verdict.state is State.HELD and name not in self.held)
@@ -139,6 +142,22 @@ class Healer:
             self.wheel.schedule(name, verdict.deadline.timestamp())
         else:
             self.wheel.cancel(name)
+
+    def _log_state(self, view: NodeView, verdict: Verdict) -> None:
+        """One line per state change, with the facts of the original's logs."""
+        if self.states.get(view.name) is verdict.state:
+            return
+        self.states[view.name] = verdict.state
+        left = verdict.seconds_left(self.clock())
+        facts = {"node": view.name, "status": view.ready.value, "state": verdict.state.value}
+        if verdict.state is State.COUNTING_DOWN and left is not None:
+            log.info("node is not ready", extra={**facts, "seconds_to_kickout": round(left, 1)})
+        elif verdict.state is State.COUNTING_UP and left is not None:
+            log.info("node is ready again", extra={**facts, "seconds_to_kickin": round(left, 1)})
+        elif verdict.state is State.EXCLUDED:
+            log.info("node is not ready but excluded", extra={**facts, "reason": verdict.reason})
+        else:
+            log.debug("node state", extra=facts)
 
     def resync(self) -> None:
         """Re-judge every cached node (no apiserver request)."""

@@ -90,15 +90,11 @@ def is_running_ready(pod: JSON) -> bool:
 def placement(cp: ControlPlane, namespace: str, name: str) -> dict[str, str]:
     """pod name -> node, for Running and Ready pods of StatefulSet `name`."""
     return {
-        p["metadata"]["name"]: p["spec"].get("nodeName", "")
-        for p in pods(cp, namespace, name)
-        if is_running_ready(p)
+        p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods(cp, namespace, name) if is_running_ready(p)
     }
 
 
-def wait_all_running(
-    cp: ControlPlane, namespace: str, name: str, replicas: int, timeout: float = 60
-) -> dict[str, str]:
+def wait_all_running(cp: ControlPlane, namespace: str, name: str, replicas: int, timeout: float = 60) -> dict[str, str]:
     def probe() -> dict[str, str] | None:
         where = placement(cp, namespace, name)
         return where if len(where) == replicas else None
