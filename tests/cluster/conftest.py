@@ -135,9 +135,7 @@ def nodes(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterat
 
 
 @pytest.fixture
-def namespace(
-    control_plane: ControlPlane, nodes: NodeFactory, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def namespace(control_plane: ControlPlane, nodes: NodeFactory, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (with its default ServiceAccount); deleted after the test.
 
     Depends on ``nodes`` so that it is torn down first, while the nodes' kwoks still run

@@ -132,9 +132,7 @@ class AsklepiosFactory:
         self.tmp = tmp
         self.started: list[Asklepios] = []
 
-    def __call__(
-        self, env: Mapping[str, str], *, kubeconfig: Path | None = None, start: bool = True
-    ) -> Asklepios:
+    def __call__(self, env: Mapping[str, str], *, kubeconfig: Path | None = None, start: bool = True) -> Asklepios:
         log = self.tmp / f"asklepios-{len(self.started)}.log"
         proc = Asklepios(kubeconfig or self.kubeconfig, env, log)
         self.started.append(proc)

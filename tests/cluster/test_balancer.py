@@ -76,9 +76,7 @@ def test_seed_story_ends_balanced_within_pdbs(
         for sts in SEED:
             wait_value(
                 lambda s=sts: (
-                    (w := workloads.placement(cp, namespace, s))
-                    and len(w) == 3
-                    and set(w.values()) <= set(survivors)
+                    (w := workloads.placement(cp, namespace, s)) and len(w) == 3 and set(w.values()) <= set(survivors)
                 ),  # type: ignore[misc]
                 90,
                 f"{sts} on the survivors",
@@ -122,9 +120,7 @@ def test_unfit_blocked_and_unselected_pods_stay(
     healer = asklepios(balancer_env(nodes.prefix, namespace))
     cp.api.patch(f"/api/v1/nodes/{c}", {"spec": {"unschedulable": None}})
     healer.wait_log(
-        lambda r: (
-            "PodDisruptionBudget" in str(r.get("msg")) and r.get("statefulset", "").endswith("/guarded")
-        ),
+        lambda r: "PodDisruptionBudget" in str(r.get("msg")) and r.get("statefulset", "").endswith("/guarded"),
         30,
         "eviction refused by the PDB",
     )
@@ -134,9 +130,7 @@ def test_unfit_blocked_and_unselected_pods_stay(
         f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/guarded",
         {"spec": {"maxUnavailable": 1}},
     )
-    wait_value(
-        lambda: one_per_node(cp, namespace, "guarded", [a, b, c]), 60, "guarded moves once the PDB allows"
-    )
+    wait_value(lambda: one_per_node(cp, namespace, "guarded", [a, b, c]), 60, "guarded moves once the PDB allows")
     assert set(workloads.placement(cp, namespace, "pinned").values()) == {a, b}  # cannot fit on c
     assert {p["metadata"]["uid"] for p in workloads.pods(cp, namespace, "ignored")} == ignored_before
     assert healer.metric("asklepios_rebalanced_pods_total") == 1

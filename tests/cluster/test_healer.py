@@ -83,10 +83,7 @@ def test_seed_scenario_kickout_and_kickin_at_deadlines(
     names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
     for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
         workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
-    before = {
-        sts: workloads.wait_all_running(cp, namespace, sts, 3)
-        for sts in ("mariadb-server", "rabbitmq-rabbitmq")
-    }
+    before = {sts: workloads.wait_all_running(cp, namespace, sts, 3) for sts in ("mariadb-server", "rabbitmq-rabbitmq")}
     healer = asklepios(env(nodes.prefix))
     victim = names[1]
     victim_pods = sorted(p for where in before.values() for p, n in where.items() if n == victim)
@@ -162,9 +159,7 @@ def test_restart_mid_countdown_acts_at_the_original_deadline(
     flipped = ready(cp.set_ready(name, "Unknown"))["lastTransitionTime"]  # a flip the first process records
 
     def mark() -> str:
-        return str(
-            (cp.node(name)["metadata"].get("annotations") or {}).get("asklepios.io/notready-since", "")
-        )
+        return str((cp.node(name)["metadata"].get("annotations") or {}).get("asklepios.io/notready-since", ""))
 
     wait_for(lambda: flipped in mark(), 5, what="the mark updated for the flip")
     first.kill()
@@ -245,9 +240,7 @@ def test_concurrent_taint_writer_loses_nothing(
 
 
 @pytest.mark.timeout(120)
-def test_too_many_notready_holds_kickouts(
-    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
-) -> None:
+def test_too_many_notready_holds_kickouts(control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory) -> None:
     cp = control_plane
     a, b, _c = (nodes.add(s, labels={SEL: nodes.prefix}) for s in "abc")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_MAX_UNHEALTHY="1", ASKLEPIOS_KICKOUT_SECONDS="3"))
@@ -326,9 +319,7 @@ def test_kickin_waits_for_pods_stuck_terminating(
     beating = threading.Thread(target=heartbeat)
     beating.start()
     try:
-        healer.wait_log(
-            lambda r: r.get("msg") == "kickin waits for pods still terminating", 20, "kickin held"
-        )
+        healer.wait_log(lambda r: r.get("msg") == "kickin waits for pods still terminating", 20, "kickin held")
         assert has_oos(cp.node(name))
         cp.api.patch(path, {"metadata": {"finalizers": None}})
         cp.api.delete(path, grace_seconds=0)  # what the node's kubelet would do once back
@@ -340,9 +331,7 @@ def test_kickin_waits_for_pods_stuck_terminating(
 
 
 @pytest.mark.timeout(60)
-def test_status_command_shows_countdowns(
-    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
-) -> None:
+def test_status_command_shows_countdowns(control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory) -> None:
     cp = control_plane
     down = nodes.add("down", labels={SEL: nodes.prefix})
     up = nodes.add("up", labels={SEL: nodes.prefix})
@@ -368,3 +357,22 @@ def test_status_command_shows_countdowns(
     assert 290 <= seconds <= 300
     assert "ready" in rows[up]
     assert "excluded" in rows[excluded]
+
+
+@pytest.mark.timeout(90)
+def test_resync_repairs_a_taint_removed_while_the_node_is_down(
+    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    name = nodes.add("n", labels={SEL: nodes.prefix})
+    for s in "mo":
+        nodes.add(s, labels={SEL: nodes.prefix})
+    healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="2"))
+    cp.set_ready(name, "False")
+    _, kicked = first_seen(cp, name, has_oos, 20, "kickout")
+    others = [t for t in kicked["spec"]["taints"] if t["key"] != OOS]
+    cp.api.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": others or None, "unschedulable": None}})
+    first_seen(cp, name, has_oos, 10, "taint re-applied")
+    wait_node(cp, name, lambda n: n["spec"].get("unschedulable") is True, 10, "cordon re-applied")
+    assert healer.metric("asklepios_repairs_total") >= 1
+    assert healer.metric("asklepios_kickouts_total") == 1

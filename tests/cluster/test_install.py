@@ -20,9 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def rendered() -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(REPO / "k8s")], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s")], capture_output=True, text=True, check=True)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -63,9 +61,7 @@ def test_k8s_applies_server_side_and_passes_restricted_admission(
             "containers": [{**spec["containers"][0], "securityContext": {}}],
         }
         with pytest.raises(ApiError, match="violates PodSecurity"):  # the control: enforcement is on
-            cp.api.create(
-                f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "weaker"}, "spec": weaker}
-            )
+            cp.api.create(f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "weaker"}, "spec": weaker})
     finally:  # keep RBAC for the next test; the Deployment's fake pods would only add noise
         kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "pdb/asklepios", "--wait=false")
 
@@ -87,9 +83,7 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
         workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
         workloads.create(cp, namespace, pdb(sts, minAvailable=2))
         workloads.wait_all_running(cp, namespace, sts, 3)
-    env = balancer_env(
-        nodes.prefix, namespace, ASKLEPIOS_LEADER_ELECTION="true", ASKLEPIOS_NAMESPACE="kube-system"
-    )
+    env = balancer_env(nodes.prefix, namespace, ASKLEPIOS_LEADER_ELECTION="true", ASKLEPIOS_NAMESPACE="kube-system")
     healer = asklepios(env, kubeconfig=asklepios_kubeconfig)  # authenticated as the ServiceAccount
     wait_for(lambda: healer.metric("asklepios_is_leader") == 1, 30, what="leader with the Role of k8s/")
     victim = names[1]

@@ -82,9 +82,7 @@ def test_pod_is_scheduled_to_a_kwok_node_and_runs(kube: Kube, namespace: str, no
     assert pod["status"]["podIP"]  # type: ignore[index]
 
 
-def test_crash_makes_node_unknown_and_restore_makes_it_ready(
-    control_plane: ControlPlane, nodes: NodeFactory
-) -> None:
+def test_crash_makes_node_unknown_and_restore_makes_it_ready(control_plane: ControlPlane, nodes: NodeFactory) -> None:
     node = nodes.add()
     crashed_at = time.time()
     control_plane.crash(node)

@@ -42,9 +42,7 @@ def three_nodes(nodes: Any) -> str:
 
 
 def lease(cp: ControlPlane, namespace: str) -> dict[str, Any]:
-    found: dict[str, Any] = cp.api.get(
-        f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/asklepios"
-    )
+    found: dict[str, Any] = cp.api.get(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/asklepios")
     return found
 
 
@@ -120,16 +118,12 @@ def test_partitioned_leader_stops_writing_before_its_lease_expires(
             cp.admin_token,
             "admin",
         )
-        first = asklepios(
-            ha_env(nodes.prefix, namespace, ASKLEPIOS_KICKOUT_SECONDS="8"), kubeconfig=via_proxy
-        )
+        first = asklepios(ha_env(nodes.prefix, namespace, ASKLEPIOS_KICKOUT_SECONDS="8"), kubeconfig=via_proxy)
         wait_for(lambda: first.metric("asklepios_is_leader") == 1, 20, what="proxied replica leads")
         second = asklepios(ha_env(nodes.prefix, namespace, ASKLEPIOS_KICKOUT_SECONDS="8"))
         proxy.cut()
         cut_at = time.time()
-        lost = first.wait_log(
-            lambda r: r.get("msg") == "lost leadership: writes stopped", 10, "leader steps down"
-        )
+        lost = first.wait_log(lambda r: r.get("msg") == "lost leadership: writes stopped", 10, "leader steps down")
         renewed = parse_time(lease(cp, namespace)["spec"]["renewTime"])
         assert renewed <= cut_at + 0.5
         lost_at = datetime.fromisoformat(lost["ts"].replace("Z", "+00:00")).timestamp()
@@ -155,9 +149,7 @@ def test_apiserver_down_30s_nothing_stale_nothing_twice(
     leader_of(replicas)
     cp.set_ready(name, "False")
     cp.stop_apiserver()
-    wait_for(
-        lambda: all(r.metric("asklepios_is_leader") == 0 for r in replicas), 10, what="both stop writing"
-    )
+    wait_for(lambda: all(r.metric("asklepios_is_leader") == 0 for r in replicas), 10, what="both stop writing")
     outage_end = time.time() + 30
     wait_for(lambda: time.time() >= outage_end, 31, what="30 s apiserver outage")
     cp.start_apiserver()

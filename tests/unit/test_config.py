@@ -66,9 +66,7 @@ current-context: x
 
 
 @pytest.mark.parametrize(("name", "value"), BAD)
-def test_bad_value_exits_2_naming_it(
-    name: str, value: str, silent_apiserver: tuple[socket.socket, Path]
-) -> None:
+def test_bad_value_exits_2_naming_it(name: str, value: str, silent_apiserver: tuple[socket.socket, Path]) -> None:
     listener, kubeconfig = silent_apiserver
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASKLEPIOS_")}
     env.update({"ASKLEPIOS_HTTP_PORT": "0", "KUBECONFIG": str(kubeconfig), name: value})

@@ -73,9 +73,7 @@ def test_missing_ready_condition_counts_as_notready_from_first_sight() -> None:
 
 def test_kicked_out_node_counts_up_from_ready_and_kicks_in() -> None:
     record = KickoutRecord(at=at(60), cordoned=True, tainted=True)
-    view = node(
-        ReadyStatus.TRUE, since=at(300), kickout=record, unschedulable=True, taints=(OUT_OF_SERVICE_TAINT,)
-    )
+    view = node(ReadyStatus.TRUE, since=at(300), kickout=record, unschedulable=True, taints=(OUT_OF_SERVICE_TAINT,))
     up = judge(view, now=at(330), timing=TIMING, mark=None)
     assert (up.state, up.action, up.deadline) == (State.COUNTING_UP, None, at(360))
     assert judge(view, now=at(360), timing=TIMING, mark=None).action is Action.KICKIN
@@ -99,9 +97,7 @@ statuses = st.sampled_from([ReadyStatus.FALSE, ReadyStatus.UNKNOWN])
     flips=st.lists(st.tuples(statuses, st.floats(0.5, 50)), min_size=1, max_size=12),
     kickout=st.integers(1, 600),
 )
-def test_false_unknown_flips_never_move_the_deadline(
-    flips: list[tuple[ReadyStatus, float]], kickout: int
-) -> None:
+def test_false_unknown_flips_never_move_the_deadline(flips: list[tuple[ReadyStatus, float]], kickout: int) -> None:
     """Whatever False<->Unknown flips happen (each moving lastTransitionTime), a process
     that watched them, and a restarted one that reads the annotation it wrote, both keep
     the deadline at the start of the NotReady period + kickout."""

@@ -50,7 +50,14 @@ CONTRACT_DEFAULTS: dict[str, str] = {
 # Left out of the ConfigMap on purpose, and said so in a comment there:
 # the namespace comes from POD_NAMESPACE, and no legacy config file is used.
 NOT_IN_CONFIGMAP = {"ASKLEPIOS_NAMESPACE", "ASKLEPIOS_CONFIG_FILE"}
-BASE_SETTINGS = {k: v for k, v in CONTRACT_DEFAULTS.items() if k not in NOT_IN_CONFIGMAP}
+# Additions to the contract (documented in the README), shown with their defaults too.
+ADDITIONS = {
+    "ASKLEPIOS_LEASE_DURATION_SECONDS": "15",
+    "ASKLEPIOS_LEASE_RENEW_SECONDS": "10",
+    "ASKLEPIOS_LEASE_RETRY_SECONDS": "2",
+    "ASKLEPIOS_WATCH_TIMEOUT_SECONDS": "290",
+}
+BASE_SETTINGS = {k: v for k, v in CONTRACT_DEFAULTS.items() if k not in NOT_IN_CONFIGMAP} | ADDITIONS
 BURRITO_SETTINGS = BASE_SETTINGS | {
     "ASKLEPIOS_BALANCER": "true",
     "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
@@ -175,9 +182,7 @@ def test_every_setting_of_the_contract_with_its_value(directory: str) -> None:
     assert config_map["data"] == SETTINGS[directory]
     c = container(directory)
     assert c["envFrom"] == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
-    assert c["env"] == [
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
-    ]
+    assert c["env"] == [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
 
 
 def test_settings_left_out_are_explained() -> None:
@@ -292,9 +297,7 @@ def test_disruption_budget_and_metrics_service(directory: str) -> None:
     assert service["metadata"]["name"] == "asklepios-metrics"
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"] == SELECTOR
-    assert service["spec"]["ports"] == [
-        {"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}
-    ]
+    assert service["spec"]["ports"] == [{"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
 
 
 def test_containerfile_is_hadolint_clean() -> None:

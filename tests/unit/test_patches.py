@@ -33,9 +33,7 @@ def api_node(unschedulable: bool, taints: list[Taint], annotations: dict[str, st
         "metadata": {"name": "control2", "resourceVersion": "42", "annotations": annotations},
         "spec": {},
         "status": {
-            "conditions": [
-                {"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-03-05T05:42:15Z"}
-            ]
+            "conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-03-05T05:42:15Z"}]
         },
     }
     if unschedulable:
@@ -48,9 +46,7 @@ def api_node(unschedulable: bool, taints: list[Taint], annotations: dict[str, st
 taints = st.lists(
     st.builds(
         Taint,
-        key=st.sampled_from(
-            ["example.com/a", "node.kubernetes.io/unreachable", "node.kubernetes.io/out-of-service"]
-        ),
+        key=st.sampled_from(["example.com/a", "node.kubernetes.io/unreachable", "node.kubernetes.io/out-of-service"]),
         value=st.sampled_from(["", "x", "nodeshutdown"]),
         effect=st.sampled_from(["NoSchedule", "NoExecute"]),
     ),

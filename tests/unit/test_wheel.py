@@ -35,9 +35,7 @@ def test_cancel_and_earlier_reschedule() -> None:
     assert wheel.pop_due(6) == ["b"]
 
 
-@given(
-    ops=st.lists(st.tuples(st.sampled_from("abcde"), st.one_of(st.none(), st.integers(0, 100))), max_size=60)
-)
+@given(ops=st.lists(st.tuples(st.sampled_from("abcde"), st.one_of(st.none(), st.integers(0, 100))), max_size=60))
 def test_matches_a_plain_dict_model(ops: list[tuple[str, int | None]]) -> None:
     wheel, model = TimerWheel(), dict[str, int]()
     for key, when in ops:
