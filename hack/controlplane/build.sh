@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
 bin_dir=${ASKLEPIOS_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/asklepios/bin/$KUBERNETES_VERSION}
 mkdir -p "$bin_dir"
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOFLAGS=-mod=readonly  # go.mod and go.sum are the pins: never updated by a build
 log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # version ldflags so that `kube-apiserver --version` reports the pinned version

@@ -52,7 +52,7 @@ class Healer:
     views: dict[str, NodeView] = attrs.Factory(dict)
     marks: dict[str, NotReadyMark] = attrs.Factory(dict)
     notready: set[str] = attrs.Factory(set)
-    held: dict[str, str] = attrs.Factory(dict)  # node -> hold reason already announced
+    held: dict[str, str] = attrs.Factory(dict)  # node -> kind of hold already announced
     wheel: TimerWheel = attrs.Factory(TimerWheel)
     synced: bool = False
     states: dict[str, State] = attrs.Factory(dict)  # last state logged, to log changes only
@@ -230,16 +230,17 @@ class Healer:
         await self._carry_out(name, view, verdict)
 
     async def _announce_hold(self, view: NodeView, verdict: Verdict) -> None:
-        if self.held.get(view.name) == verdict.reason:
-            return
-        self.held[view.name] = verdict.reason
+        """Once per hold episode (and kind): a log line, and on the acting replica an Event."""
         kind = "dry run" if verdict.reason == "dry run" else "too many NotReady"
-        metrics.KICKOUTS_HELD.labels(reason=kind).inc()
+        if self.held.get(view.name) == kind:
+            return
+        self.held[view.name] = kind
         log.warning(
             "kickout held",
             extra={"node": view.name, "status": view.ready.value, "reason": verdict.reason},
         )
         if self.gate.may_write() or self.settings.dry_run:
+            metrics.KICKOUTS_HELD.labels(reason=kind).inc()
             await self.events.emit(self._ref(view), "KickoutHeld", verdict.reason, warning=True)
 
     async def _write_mark(self, view: NodeView) -> None:
