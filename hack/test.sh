@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
 
 bash hack/setup.sh
+if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+  step "installing buildah and debootstrap (Debian packages) for the image test"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap crun >/dev/null
+fi
 
 export PATH="$PWD/.venv/bin:$PATH"
 step "ruff check";          ruff check .

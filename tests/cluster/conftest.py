@@ -30,6 +30,7 @@ from asklepios_lab import ControlPlane, Kube, StaticToken, binaries, wait_for
 from tests.cluster.runner import AsklepiosFactory
 
 HERE = Path(__file__).parent
+WATCH_LABEL = "asklepios.test/id"  # each test's Asklepios watches only its own nodes
 ASKLEPIOS_USER = "system:serviceaccount:kube-system:asklepios"
 ASKLEPIOS_TOKEN = StaticToken(
     token=secrets.token_hex(16),
@@ -117,6 +118,11 @@ class NodeFactory:
         self.names.append(name)
         self.cp.add_node(name, labels, taints, control_plane=control_plane, wait_ready=wait_ready)
         return name
+
+    def watched(self, *suffixes: str, **kw: Any) -> list[str]:
+        """Add nodes labelled so that only this test's Asklepios watches them (see checks.env)."""
+        labels = {WATCH_LABEL: self.prefix, **(kw.pop("labels", None) or {})}
+        return [self.add(suffix, labels=labels, **kw) for suffix in suffixes]
 
     def add_many(self, count: int, **kw: Any) -> list[str]:
         return [self.add(**kw) for _ in range(count)]

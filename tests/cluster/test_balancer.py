@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from asklepios_lab import ControlPlane, workloads
+from tests.cluster.checks import SEL, env, first_seen, has_oos
 from tests.cluster.podwatch import PodWatch
 from tests.cluster.runner import AsklepiosFactory, wait_value
-from tests.cluster.test_healer import SEL, env, first_seen, has_oos
 
 SEED = ("mariadb-server", "rabbitmq-rabbitmq")
 
@@ -61,7 +61,7 @@ def test_seed_story_ends_balanced_within_pdbs(
     control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    names = nodes.watched("control1", "control2", "control3", control_plane=True)
     with PodWatch(cp, namespace) as watch:
         for sts in SEED:
             workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
@@ -141,7 +141,7 @@ def test_three_statefulsets_converge_one_move_at_a_time(
     control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    names = [nodes.add(s, labels={SEL: nodes.prefix}) for s in "abc"]
+    names = nodes.watched("a", "b", "c")
     cp.api.patch(f"/api/v1/nodes/{names[2]}", {"spec": {"unschedulable": True}})
     apps = {"sts-a": "app-a", "sts-b": "app-b", "sts-c": "app-c"}
     with PodWatch(cp, namespace) as watch:

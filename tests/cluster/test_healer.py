@@ -11,68 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
 
 from asklepios_lab import ControlPlane, wait_for, workloads
+from tests.cluster.checks import OOS, SEL, env, events, first_seen, has_oos, parse_time, ready, wait_node
 from tests.cluster.runner import AsklepiosFactory, wait_value
 
-JSON = dict[str, Any]
-SEL = "asklepios.test/id"
-OOS = "node.kubernetes.io/out-of-service"
 KICKOUT_ANNOTATION = "asklepios.io/kickout"
 OBSERVATION_WINDOW = 6.0  # seconds: kickout (2 s) + two resync periods (2 s each)
-
-
-def env(prefix: str, **extra: str) -> dict[str, str]:
-    return {
-        "ASKLEPIOS_NODE_SELECTOR": f"{SEL}={prefix}",
-        "ASKLEPIOS_KICKOUT_SECONDS": "5",
-        "ASKLEPIOS_KICKIN_SECONDS": "5",
-        "ASKLEPIOS_RESYNC_SECONDS": "2",
-        **extra,
-    }
-
-
-def parse_time(raw: str) -> float:
-    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-
-
-def ready(node: JSON) -> JSON:
-    return next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
-
-
-def has_oos(node: JSON) -> bool:
-    return any(t["key"] == OOS and t["effect"] == "NoExecute" for t in node["spec"].get("taints") or [])
-
-
-def first_seen(cp: ControlPlane, name: str, check: Any, timeout: float, what: str) -> tuple[float, JSON]:
-    """Poll the node every 50 ms; return (wall time first seen, node)."""
-
-    def probe() -> tuple[float, JSON] | None:
-        node = cp.node(name)
-        return (time.time(), node) if check(node) else None
-
-    return wait_value(probe, timeout, what, interval=0.05)
-
-
-def wait_node(cp: ControlPlane, name: str, check: Callable[[JSON], bool], timeout: float, what: str) -> JSON:
-    def probe() -> JSON | None:
-        node = cp.node(name)
-        return node if check(node) else None
-
-    return wait_value(probe, timeout, what)
-
-
-def events(cp: ControlPlane, reason: str, node: str) -> list[JSON]:
-    items: list[JSON] = cp.api.get(
-        "/api/v1/namespaces/default/events",
-        query={"fieldSelector": f"involvedObject.name={node},reason={reason}"},
-    )["items"]
-    return items
 
 
 @pytest.mark.timeout(240)
@@ -80,7 +28,7 @@ def test_seed_scenario_kickout_and_kickin_at_deadlines(
     control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    names = nodes.watched("control1", "control2", "control3", control_plane=True)
     for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
         workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
     before = {sts: workloads.wait_all_running(cp, namespace, sts, 3) for sts in ("mariadb-server", "rabbitmq-rabbitmq")}
@@ -128,9 +76,7 @@ def test_false_unknown_flip_keeps_the_deadline(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    nodes.add("m", labels={SEL: nodes.prefix})
-    nodes.add("o", labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="8"))
     start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
     wait_for(
@@ -150,9 +96,7 @@ def test_restart_mid_countdown_acts_at_the_original_deadline(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    nodes.add("m", labels={SEL: nodes.prefix})
-    nodes.add("o", labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     first = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="10"))
     start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
     wait_for(lambda: time.time() >= start + 2, 5, what="2 s into the countdown")
@@ -174,9 +118,7 @@ def test_admin_cordon_and_foreign_taint_survive_a_cycle(
 ) -> None:
     cp = control_plane
     foreign = {"key": "example.com/maintenance", "value": "disk", "effect": "NoSchedule"}
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    nodes.add("m", labels={SEL: nodes.prefix})
-    nodes.add("o", labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     cp.api.patch(f"/api/v1/nodes/{name}", {"spec": {"unschedulable": True, "taints": [foreign]}})
     asklepios(env(nodes.prefix))
     cp.set_ready(name, "False")
@@ -196,9 +138,7 @@ def test_concurrent_taint_writer_loses_nothing(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    nodes.add("m", labels={SEL: nodes.prefix})
-    nodes.add("o", labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3"))
     written: list[str] = []
     stop = threading.Event()
@@ -242,7 +182,7 @@ def test_concurrent_taint_writer_loses_nothing(
 @pytest.mark.timeout(120)
 def test_too_many_notready_holds_kickouts(control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory) -> None:
     cp = control_plane
-    a, b, _c = (nodes.add(s, labels={SEL: nodes.prefix}) for s in "abc")
+    a, b, _c = nodes.watched("a", "b", "c")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_MAX_UNHEALTHY="1", ASKLEPIOS_KICKOUT_SECONDS="3"))
     cp.set_ready(a, "False")
     cp.set_ready(b, "Unknown")
@@ -296,9 +236,7 @@ def test_kickin_waits_for_pods_stuck_terminating(
     """A pod from before the kickout that is still Terminating (here: held by a finalizer)
     holds the kickin: removing the taint first would leave it stuck for good."""
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    for s in "mo":
-        nodes.add(s, labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     pod = {
         "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
         "spec": {"nodeName": name, "containers": [{"name": "c", "image": "registry.local/x:1"}]},
@@ -364,9 +302,7 @@ def test_resync_repairs_a_taint_removed_while_the_node_is_down(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    for s in "mo":
-        nodes.add(s, labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="2"))
     cp.set_ready(name, "False")
     _, kicked = first_seen(cp, name, has_oos, 20, "kickout")

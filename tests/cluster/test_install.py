@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from asklepios_lab import ApiError, ControlPlane, Kube, wait_for, workloads
+from tests.cluster.checks import first_seen, has_oos
 from tests.cluster.conftest import ASKLEPIOS_TOKEN
 from tests.cluster.runner import AsklepiosFactory, wait_value
 from tests.cluster.test_balancer import balancer_env, one_per_node, pdb
-from tests.cluster.test_healer import SEL, first_seen, has_oos
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
     cp = control_plane
     apply_k8s(kube)
     kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "--ignore-not-found", "--wait=false")
-    names = [nodes.add(f"control{i}", labels={SEL: nodes.prefix}, control_plane=True) for i in (1, 2, 3)]
+    names = nodes.watched("control1", "control2", "control3", control_plane=True)
     for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
         workloads.create(cp, namespace, workloads.statefulset(sts, sts.split("-")[0]))
         workloads.create(cp, namespace, pdb(sts, minAvailable=2))

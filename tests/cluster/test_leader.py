@@ -11,9 +11,9 @@ import pytest
 from asklepios_lab.api import write_kubeconfig
 
 from asklepios_lab import ControlPlane, wait_for
+from tests.cluster.checks import env, events, first_seen, has_oos, parse_time, ready
 from tests.cluster.proxy import CuttableProxy
 from tests.cluster.runner import Asklepios, AsklepiosFactory, wait_value
-from tests.cluster.test_healer import SEL, env, events, first_seen, has_oos, parse_time, ready
 
 LEASE = {
     "ASKLEPIOS_LEASE_DURATION_SECONDS": "4",
@@ -35,9 +35,7 @@ def leader_of(replicas: list[Asklepios]) -> Asklepios:
 
 
 def three_nodes(nodes: Any) -> str:
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    for s in "mo":
-        nodes.add(s, labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     return str(name)
 
 

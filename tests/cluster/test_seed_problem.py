@@ -21,64 +21,18 @@ from typing import Any
 
 import pytest
 
-from asklepios_lab import ControlPlane, Kube, ready_condition
+from asklepios_lab import ControlPlane, Kube, ready_condition, workloads
 
 from .conftest import NodeFactory
 
-STATEFULSETS = {"mariadb-server": "mariadb:10.11", "rabbitmq-rabbitmq": "rabbitmq:3.13"}
-TOLERATION_SECONDS = 2  # for not-ready/unreachable: upstream's default is 300 s
+STATEFULSETS = {"mariadb-server": "mariadb", "rabbitmq-rabbitmq": "rabbitmq"}  # name: application
+TOLERATION_SECONDS = workloads.EVICTION_TOLERATION_SECONDS  # upstream's default is 300 s
 # After eviction, how long the stuck state is watched. Waiting for a condition cannot
 # show that something does NOT happen, so this is a fixed observation window: several
 # StatefulSet resyncs and twice the node grace period, and still nothing moves.
 OBSERVATION_WINDOW = 10.0
 CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}
-
-
-def statefulset(name: str, image: str, group: str) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/name": name}
-    tolerations: list[dict[str, Any]] = [
-        {
-            "key": f"node.kubernetes.io/{key}",
-            "operator": "Exists",
-            "effect": "NoExecute",
-            "tolerationSeconds": TOLERATION_SECONDS,
-        }
-        for key in ("not-ready", "unreachable")
-    ]
-    tolerations.append({"key": CONTROL_PLANE, "operator": "Exists", "effect": "NoSchedule"})
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": name},
-        "spec": {
-            "serviceName": name,
-            "replicas": 3,
-            "podManagementPolicy": "Parallel",  # start all three at once: a faster test
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {CONTROL_PLANE: "", "lab-group": group},
-                    "tolerations": tolerations,
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "labelSelector": {"matchLabels": labels},
-                                        "topologyKey": "kubernetes.io/hostname",
-                                    },
-                                }
-                            ]
-                        }
-                    },
-                    "containers": [{"name": name.split("-", maxsplit=1)[0], "image": image}],
-                },
-            },
-        },
-    }
 
 
 def pods_of(kube: Kube, namespace: str, name: str) -> dict[str, dict[str, Any]]:
@@ -99,7 +53,8 @@ def test_dead_node_pods_stay_terminating_until_out_of_service_taint(
 ) -> None:
     group = nodes.prefix
     cps = [nodes.add(f"cp{i}", control_plane=True, labels={"lab-group": group}) for i in range(3)]
-    kube.apply([statefulset(n, image, group) for n, image in STATEFULSETS.items()], namespace)
+    selector = {CONTROL_PLANE: "", "lab-group": group}
+    kube.apply([workloads.statefulset(n, app, node_selector=selector) for n, app in STATEFULSETS.items()], namespace)
 
     def all_running_one_per_node() -> bool:
         for name in STATEFULSETS:

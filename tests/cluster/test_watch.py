@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from asklepios_lab import ControlPlane, wait_for
+from tests.cluster.checks import env, first_seen, has_oos, parse_time, ready
 from tests.cluster.runner import AsklepiosFactory
-from tests.cluster.test_healer import SEL, env, first_seen, has_oos, parse_time, ready
 
 
 @pytest.mark.timeout(180)
@@ -17,9 +17,7 @@ def test_apiserver_restart_mid_countdown_kickout_still_on_time(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    for s in "mo":
-        nodes.add(s, labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="15", ASKLEPIOS_MAX_UNHEALTHY="100%"))
     start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
     wait_for(lambda: time.time() >= start + 2, 5, what="2 s into the countdown")
@@ -37,9 +35,7 @@ def test_410_gone_relists_and_keeps_working(
     control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
     cp = control_plane
-    name = nodes.add("n", labels={SEL: nodes.prefix})
-    for s in "mo":
-        nodes.add(s, labels={SEL: nodes.prefix})
+    name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3", ASKLEPIOS_MAX_UNHEALTHY="100%"))
     cp.stop_apiserver()
     # move etcd past the watch's resourceVersion, then compact it away

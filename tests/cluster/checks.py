@@ -1,0 +1,65 @@
+"""What the cluster tests look at on nodes: readiness, our taint, Events; and the settings
+every test starts Asklepios with (its own nodes only, short timings)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from asklepios_lab import ControlPlane
+from tests.cluster.conftest import WATCH_LABEL
+from tests.cluster.runner import wait_value
+
+JSON = dict[str, Any]
+SEL = WATCH_LABEL
+OOS = "node.kubernetes.io/out-of-service"
+
+
+def env(prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "ASKLEPIOS_NODE_SELECTOR": f"{SEL}={prefix}",
+        "ASKLEPIOS_KICKOUT_SECONDS": "5",
+        "ASKLEPIOS_KICKIN_SECONDS": "5",
+        "ASKLEPIOS_RESYNC_SECONDS": "2",
+        **extra,
+    }
+
+
+def parse_time(raw: str) -> float:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+
+
+def ready(node: JSON) -> JSON:
+    return next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+
+
+def has_oos(node: JSON) -> bool:
+    return any(t["key"] == OOS and t["effect"] == "NoExecute" for t in node["spec"].get("taints") or [])
+
+
+def first_seen(cp: ControlPlane, name: str, check: Any, timeout: float, what: str) -> tuple[float, JSON]:
+    """Poll the node every 50 ms; return (wall time first seen, node)."""
+
+    def probe() -> tuple[float, JSON] | None:
+        node = cp.node(name)
+        return (time.time(), node) if check(node) else None
+
+    return wait_value(probe, timeout, what, interval=0.05)
+
+
+def wait_node(cp: ControlPlane, name: str, check: Callable[[JSON], bool], timeout: float, what: str) -> JSON:
+    def probe() -> JSON | None:
+        node = cp.node(name)
+        return node if check(node) else None
+
+    return wait_value(probe, timeout, what)
+
+
+def events(cp: ControlPlane, reason: str, node: str) -> list[JSON]:
+    items: list[JSON] = cp.api.get(
+        "/api/v1/namespaces/default/events",
+        query={"fieldSelector": f"involvedObject.name={node},reason={reason}"},
+    )["items"]
+    return items
