@@ -136,7 +136,10 @@ class Healer:
         if verdict.state is not State.HELD:
             self.held.pop(name, None)
         due_now = verdict.action is not None or (verdict.state is State.HELD and name not in self.held)
-        if due_now or (self._mark_out_of_date(view) and not self.settings.dry_run):
+        recheck = self.blocked_until.get(name, 0.0) if verdict.action is Action.KICKIN else 0.0
+        if recheck > self.clock().timestamp():  # kickin waits for old pods: do not list them again yet
+            self.wheel.schedule(name, recheck)
+        elif due_now or (self._mark_out_of_date(view) and not self.settings.dry_run):
             self.wheel.schedule(name, 0.0)
         elif verdict.deadline is not None:
             self.wheel.schedule(name, verdict.deadline.timestamp())
