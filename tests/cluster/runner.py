@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from asklepios_lab.procs import free_port
 
 from asklepios_lab import wait_for
+from asklepios_lab.procs import free_port
 
 JSON = dict[str, Any]
 T = TypeVar("T")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asklepios_lab.api import write_kubeconfig
 
 from asklepios_lab import ControlPlane, wait_for
+from asklepios_lab.api import write_kubeconfig
 from tests.cluster.checks import env, events, first_seen, has_oos, parse_time, ready
 from tests.cluster.proxy import CuttableProxy
 from tests.cluster.runner import Asklepios, AsklepiosFactory, wait_value

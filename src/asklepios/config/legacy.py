@@ -37,9 +37,7 @@ def read_legacy_file(path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
         if key not in LEGACY_KEYS:
-            raise ConfigError(
-                f"{where} is not allowed: unknown key {key!r}, expected {', '.join(LEGACY_KEYS)}"
-            )
+            raise ConfigError(f"{where} is not allowed: unknown key {key!r}, expected {', '.join(LEGACY_KEYS)}")
         if isinstance(value, bool):
             out[LEGACY_KEYS[key]] = "true" if value else "false"
         else:

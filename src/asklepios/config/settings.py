@@ -48,9 +48,7 @@ class _Environment:
     kickout_seconds: int = _var("KICKOUT_SECONDS", "60", parse.integer(1))
     kickin_seconds: int = _var("KICKIN_SECONDS", "60", parse.integer(1))
     resync_seconds: int = _var("RESYNC_SECONDS", "10", parse.integer(1, 3600))
-    node_selector: LabelSelector = _var(
-        "NODE_SELECTOR", "node-role.kubernetes.io/control-plane", parse.selector
-    )
+    node_selector: LabelSelector = _var("NODE_SELECTOR", "node-role.kubernetes.io/control-plane", parse.selector)
     max_unhealthy: MaxUnhealthy = _var("MAX_UNHEALTHY", "50%", parse.max_unhealthy)
     balancer: bool = _var("BALANCER", "false", parse.boolean)
     balancer_selector: LabelSelector = _var("BALANCER_SELECTOR", "asklepios.io/balance=true", parse.selector)

@@ -78,9 +78,7 @@ def plan_move(members: list[PodView], nodes: Mapping[str, NodeView]) -> Move | N
         if name not in by_node and view.kickout is None and not view.has_out_of_service_taint
     )
     for node in crowded:
-        newest_first = sorted(
-            by_node[node], key=lambda p: (p.created is not None, p.created, p.name), reverse=True
-        )
+        newest_first = sorted(by_node[node], key=lambda p: (p.created is not None, p.created, p.name), reverse=True)
         for pod in newest_first:
             for target in empty:
                 if pod.placement.fits(nodes[target]) is None:

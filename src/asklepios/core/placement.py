@@ -82,9 +82,7 @@ class Placement:
         for key, value in self.node_selector.items():
             if node.labels.get(key) != value:
                 return f"nodeSelector {key}={value}"
-        if self.affinity_terms and not any(
-            all(req.matches(node) for req in term) for term in self.affinity_terms
-        ):
+        if self.affinity_terms and not any(all(req.matches(node) for req in term) for term in self.affinity_terms):
             return "required node affinity"
         for taint in node.taints:
             if taint.effect not in ("NoSchedule", "NoExecute"):

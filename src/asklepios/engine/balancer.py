@@ -61,9 +61,7 @@ class Balancer:
         for key, members in statefulset_pods(self.pods.values()).items():
             move = self.inflight.get(key)
             if move is not None:
-                if any(p.uid == move.pod.uid for p in members) or not all(
-                    p.ready and not p.deleting for p in members
-                ):
+                if any(p.uid == move.pod.uid for p in members) or not all(p.ready and not p.deleting for p in members):
                     continue  # the evicted pod is not yet replaced by a Ready one
                 del self.inflight[key]
             move = plan_move(members, nodes)
@@ -107,10 +105,7 @@ class Balancer:
         self.inflight[key] = move
         metrics.REBALANCED_PODS.inc()
         log.info("pod moved", extra={**facts, "action": "rebalance"})
-        message = (
-            f"evicted from {move.from_node}, which holds two pods of {sts.name}, "
-            f"so it can run on {move.to_node}"
-        )
+        message = f"evicted from {move.from_node}, which holds two pods of {sts.name}, so it can run on {move.to_node}"
         pod_ref = ObjectRef("Pod", move.pod.name, move.pod.uid, move.namespace)
         await self.events.emit(pod_ref, "PodRebalanced", message)
         sts_ref = ObjectRef("StatefulSet", sts.name, sts.uid, move.namespace, api_version="apps/v1")

@@ -354,9 +354,7 @@ class Healer:
                 "node kicked in",
                 extra={"node": name, "status": view.ready.value, "action": "kickin"},
             )
-            await self.events.emit(
-                self._ref(view), "NodeKickedIn", "Ready again; undid what the kickout changed"
-            )
+            await self.events.emit(self._ref(view), "NodeKickedIn", "Ready again; undid what the kickout changed")
             self.on_kickin(name)
         elif verdict.action is Action.REPAIR:
             assert view.kickout is not None

@@ -51,8 +51,7 @@ def parse_node(obj: JSON) -> NodeView:
         ready_since=since,
         unschedulable=bool(spec.get("unschedulable", False)),
         taints=tuple(
-            Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", ""))
-            for t in spec.get("taints") or ()
+            Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", "")) for t in spec.get("taints") or ()
         ),
         kickout=KickoutRecord.decode(kickout) if kickout else None,
         notready_mark=NotReadyMark.decode(mark) if mark else None,

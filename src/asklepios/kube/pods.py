@@ -65,9 +65,7 @@ def _placement(spec: JSON) -> Placement:
 def parse_pod(obj: JSON) -> PodView:
     meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
     owner = next((o for o in meta.get("ownerReferences") or () if o.get("controller")), None)
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
-    )
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
     return PodView(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),

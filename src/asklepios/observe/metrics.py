@@ -9,9 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 KICKOUTS = Counter("asklepios_kickouts", "Nodes kicked out (cordoned and tainted out-of-service)")
 KICKINS = Counter("asklepios_kickins", "Nodes kicked in (what the kickout did was undone)")
-KICKOUTS_HELD = Counter(
-    "asklepios_kickouts_held", "Kickouts held at their deadline (guard, dry run)", ["reason"]
-)
+KICKOUTS_HELD = Counter("asklepios_kickouts_held", "Kickouts held at their deadline (guard, dry run)", ["reason"])
 REBALANCED_PODS = Counter("asklepios_rebalanced_pods", "StatefulSet pods evicted to rebalance")
 REPAIRS = Counter("asklepios_repairs", "Cordons or taints of a kicked-out node re-applied")
 WATCHED_NODES = Gauge("asklepios_watched_nodes", "Nodes matching ASKLEPIOS_NODE_SELECTOR")
