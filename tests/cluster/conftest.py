@@ -165,3 +165,11 @@ def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Asklepios
     yield factory
     complaints = list(factory.close())
     assert not complaints, "\n".join(complaints)
+
+
+@pytest.fixture
+def apiserver_outage(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """For tests that stop the apiserver: afterwards the controllers are restarted, so
+    their lagging informers do not leak into the next test."""
+    yield control_plane
+    control_plane.restart_controllers()

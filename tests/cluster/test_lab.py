@@ -146,7 +146,8 @@ def test_set_ready_sticks_until_cleared(control_plane: ControlPlane, nodes: Node
     assert control_plane.ready_status(node) == "True"
 
 
-def test_stop_and_start_apiserver_keeps_the_data(control_plane: ControlPlane, namespace: str) -> None:
+def test_stop_and_start_apiserver_keeps_the_data(apiserver_outage: ControlPlane, namespace: str) -> None:
+    control_plane = apiserver_outage
     api = control_plane.api
     control_plane.stop_apiserver()
     with pytest.raises(ConnectionRefusedError):
@@ -155,7 +156,8 @@ def test_stop_and_start_apiserver_keeps_the_data(control_plane: ControlPlane, na
     assert api.get(f"/api/v1/namespaces/{namespace}")["metadata"]["name"] == namespace
 
 
-def test_compact_etcd_then_restart_makes_old_watch_gone(control_plane: ControlPlane, namespace: str) -> None:
+def test_compact_etcd_then_restart_makes_old_watch_gone(apiserver_outage: ControlPlane, namespace: str) -> None:
+    control_plane = apiserver_outage
     api = control_plane.api
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     old_rv = api.get(path)["metadata"]["resourceVersion"]

@@ -14,9 +14,9 @@ from tests.cluster.runner import AsklepiosFactory
 
 @pytest.mark.timeout(180)
 def test_apiserver_restart_mid_countdown_kickout_still_on_time(
-    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+    apiserver_outage: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
-    cp = control_plane
+    cp = apiserver_outage
     name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="15", ASKLEPIOS_MAX_UNHEALTHY="100%"))
     start = parse_time(ready(cp.set_ready(name, "False"))["lastTransitionTime"])
@@ -32,9 +32,9 @@ def test_apiserver_restart_mid_countdown_kickout_still_on_time(
 
 @pytest.mark.timeout(180)
 def test_410_gone_relists_and_keeps_working(
-    control_plane: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
+    apiserver_outage: ControlPlane, nodes: Any, asklepios: AsklepiosFactory
 ) -> None:
-    cp = control_plane
+    cp = apiserver_outage
     name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="3", ASKLEPIOS_MAX_UNHEALTHY="100%"))
     cp.stop_apiserver()

@@ -176,12 +176,7 @@ class ControlPlane(NodeOps):
             self._etcd.start()
             wait_until(self.etcd.healthy, 30, "etcd /health", alive=[self._etcd])
             self.start_apiserver()
-            self._kcm.start()
-            self._scheduler.start()
-            for proc, port in ((self._kcm, "kcm"), (self._scheduler, "scheduler")):
-                url = f"https://127.0.0.1:{self._ports[port]}/healthz"
-                wait_until(partial(_https_ok, url), self.start_timeout, f"{proc.name} {url}",
-                           alive=[proc])  # fmt: skip
+            self._start_controllers()
             if self.anchor_node:
                 self.add_node(
                     "lab-anchor",
@@ -192,6 +187,24 @@ class ControlPlane(NodeOps):
             self.stop()
             raise
         return self
+
+    def _start_controllers(self) -> None:
+        self._kcm.start()
+        self._scheduler.start()
+        for proc, port in ((self._kcm, "kcm"), (self._scheduler, "scheduler")):
+            url = f"https://127.0.0.1:{self._ports[port]}/healthz"
+            wait_until(partial(_https_ok, url), self.start_timeout, f"{proc.name} {url}",
+                       alive=[proc])  # fmt: skip
+
+    def restart_controllers(self) -> None:
+        """Restart kube-controller-manager and kube-scheduler (fresh informers).
+
+        After an apiserver outage their informers back off for up to 30 s and 1.37's
+        controllers refuse to act on a cache older than their own last write, so a
+        test that stopped the apiserver calls this to hand the next test a settled lab.
+        """
+        stop_many([self._scheduler, self._kcm])
+        self._start_controllers()
 
     def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
