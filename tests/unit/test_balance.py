@@ -104,3 +104,23 @@ def test_a_move_always_leaves_a_crowded_node_for_an_empty_one(placement: list[st
         assert counts[move.to_node] == 0
         same_node = [p for p in members if p.node == move.from_node]
         assert move.pod.created == max(p.created for p in same_node if p.created)  # the newest
+
+
+def test_pods_of_one_template_share_their_placement_and_owner() -> None:
+    from asklepios.kube.pods import parse_pod
+
+    def raw(i: int) -> dict[str, object]:
+        return {
+            "metadata": {
+                "name": f"db-{i}",
+                "namespace": "openstack",
+                "uid": f"u{i}",
+                "ownerReferences": [{"kind": "StatefulSet", "name": "db", "uid": "s", "controller": True}],
+            },
+            "spec": {"nodeName": "n1", "tolerations": [{"key": "k", "operator": "Exists"}]},
+        }
+
+    a, b = parse_pod(raw(0)), parse_pod(raw(1))
+    assert a.placement is b.placement
+    assert a.owner is b.owner
+    assert a.placement.tolerations == (Toleration(key="k", operator="Exists"),)

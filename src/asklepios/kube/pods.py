@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from types import MappingProxyType
+
+import orjson
 
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.node import parse_time
@@ -30,6 +33,35 @@ class PodApi:
             "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={node}"}, timeout=30
         )
         return [parse_pod_ref(obj) for obj in data.get("items", [])]
+
+
+# Pods of one StatefulSet share their template: one Placement and one OwnerRef for all of
+# them, and the strings they repeat (namespace, node, owner) interned, keep a cache of
+# 50,000 pods small. Bounded: a cluster with more distinct templates just shares less.
+_SHARED_LIMIT = 10_000
+_placements: dict[bytes, Placement] = {}
+_owners: dict[tuple[str, str, str], OwnerRef] = {}
+
+
+def _shared_placement(spec: JSON) -> Placement:
+    parts = (spec.get("nodeSelector"), (spec.get("affinity") or {}).get("nodeAffinity"), spec.get("tolerations"))
+    key = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    found = _placements.get(key)
+    if found is None:
+        if len(_placements) >= _SHARED_LIMIT:
+            _placements.clear()
+        found = _placements[key] = _placement(spec)
+    return found
+
+
+def _shared_owner(kind: str, name: str, uid: str) -> OwnerRef:
+    key = (kind, name, uid)
+    found = _owners.get(key)
+    if found is None:
+        if len(_owners) >= _SHARED_LIMIT:
+            _owners.clear()
+        found = _owners[key] = OwnerRef(sys.intern(kind), sys.intern(name), sys.intern(uid))
+    return found
 
 
 def _placement(spec: JSON) -> Placement:
@@ -67,15 +99,15 @@ def parse_pod(obj: JSON) -> PodView:
     owner = next((o for o in meta.get("ownerReferences") or () if o.get("controller")), None)
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
     return PodView(
-        namespace=meta.get("namespace", ""),
+        namespace=sys.intern(meta.get("namespace", "")),
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
-        node=spec.get("nodeName", "") or "",
-        owner=OwnerRef(owner.get("kind", ""), owner.get("name", ""), owner.get("uid", "")) if owner else None,
+        node=sys.intern(spec.get("nodeName", "") or ""),
+        owner=_shared_owner(owner.get("kind", ""), owner.get("name", ""), owner.get("uid", "")) if owner else None,
         created=parse_time(meta.get("creationTimestamp")),
         deleting=meta.get("deletionTimestamp") is not None,
         ready=ready,
-        placement=_placement(spec),
+        placement=_shared_placement(spec),
     )
 
 
