@@ -1,0 +1,98 @@
+"""``python -m bench <scenario> [options]``: run one scenario, or ``all`` of them.
+
+``all`` runs every scenario and size as its own child process, each wrapped in
+``flock <lock file>`` (``ASKLEPIOS_BENCH_LOCK``, default /tmp/asklepios-cluster.lock)
+so that no two control planes share the machine; then it regenerates RESULTS.md.
+A single scenario does not take the lock itself: wrap it, as ``all`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from bench import REPO_DIR, lag, load, memory, recovery
+from bench.report import write_table
+
+SIZES = (10, 1000, 5000)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="scenario", required=True)
+    p = sub.add_parser("lag", help="kickout/kickin lag at N watched nodes")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--kickouts", type=int, default=200)
+    p.add_argument("--spread", type=float, default=60.0, help="seconds over which NotReady starts spread")
+    p.add_argument("--kickout-seconds", type=int, default=5)
+    p.add_argument("--kickin-seconds", type=int, default=5)
+    p = sub.add_parser("load", help="apiserver requests of Asklepios at N watched nodes")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--window", type=float, default=180.0, help="steady-state window, seconds")
+    p.add_argument("--burst", type=int, default=100, help="nodes kicked out at once for per-kickout counts")
+    p = sub.add_parser("memory", help="RSS/CPU at many nodes and balancer pods")
+    p.add_argument("--nodes", type=int, default=5000)
+    p.add_argument("--pods-per-node", type=int, default=10)
+    p.add_argument("--window", type=float, default=600.0, help="steady window, seconds (issue: 10 min)")
+    p.add_argument("--burst", type=int, default=500, help="nodes going NotReady at once")
+    p.add_argument("--no-profile", action="store_true", help="skip the tracemalloc run of the controller")
+    p = sub.add_parser("recovery", help="seed scenario: crash to Running elsewhere, restore to balanced")
+    p.add_argument("--runs", type=int, default=5)
+    p = sub.add_parser("all", help="every scenario and size, each under the cluster lock")
+    p.add_argument("--memory-window", type=float, default=600.0)
+    p.add_argument("--only", nargs="*", default=(), help="scenario names to run (default: all)")
+    sub.add_parser("table", help="regenerate results/RESULTS.md from the JSON files")
+    for name, child in sub.choices.items():
+        if name not in ("all", "table"):
+            child.add_argument("--keep", action="store_true", help="keep the lab's work directory")
+    return parser
+
+
+def _all(memory_window: float, only: tuple[str, ...]) -> int:
+    lock = os.environ.get("ASKLEPIOS_BENCH_LOCK", "/tmp/asklepios-cluster.lock")
+    flock = shutil.which("flock")
+    pieces = [["lag", "--nodes", str(n)] for n in SIZES]
+    pieces += [["load", "--nodes", str(n)] for n in SIZES]
+    pieces += [["memory", "--window", str(memory_window)], ["recovery"]]
+    failed = 0
+    for piece in pieces:
+        if only and piece[0] not in only:
+            continue
+        argv = [sys.executable, "-m", "bench", *piece]
+        if flock:
+            argv = [flock, lock, *argv]
+        started = time.monotonic()
+        print(f"[bench] running {' '.join(argv)}", flush=True)
+        code = subprocess.run(argv, cwd=REPO_DIR).returncode
+        print(f"[bench] {' '.join(piece)}: exit {code} after {time.monotonic() - started:.0f} s", flush=True)
+        failed += code != 0
+    write_table()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.scenario == "all":
+        return _all(args.memory_window, tuple(args.only))
+    if args.scenario == "table":
+        write_table()
+        return 0
+    if args.scenario == "lag":
+        lag.run(args.nodes, kickouts=args.kickouts, spread=args.spread, kickout_s=args.kickout_seconds,
+                kickin_s=args.kickin_seconds, keep=args.keep)  # fmt: skip
+    elif args.scenario == "load":
+        load.run(args.nodes, window=args.window, burst=args.burst, keep=args.keep)
+    elif args.scenario == "memory":
+        memory.run(args.nodes, pods_per_node=args.pods_per_node, window=args.window, burst=args.burst,
+                   profiled=not args.no_profile, keep=args.keep)  # fmt: skip
+    elif args.scenario == "recovery":
+        recovery.run(runs=args.runs, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

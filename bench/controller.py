@@ -1,0 +1,206 @@
+"""Asklepios as the operator runs it (``python -m asklepios run``), seen from outside.
+
+:class:`Controller` starts the process with a kubeconfig and ``ASKLEPIOS_*``
+settings, reads its ``/metrics`` and JSON log, and measures it through ``/proc``
+(resident set size, CPU seconds). :class:`Sampler` records RSS and CPU every
+``interval`` seconds in a thread, so peaks during a burst are not missed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+JSON = dict[str, Any]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Controller:
+    """One Asklepios process. ``argv`` defaults to ``python -m asklepios run``."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        argv: Sequence[str] = (sys.executable, "-m", "asklepios", "run"),
+    ) -> None:
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ASKLEPIOS_")},
+            "KUBECONFIG": str(kubeconfig),
+            "ASKLEPIOS_HTTP_PORT": str(self.port),
+            "ASKLEPIOS_LEADER_ELECTION": "false",
+            "ASKLEPIOS_LOG_FORMAT": "json",
+            **env,
+        }
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> Controller:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.started_at = time.time()
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> float:
+        """Wait for ``/readyz`` 200 (the first node list is synced); returns when (epoch)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http("/readyz")[0] == 200:
+                return time.time()
+            time.sleep(0.1)
+        raise TimeoutError(f"asklepios not ready within {timeout}s; log {self.log_path}")
+
+    def http(self, path: str) -> tuple[int, str]:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"asklepios exited with {self.proc.returncode}; log {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as ``name{label="v",...}`` -> value."""
+        status, text = self.http("/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
+        return out
+
+    def logs(self) -> list[JSON]:
+        lines: list[JSON] = []
+        for raw in self.log_path.read_bytes().splitlines():
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict):
+                lines.append(parsed)
+        return lines
+
+    def warnings(self) -> dict[str, int]:
+        """How often each warning or error message was logged."""
+        counts: dict[str, int] = {}
+        for line in self.logs():
+            if line.get("level") in ("warning", "error"):
+                key = f"{line.get('msg')}: {str(line.get('error', ''))[:160]}"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def peak_rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit status (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+class Sampler(threading.Thread):
+    """RSS and CPU seconds of a controller every ``interval`` s: ``samples`` = (t, rss, cpu)."""
+
+    def __init__(self, controller: Controller, interval: float = 1.0) -> None:
+        super().__init__(daemon=True, name="sampler")
+        self.controller, self.interval = controller, interval
+        self.samples: list[tuple[float, int, float]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                c = self.controller
+                self.samples.append((time.time(), c.rss_bytes(), c.cpu_seconds()))
+            except OSError:
+                return
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def window(self, start: float, end: float) -> JSON:
+        """RSS (MiB: first, last, max) and CPU seconds used between ``start`` and ``end``."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {"samples": len(inside)}
+        mib = 1024 * 1024
+        cpu = inside[-1][2] - inside[0][2]
+        span = inside[-1][0] - inside[0][0]
+        return {
+            "samples": len(inside),
+            "seconds": round(span, 1),
+            "rss_first_mib": inside[0][1] / mib,
+            "rss_last_mib": inside[-1][1] / mib,
+            "rss_max_mib": max(s[1] for s in inside) / mib,
+            "cpu_seconds": cpu,
+            "cpu_percent_of_one_core": 100.0 * cpu / span if span else 0.0,
+        }
+
+
+def histogram(metrics: Mapping[str, float], name: str) -> tuple[dict[float, float], float, float]:
+    """(cumulative buckets {le: count}, sum, count) of histogram ``name`` from :meth:`metrics`."""
+    buckets: dict[float, float] = {}
+    prefix = f'{name}_bucket{{le="'
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            buckets[float(key[len(prefix) :].split('"')[0])] = value
+    return buckets, metrics.get(f"{name}_sum", 0.0), metrics.get(f"{name}_count", 0.0)

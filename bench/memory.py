@@ -1,0 +1,272 @@
+"""Scenario 3, memory and CPU: Asklepios at thousands of nodes and tens of thousands of pods.
+
+Bulk kwok nodes (all watched) carry balancer pods (label ``asklepios.io/balance=true``)
+owned by real StatefulSets: the kube-controller-manager creates them, with
+``schedulerName: bench-binder`` so that kube-scheduler leaves them alone, and the
+bench binds each one itself (``pods/binding``, as a scheduler does) to a node chosen
+so that no StatefulSet has two pods on one node: the balancer has nothing to move,
+which is the steady state. kwok then marks them Running.
+
+Phases measured on the controller process (``/proc``, sampled every second):
+initial sync (start until both lists are in and 10 s passed), a steady window, and
+a burst of ``burst`` nodes set NotReady at once with the guard off (their kickouts
+make the control plane evict the pods there, which the StatefulSets recreate).
+The bench also parses the same pods and nodes with Asklepios' own parsers under
+``tracemalloc``, which sizes the caches apart from the interpreter and libraries.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from asklepios.kube.nodes import parse_node
+from asklepios.kube.pods import parse_pod
+from asklepios_lab import Api
+from bench.cluster import WATCHED_LABEL, Lab, lab
+from bench.controller import Controller, Sampler
+from bench.results import Steps, write_result
+from bench.watch import NodeTracker, Watch
+
+JSON = dict[str, Any]
+NAMESPACE = "bench-pods"
+REPLICAS = 100
+SCHEDULER = "bench-binder"
+
+
+def statefulset(name: str, replicas: int) -> JSON:
+    labels = {"app.kubernetes.io/name": name, "asklepios.io/balance": "true", "tier": "bench"}
+    container = {
+        "name": "main",
+        "image": "registry.local/bench/app:1.0",
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "env": [{"name": "MODE", "value": "bench"}, {"name": "REPLICA_SET", "value": name}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "schedulerName": SCHEDULER,
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": 1,
+                },
+            },
+        },
+    }
+
+
+def _bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> None:
+    """Bind every pending pod: pod ``sts-S-I`` goes to node ``(S * REPLICAS + I) % len(nodes)``."""
+    bound, deadline = 0, time.monotonic() + timeout
+
+    def bind(pod: JSON) -> None:
+        name = pod["metadata"]["name"]
+        _, s, i = name.rsplit("-", 2)
+        node = nodes[(int(s) * REPLICAS + int(i)) % len(nodes)]
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}  # fmt: skip
+        api.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", body)
+
+    with ThreadPoolExecutor(12) as pool:
+        while bound < total and time.monotonic() < deadline:
+            page = api.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                           query={"fieldSelector": "spec.nodeName=", "limit": "2000"})  # fmt: skip
+            items = page["items"]
+            if not items:
+                time.sleep(2)
+                continue
+            list(pool.map(bind, items))
+            bound += len(items)
+            print(f"[memory] bound {bound}/{total} pods", flush=True)
+
+
+def _wait_ready(api: Api, total: int, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sets = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets")["items"]
+        ready = sum(int(s.get("status", {}).get("readyReplicas", 0)) for s in sets)
+        if ready >= total:
+            return
+        print(f"[memory] {ready}/{total} pods Ready", flush=True)
+        time.sleep(10)
+    raise TimeoutError("pods not Ready")
+
+
+def _size_caches(api: Api) -> JSON:
+    """Bytes held by Asklepios' parsed views of every node and pod (tracemalloc).
+
+    The list pages are fetched as bytes first; decoding happens under tracing, page by
+    page, and each page is dropped after parsing, as the reflector does: what stays is
+    the cache, including the strings it shares with the decoded JSON.
+    """
+    result: JSON = {}
+    for what, path, parse in (("nodes", "/api/v1/nodes", parse_node), ("pods", "/api/v1/pods", parse_pod)):
+        pages: list[bytes] = []
+        query = {"limit": "500"}
+        while True:
+            status, body = api.request("GET", path, query=query)
+            if status != 200:
+                raise RuntimeError(f"list {path} -> {status}")
+            pages.append(body)
+            token = orjson.loads(body)["metadata"].get("continue")
+            if not token:
+                break
+            query["continue"] = token
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        cache: dict[str, Any] = {}
+        for body in pages:
+            for o in orjson.loads(body)["items"]:
+                cache[f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}"] = parse(o)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        result[what] = {"objects": len(cache), "mib": held / 2**20, "bytes_each": held / max(1, len(cache))}
+        del pages, cache
+    return result
+
+
+def _pods_listed(ctl: Controller, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in ctl.logs():
+            if line.get("msg") == "listed" and line.get("resource") == "/api/v1/pods":
+                return time.time()
+        time.sleep(0.5)
+    raise TimeoutError("asklepios never listed the pods")
+
+
+def _profile(lb: Lab, env: dict[str, str]) -> JSON:
+    """A second controller under tracemalloc (bench.tracemem): what the synced caches are made of."""
+    out = lb.workdir / "tracemalloc.json"
+    prof = Controller(lb.kubeconfig, env, lb.workdir / "logs" / "asklepios-tracemalloc.log",
+                      argv=[sys.executable, "-m", "bench.tracemem", str(out)]).start()  # fmt: skip
+    try:
+        prof.wait_ready(900)
+        _pods_listed(prof, 900)
+        time.sleep(10)
+        os.kill(prof.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 300
+        while not out.exists() and time.monotonic() < deadline and prof.proc and prof.proc.poll() is None:
+            time.sleep(1)
+        time.sleep(2)
+    finally:
+        prof.stop()
+    report: JSON = orjson.loads(out.read_bytes()) if out.exists() else {"error": "no tracemalloc report"}
+    return report
+
+
+def _setup(lb: Lab, nodes: int, pods: int, steps: Steps) -> list[str]:
+    names = lb.add_nodes(nodes, timeout=1800)
+    steps.done(f"{nodes} bulk nodes Ready")
+    lb.create_namespace(NAMESPACE)
+    api = lb.cp.api
+    for s in range(pods // REPLICAS):
+        api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(f"sts-{s:04d}", REPLICAS))
+    _bind_all(api, names, pods)
+    _wait_ready(api, pods)
+    steps.done(f"{pods} pods created, bound, Running")
+    return names
+
+
+def run(
+    nodes: int = 5000,
+    *,
+    pods_per_node: int = 10,
+    window: float = 600.0,
+    burst: int = 500,
+    profiled: bool = True,
+    keep: bool = False,
+) -> Path:
+    steps = Steps()
+    pods = nodes * pods_per_node // REPLICAS * REPLICAS
+    with lab(keep=keep) as lb:
+        steps.done("control plane up")
+        names = _setup(lb, nodes, pods, steps)
+        tracker = NodeTracker()
+        watch = Watch(lb.cp.api, "/api/v1/nodes", tracker.handle, {"labelSelector": f"{WATCHED_LABEL}=true"})
+        watch.begin()
+        env = {
+            "ASKLEPIOS_NODE_SELECTOR": f"{WATCHED_LABEL}=true",
+            "ASKLEPIOS_MAX_UNHEALTHY": "100%",
+            "ASKLEPIOS_BALANCER": "true",
+            "ASKLEPIOS_KICKOUT_SECONDS": "10",
+            "ASKLEPIOS_KICKIN_SECONDS": "10",
+        }
+        ctl = Controller(lb.kubeconfig, env, lb.workdir / "logs" / "asklepios.log").start()
+        sampler = Sampler(ctl, interval=1.0)
+        sampler.start()
+        try:
+            ready_at = ctl.wait_ready(600)
+            listed_at = _pods_listed(ctl, 600)
+            time.sleep(10)
+            sync_end = time.time()
+            steps.done("asklepios synced (nodes and pods)")
+            time.sleep(window)
+            steady_end = time.time()
+            steps.done(f"steady window {window:.0f} s")
+            chosen = names[:: max(1, nodes // burst)][:burst]
+            with ThreadPoolExecutor(12) as pool:
+                list(pool.map(lambda n: lb.cp.set_ready(n, "False"), chosen))
+            tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in chosen), 600)
+            all_out = time.time()
+            time.sleep(30)
+            burst_end = time.time()
+            steps.done(f"burst: {len(chosen)} NotReady at once, all kicked out, +30 s")
+            peak = ctl.peak_rss_bytes() / 2**20
+            metrics = ctl.metrics()
+            warnings = ctl.warnings()
+        finally:
+            sampler.stop()
+            ctl.stop()
+            watch.stop()
+        caches = _size_caches(lb.cp.api)
+        steps.done("cache sizing (tracemalloc)")
+        profile = _profile(lb, env) if profiled else {}
+        steps.done("controller under tracemalloc")
+    summary = {
+        "nodes": nodes,
+        "pods": pods,
+        "phases": {
+            "initial sync (start to lists in +10 s)": sampler.window(ctl.started_at, sync_end),
+            f"steady ({window:.0f} s)": sampler.window(sync_end, steady_end),
+            f"burst ({len(chosen)} nodes NotReady at once, to all kicked out +30 s)": sampler.window(
+                steady_end, burst_end
+            ),
+        },
+        "nodes_synced_after_s": ready_at - ctl.started_at,
+        "pods_listed_after_s": listed_at - ctl.started_at,
+        "burst_all_kicked_out_after_s": all_out - steady_end,
+        "peak_rss_mib_vmhwm": peak,
+        "kickouts": metrics.get("asklepios_kickouts_total"),
+        "asklepios_watch_restarts": {k: v for k, v in metrics.items() if k.startswith("asklepios_watch_restarts")},
+        "asklepios_warnings": warnings,
+        "cache_sizes_tracemalloc": caches,
+        "controller_tracemalloc": {
+            k: v for k, v in profile.items() if not k.startswith("by_line") and k != "by_traceback"
+        },
+    }
+    params = {"nodes": nodes, "pods": pods, "replicas_per_statefulset": REPLICAS, "window_s": window,
+              "burst": burst}  # fmt: skip
+    raw = {"samples": sampler.samples, "tracemalloc": profile}
+    name = "memory" if nodes == 5000 else f"memory-{nodes}"
+    return write_result(name, "memory", params=params, summary=summary, raw=raw, steps=steps)
