@@ -149,10 +149,10 @@ def render(docs: list[JSON]) -> str:
         if mine:
             out += [*fn(mine), ""]
     out += ["## Runs", ""]
-    rows = [[d["scenario"], d["finished"], num(d["timing"]["total_s"], 0),
+    rows = [[d["scenario"], d["finished"], d.get("asklepios_commit", "-"), num(d["timing"]["total_s"], 0),
              ", ".join(f"{k} {v:.0f}" for k, v in d["timing"]["steps_s"].items())]
             for d in docs]  # fmt: skip
-    out += table(["scenario", "finished (UTC)", "wall time (s)", "steps (s)"], rows)
+    out += table(["scenario", "finished (UTC)", "Asklepios commit", "wall time (s)", "steps (s)"], rows)
     if docs:
         m = docs[-1]["machine"]
         out += ["", f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "

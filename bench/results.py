@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bench import RESULTS_DIR
+from bench import REPO_DIR, RESULTS_DIR
 from bench.report import write_table
 
 JSON = dict[str, Any]
@@ -115,6 +116,18 @@ class Steps:
         return {"steps_s": self.steps, "total_s": round(time.monotonic() - self.started, 1)}
 
 
+def source_commit() -> str:
+    """The commit the measured Asklepios was built from (read-only git), "+dirty" if src/ differs."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO_DIR, capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def _clean(value: Any) -> Any:
     """NaN/inf are not JSON: make them null; round floats to microseconds."""
     if isinstance(value, float):
@@ -143,6 +156,7 @@ def write_result(
         "kind": kind,
         "finished": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
+        "asklepios_commit": source_commit(),
         "params": params,
         "timing": steps.as_json(),
         "notes": list(notes),

@@ -77,7 +77,7 @@ class Watch(threading.Thread):
             "resourceVersion": self.resource_version,
             "timeoutSeconds": "1800",
         }
-        conn = http.client.HTTPSConnection(self.api.host, self.api.port, context=self.context, timeout=120)
+        conn = http.client.HTTPSConnection(self.api.host, self.api.port, context=self.context, timeout=600)
         self._conn = conn
         try:
             conn.request(
