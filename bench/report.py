@@ -81,7 +81,7 @@ def _load(docs: list[JSON]) -> list[str]:
 
 def _memory(docs: list[JSON]) -> list[str]:
     out = ["## Memory and CPU", ""]
-    for d in docs:
+    for d in sorted(docs, key=lambda d: (d["scenario"] != "memory", -d["summary"]["nodes"], d["scenario"])):
         s = d["summary"]
         out.append(f"{num(s['nodes'])} nodes, {num(s['pods'])} balancer pods ({d['scenario']}):")
         out.append("")
