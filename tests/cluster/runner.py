@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -153,7 +152,3 @@ def wait_value(probe: Callable[[], T | None], timeout: float, what: str, interva
     found = wait_for(probe, timeout, interval=interval, what=what)
     assert found is not None
     return found
-
-
-def now() -> float:
-    return time.time()

@@ -54,7 +54,6 @@ class Healer:
     notready: set[str] = attrs.Factory(set)
     held: dict[str, str] = attrs.Factory(dict)  # node -> kind of hold already announced
     wheel: TimerWheel = attrs.Factory(TimerWheel)
-    synced: bool = False
     states: dict[str, State] = attrs.Factory(dict)  # last state logged, to log changes only
     blocked_until: dict[str, float] = attrs.Factory(dict)  # kickin held by old pods: next look
     _inflight: set[str] = attrs.Factory(set)
@@ -69,7 +68,6 @@ class Healer:
         self.marks.clear()  # a relist may hide a Ready period: trust only the annotations now
         self.views = dict(items)
         self.notready = {n for n, v in items.items() if not v.ready.is_ready}
-        self.synced = True
         for name in list(self.views):
             self._observe(name)
         self._publish_counts()

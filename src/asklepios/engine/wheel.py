@@ -29,10 +29,6 @@ class TimerWheel:
     def __contains__(self, key: str) -> bool:
         return key in self._due
 
-    def when(self, key: str) -> float | None:
-        entry = self._due.get(key)
-        return None if entry is None else entry[0]
-
     def schedule(self, key: str, when: float) -> None:
         """Set `key`'s one pending deadline (replacing any earlier one)."""
         current = self._due.get(key)
@@ -48,10 +44,6 @@ class TimerWheel:
 
     def cancel(self, key: str) -> None:
         self._due.pop(key, None)
-
-    def clear(self) -> None:
-        self._due.clear()
-        self._heap.clear()
 
     def _compact(self) -> None:
         self._heap = [(w, s, k) for k, (w, s) in self._due.items()]

@@ -29,10 +29,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
 
-    @property
-    def transient(self) -> bool:
-        return self.status in {0, 429} or self.status >= 500
-
 
 class Conflict(ApiError):
     """409: the object changed since we read it (resourceVersion precondition)."""

@@ -94,11 +94,7 @@ class Reflector(Generic[T]):
         while True:
             try:
                 if not self.resource_version:
-                    items, self.resource_version = await self.list_all()
-                    store.replace(items)
-                    self.hooks.synced()
-                    self.hooks.progress()
-                    log.info("listed", extra={"resource": self.path, "count": len(items)})
+                    await self._relist(store)
                 await self._watch(store)
                 self.backoff.reset()
                 self.hooks.restarted("timeout")
@@ -114,6 +110,14 @@ class Reflector(Generic[T]):
                 )
                 self.hooks.restarted("error")
                 await anyio.sleep(delay)
+
+    async def _relist(self, store: Store[T]) -> None:
+        """List and hand over; the list result is not kept past this call (50,000 pods)."""
+        items, self.resource_version = await self.list_all()
+        store.replace(items)
+        self.hooks.synced()
+        self.hooks.progress()
+        log.info("listed", extra={"resource": self.path, "count": len(items)})
 
     async def _watch(self, store: Store[T]) -> None:
         timeout = int(self.watch_timeout * random.uniform(0.9, 1.0))
