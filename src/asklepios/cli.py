@@ -10,17 +10,16 @@ import argparse
 import logging
 import signal
 import sys
-from datetime import UTC, datetime
 
 import anyio
+import orjson
 
 from asklepios import __version__
 from asklepios.config import ConfigError, Settings, load_settings
-from asklepios.core.guard import hold_reason
-from asklepios.core.judge import judge, notready_mark
+from asklepios.engine.clock import SYSTEM_CLOCK
 from asklepios.engine.controller import run_controller
+from asklepios.engine.status import NodeRow, followed_nodes, node_rows
 from asklepios.kube.client import ApiError, KubeClient
-from asklepios.kube.nodes import NodeApi
 from asklepios.observe.health import Health, serve_http
 from asklepios.observe.log import setup_logging
 
@@ -46,23 +45,24 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-async def _status(settings: Settings) -> list[str]:
+async def _status(settings: Settings, output: str) -> list[str]:
     async with KubeClient.connect() as client:
-        views = await NodeApi(client).list(str(settings.node_selector))
-    now = datetime.now(UTC)
-    notready = sum(1 for v in views if not v.ready.is_ready)
-    hold = "dry run" if settings.dry_run else hold_reason(settings.max_unhealthy, len(views), notready)
-    lines = [f"{'NODE':<24} {'READY':<8} {'SINCE':<21} {'STATE':<14} NEXT ACTION IN"]
-    for view in sorted(views, key=lambda v: v.name):
-        mark = None if view.ready.is_ready else notready_mark(view, None, now)
-        verdict = judge(view, now=now, timing=settings.timing, mark=mark, hold=hold)
-        since = verdict.since or view.ready_since
-        left = verdict.seconds_left(now)
+        rows = await node_rows(settings, client, SYSTEM_CLOCK, await followed_nodes(settings, client))
+    if output == "json":
+        return [orjson.dumps([row.to_json() for row in rows], option=orjson.OPT_INDENT_2).decode()]
+    return format_rows(rows)
+
+
+def format_rows(rows: list[NodeRow]) -> list[str]:
+    """The status table: one line per node, the reason and pods after the countdown."""
+    lines = [f"{'NODE':<24} {'READY':<8} {'SINCE':<21} {'STATE':<17} {'NEXT ACTION IN':<15} {'POWER':<6} REASON"]
+    for row in rows:
+        since = row.since.strftime("%Y-%m-%dT%H:%M:%SZ") if row.since else "-"
+        left = "-" if row.seconds is None else f"{row.seconds:.0f}s"
+        reason = row.reason + (f" [{', '.join(row.pods[:5])}]" if row.pods else "")
+        power = row.power.split(" ")[0] if row.power else "-"
         lines.append(
-            f"{view.name:<24} {view.ready.value:<8} "
-            f"{since.strftime('%Y-%m-%dT%H:%M:%SZ') if since else '-':<21} "
-            f"{verdict.state.value:<14} {'-' if left is None else f'{left:.0f}s'}"
-            + (f"  ({verdict.reason})" if verdict.reason else "")
+            f"{row.name:<24} {row.ready:<8} {since:<21} {row.state:<17} {left:<15} {power:<6} {reason}".rstrip()
         )
     return lines
 
@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asklepios", description="Kubernetes node auto-healer")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the controller (the container's command)")
-    sub.add_parser("status", help="print each watched node's state and countdown")
+    status = sub.add_parser("status", help="print each watched node's state and countdown")
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_format, settings.log_level)
     try:
         if args.command == "status":
-            print("\n".join(anyio.run(_status, settings)))
+            print("\n".join(anyio.run(_status, settings, args.output)))
         else:
             anyio.run(_run, settings)
     except ApiError as exc:

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asklepios.core.balance import OwnerRef, PodView, plan_move, settled
-from asklepios.core.node import OUT_OF_SERVICE_TAINT, KickoutRecord, NodeView, ReadyStatus, Taint
+from asklepios.core.node import OUT_OF_SERVICE_TAINT, NodeView, ReadyStatus, Taint
 from asklepios.core.placement import NodeRequirement, Placement, Toleration
+from asklepios.core.records import KickoutRecord
 
 T0 = datetime(2026, 3, 26, 16, 36, tzinfo=UTC)
 STS = OwnerRef("StatefulSet", "mariadb-server", "uid-sts")

@@ -40,6 +40,17 @@ BAD = [
     ("ASKLEPIOS_LOG_LEVEL", "verbose"),
     ("ASKLEPIOS_CONFIG_FILE", "/nonexistent/config.yaml"),
     ("ASKLEPIOS_LEASE_RENEW_SECONDS", "20"),
+    ("ASKLEPIOS_LEASE_RETRY_SECONDS", "10"),
+    ("ASKLEPIOS_LIVENESS_PROBE_PORTS", "kubelet"),
+    ("ASKLEPIOS_LIVENESS_PROBE_PORTS", "10250,70000"),
+    ("ASKLEPIOS_FENCING", "ipmi"),
+    ("ASKLEPIOS_FENCING_SECRET", "Bad_Name"),
+    ("ASKLEPIOS_FENCING_TIMEOUT_SECONDS", "0"),
+    ("ASKLEPIOS_FENCING_POWER_ON", "maybe"),
+    ("ASKLEPIOS_FENCING_INSECURE", "sure"),
+    ("ASKLEPIOS_KICKIN_POD_WAIT_SECONDS", "-1"),
+    ("ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR", "0"),
+    ("ASKLEPIOS_FORCE_DELETE", "2"),
 ]
 
 
@@ -92,6 +103,15 @@ def test_defaults_match_the_contract() -> None:
     assert str(s.balancer_selector) == "asklepios.io/balance=true"
     assert s.balancer_namespaces == ()
     assert (s.http_port, s.namespace, s.log_format, s.log_level) == (8080, "kube-system", "json", "info")
+    assert s.liveness_probe_ports == (10250,)
+    assert (s.fencing, s.fencing_secret, s.fencing_timeout_seconds) == ("off", "asklepios-bmc", 60)
+    assert (s.fencing_power_on, s.fencing_insecure, s.force_delete) == (True, False, True)
+    assert (s.kickin_pod_wait_seconds, s.balancer_max_moves_per_hour) == (300, 6)
+
+
+def test_probe_ports_parse_and_empty_turns_the_probe_off() -> None:
+    assert load_settings({"ASKLEPIOS_LIVENESS_PROBE_PORTS": "10250, 22,10250"}).liveness_probe_ports == (10250, 22)
+    assert load_settings({"ASKLEPIOS_LIVENESS_PROBE_PORTS": ""}).liveness_probe_ports == ()
 
 
 def test_namespace_falls_back_to_pod_namespace() -> None:

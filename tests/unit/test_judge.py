@@ -1,4 +1,4 @@
-"""The decision core: countdown continuity, restarts, and what is never done."""
+"""The decision core: countdowns, clock skew, holds, kickin, and what is never done."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asklepios.core.judge import Action, State, Timing, judge, notready_mark
-from asklepios.core.node import (
-    EXCLUDE_LABEL,
-    OUT_OF_SERVICE_TAINT,
-    KickoutRecord,
-    NodeView,
-    ReadyStatus,
-    Taint,
-)
+from asklepios.core.evidence import HoldReason
+from asklepios.core.judge import Action, State, Timing, Verdict, judge
+from asklepios.core.node import EXCLUDE_LABEL, OUT_OF_SERVICE_TAINT, NodeView, ReadyStatus, Taint
+from asklepios.core.periods import NodeMemory, remember
+from asklepios.core.pod import NodePods
+from asklepios.core.records import KickoutRecord, PeriodMark
 
 T0 = datetime(2026, 3, 5, 5, 43, 6, tzinfo=UTC)
-TIMING = Timing(kickout=timedelta(seconds=60), kickin=timedelta(seconds=60))
+TIMING = Timing(kickout=timedelta(seconds=60), kickin=timedelta(seconds=60), pod_wait=timedelta(seconds=300))
+NO_PODS = NodePods(synced=True)
 
 
 def node(ready: ReadyStatus, since: datetime | None = T0, **kw: object) -> NodeView:
@@ -30,140 +28,219 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
+def decide(view: NodeView, seen: float, now: float, memory: NodeMemory | None = None, **kw: object) -> Verdict:
+    """Judge `view`, first seen by this replica at `seen`."""
+    mem = remember(view, memory or NodeMemory(), at(seen))
+    return judge(view, mem, now=at(now), timing=TIMING, **kw)  # type: ignore[arg-type]
+
+
 def test_ready_node_is_left_alone() -> None:
-    verdict = judge(node(ReadyStatus.TRUE), now=at(1000), timing=TIMING, mark=None)
+    verdict = decide(node(ReadyStatus.TRUE), 0, 1000)
+    assert verdict == judge(node(ReadyStatus.TRUE), NodeMemory(), now=at(1000), timing=TIMING)
     assert verdict.state is State.READY
-    assert verdict.action is None
-    assert verdict.deadline is None
 
 
-def test_notready_counts_down_then_kicks_out_at_the_deadline() -> None:
+def test_notready_counts_down_then_asks_for_the_evidence_at_the_deadline() -> None:
     view = node(ReadyStatus.FALSE)
-    mark = notready_mark(view, None, at(5))
-    before = judge(view, now=at(59.999), timing=TIMING, mark=mark)
-    assert (before.state, before.action, before.deadline) == (State.COUNTING_DOWN, None, at(60))
-    due = judge(view, now=at(60), timing=TIMING, mark=mark)
-    assert due.action is Action.KICKOUT
+    mem = remember(view, NodeMemory(), at(0))
+    before = judge(view, mem, now=at(59.999), timing=TIMING)
+    assert (before.state, before.action, before.deadline, before.wake) == (State.COUNTING_DOWN, None, at(60), at(60))
+    due = judge(view, mem, now=at(60), timing=TIMING)
+    assert due.action is Action.CHECK_DEATH
 
 
-def test_hold_stops_a_due_kickout_but_not_the_countdown() -> None:
+def test_a_clock_behind_cannot_shorten_the_countdown() -> None:
+    """The condition says the node went NotReady an hour ago; this replica saw it just now."""
+    view = node(ReadyStatus.FALSE, since=at(-3600))
+    mem = remember(view, NodeMemory(), at(0))
+    assert judge(view, mem, now=at(1), timing=TIMING).deadline == at(60)
+
+
+def test_a_node_back_with_its_clock_behind_counts_up_from_when_it_was_seen_ready() -> None:
+    record = KickoutRecord(at=at(100), cordoned=True, tainted=True)
+    view = node(ReadyStatus.TRUE, since=at(-1000), kickout=record, unschedulable=True, taints=(OUT_OF_SERVICE_TAINT,))
+    mem = remember(view, NodeMemory(), at(500))
+    verdict = judge(view, mem, now=at(500), timing=TIMING, pods=NO_PODS)
+    assert (verdict.state, verdict.action, verdict.deadline) == (State.COUNTING_UP, None, at(560))
+    assert judge(view, mem, now=at(560), timing=TIMING, pods=NO_PODS).action is Action.KICKIN
+
+
+def test_the_ready_mark_survives_a_restart() -> None:
+    record = KickoutRecord(at=at(100), cordoned=True, tainted=True)
+    view = node(ReadyStatus.TRUE, since=at(-1000), kickout=record)
+    mark = remember(view, NodeMemory(), at(500)).ready
+    restarted = remember(attrs.evolve(view, ready_mark=mark), NodeMemory(), at(540))
+    assert judge(view, restarted, now=at(541), timing=TIMING, pods=NO_PODS).deadline == at(560)
+
+
+def test_guard_hold_stops_a_due_kickout_but_not_the_countdown() -> None:
     view = node(ReadyStatus.UNKNOWN)
-    mark = notready_mark(view, None, at(0))
-    assert judge(view, now=at(10), timing=TIMING, mark=mark, hold="x").state is State.COUNTING_DOWN
-    held = judge(view, now=at(61), timing=TIMING, mark=mark, hold="too many")
-    assert (held.state, held.action, held.reason) == (State.HELD, None, "too many")
+    mem = remember(view, NodeMemory(), at(0))
+    assert judge(view, mem, now=at(10), timing=TIMING, guard="x").state is State.COUNTING_DOWN
+    held = judge(view, mem, now=at(61), timing=TIMING, guard="2 of 3")
+    assert (held.state, held.action, held.hold, held.deadline) == (
+        State.HELD,
+        None,
+        HoldReason.TOO_MANY_NOTREADY,
+        at(60),
+    )
+
+
+def test_evidence_hold_waits_for_the_next_look_and_keeps_the_deadline() -> None:
+    view = node(ReadyStatus.FALSE)
+    mem = attrs.evolve(remember(view, NodeMemory(), at(0)), hold=HoldReason.KUBELET_ALIVE, look_at=at(70))
+    held = judge(view, mem, now=at(65), timing=TIMING)
+    assert (held.state, held.action, held.wake, held.deadline) == (State.HELD, None, at(70), at(60))
+    again = judge(view, mem, now=at(70), timing=TIMING)
+    assert (again.state, again.action, again.deadline) == (State.HELD, Action.CHECK_DEATH, at(60))
 
 
 def test_excluded_and_legacy_skip_nodes_are_never_kicked_out() -> None:
     skip = Taint("node.kubernetes.io/asklepios", "skip", "NoExecute")
-    for view in (
-        node(ReadyStatus.FALSE, labels={EXCLUDE_LABEL: "true"}),
-        node(ReadyStatus.FALSE, taints=(skip,)),
-    ):
-        verdict = judge(view, now=at(10_000), timing=TIMING, mark=notready_mark(view, None, at(0)))
+    for view in (node(ReadyStatus.FALSE, labels={EXCLUDE_LABEL: "true"}), node(ReadyStatus.FALSE, taints=(skip,))):
+        verdict = decide(view, 0, 10_000)
         assert verdict.state is State.EXCLUDED
         assert verdict.action is None
 
 
 def test_missing_ready_condition_counts_as_notready_from_first_sight() -> None:
     view = node(ReadyStatus.MISSING, since=None)
-    mark = notready_mark(view, None, at(30))
-    assert judge(view, now=at(31), timing=TIMING, mark=mark).deadline == at(90)
+    assert decide(view, 30, 31).deadline == at(90)
 
 
-def test_kicked_out_node_counts_up_from_ready_and_kicks_in() -> None:
+def test_kickin_waits_for_stuck_pods_then_is_forced() -> None:
     record = KickoutRecord(at=at(60), cordoned=True, tainted=True)
-    view = node(ReadyStatus.TRUE, since=at(300), kickout=record, unschedulable=True, taints=(OUT_OF_SERVICE_TAINT,))
-    up = judge(view, now=at(330), timing=TIMING, mark=None)
-    assert (up.state, up.action, up.deadline) == (State.COUNTING_UP, None, at(360))
-    assert judge(view, now=at(360), timing=TIMING, mark=None).action is Action.KICKIN
+    view = node(ReadyStatus.TRUE, since=at(300), kickout=record)
+    mem = remember(view, NodeMemory(), at(300))
+    stuck = NodePods(synced=True, stuck=("ns/db-0",))
+    waiting = judge(view, mem, now=at(400), timing=TIMING, pods=stuck)
+    assert (waiting.state, waiting.action, waiting.pods, waiting.wake) == (
+        State.WAITING_FOR_PODS,
+        None,
+        ("ns/db-0",),
+        at(660),
+    )
+    forced = judge(view, mem, now=at(660), timing=TIMING, pods=stuck)
+    assert (forced.action, forced.pods) == (Action.KICKIN, ("ns/db-0",))
+    unlisted = judge(view, mem, now=at(400), timing=TIMING, pods=NodePods(synced=False))
+    assert unlisted.state is State.WAITING_FOR_PODS
 
 
 def test_kicked_out_node_still_down_is_repaired_only_for_what_we_did() -> None:
     ours = KickoutRecord(at=at(60), cordoned=True, tainted=True)
     view = node(ReadyStatus.UNKNOWN, kickout=ours, unschedulable=True)  # taint removed by someone
-    verdict = judge(view, now=at(100), timing=TIMING, mark=None)
+    verdict = decide(view, 0, 100)
     assert verdict.action is Action.REPAIR
-    assert "taint" in verdict.reason
+    assert "taint" in verdict.detail
     not_ours = KickoutRecord(at=at(60), cordoned=False, tainted=False)  # both pre-existed
-    view = node(ReadyStatus.UNKNOWN, kickout=not_ours)
-    assert judge(view, now=at(100), timing=TIMING, mark=None).action is None
+    assert decide(node(ReadyStatus.UNKNOWN, kickout=not_ours), 0, 100).action is None
+    excluded = node(ReadyStatus.UNKNOWN, kickout=ours, labels={EXCLUDE_LABEL: "true"})
+    assert decide(excluded, 0, 100).action is None
+
+
+def test_release_then_power_on_a_fenced_node() -> None:
+    record = KickoutRecord(at=at(60), cordoned=True, tainted=True, fenced=True)
+    view = node(ReadyStatus.UNKNOWN, kickout=record, unschedulable=True, taints=(OUT_OF_SERVICE_TAINT,))
+    mem = remember(view, NodeMemory(), at(61))
+    left = NodePods(synced=True, left=("ns/db-1",))
+    assert judge(view, mem, now=at(62), timing=TIMING, pods=left).action is None
+    assert judge(view, mem, now=at(62), timing=TIMING, pods=NO_PODS).action is Action.RELEASE
+    released = attrs.evolve(view, kickout=attrs.evolve(record, released=at(63)))
+    assert judge(released, mem, now=at(64), timing=TIMING, pods=NO_PODS).action is Action.POWER_ON
+    assert judge(released, mem, now=at(64), timing=TIMING, pods=NO_PODS, power_on=False).action is None
+    unfenced = attrs.evolve(released, kickout=attrs.evolve(record, released=at(63), fenced=False))
+    assert judge(unfenced, mem, now=at(64), timing=TIMING, pods=NO_PODS).action is None
 
 
 statuses = st.sampled_from([ReadyStatus.FALSE, ReadyStatus.UNKNOWN])
 
 
 @given(
-    flips=st.lists(st.tuples(statuses, st.floats(0.5, 50)), min_size=1, max_size=12),
+    flips=st.lists(st.tuples(statuses, st.floats(0.5, 50), st.floats(-3600, 3600)), min_size=1, max_size=12),
     kickout=st.integers(1, 600),
 )
-def test_false_unknown_flips_never_move_the_deadline(flips: list[tuple[ReadyStatus, float]], kickout: int) -> None:
-    """Whatever False<->Unknown flips happen (each moving lastTransitionTime), a process
-    that watched them, and a restarted one that reads the annotation it wrote, both keep
-    the deadline at the start of the NotReady period + kickout."""
+def test_false_unknown_flips_never_move_the_deadline(
+    flips: list[tuple[ReadyStatus, float, float]], kickout: int
+) -> None:
+    """Whatever False<->Unknown flips happen (each moving lastTransitionTime, from clocks
+    skewed either way), a replica that watched them and a restarted one that reads the
+    annotation it wrote both keep the deadline: first sight of the period + kickout."""
     timing = Timing(kickout=timedelta(seconds=kickout), kickin=TIMING.kickin)
-    remembered = None
-    clock = 0.0
-    for status, gap in flips:
+    memory, clock = NodeMemory(), 0.0
+    first_seen = None
+    for status, gap, skew in flips:
         clock += gap
-        view = node(status, since=at(clock))
-        remembered = notready_mark(view, remembered, at(clock))
-        assert judge(view, now=at(clock), timing=timing, mark=remembered).since == at(flips[0][1])
-        # the annotation written from that mark is what a restarted process reads
-        restarted = notready_mark(attrs.evolve(view, notready_mark=remembered), None, at(clock + 1))
-        verdict = judge(view, now=at(clock + 1), timing=timing, mark=restarted)
-        assert verdict.since == at(flips[0][1])
-        if verdict.action is None and verdict.deadline is not None:
-            assert verdict.deadline == at(flips[0][1] + kickout)
+        view = node(status, since=at(clock + skew))
+        memory = remember(view, memory, at(clock))
+        first_seen = first_seen or max(at(clock), at(clock + skew))
+        assert judge(view, memory, now=at(clock), timing=timing).since == first_seen
+        restarted = remember(attrs.evolve(view, notready_mark=memory.notready), NodeMemory(), at(clock + 1))
+        verdict = judge(view, restarted, now=at(clock + 1), timing=timing)
+        assert verdict.since == first_seen
+        assert verdict.deadline == first_seen + timing.kickout
 
 
 @given(
     ready=st.sampled_from(list(ReadyStatus)),
     since=st.floats(-1000, 1000),
+    seen=st.floats(-1000, 1000),
     now=st.floats(-1000, 5000),
     kicked=st.booleans(),
     cordoned=st.booleans(),
     tainted=st.booleans(),
     excluded=st.booleans(),
-    hold=st.one_of(st.none(), st.just("held")),
+    guard=st.one_of(st.none(), st.just("held")),
+    stuck=st.booleans(),
 )
 def test_what_is_never_done(
     ready: ReadyStatus,
     since: float,
+    seen: float,
     now: float,
     kicked: bool,
     cordoned: bool,
     tainted: bool,
     excluded: bool,
-    hold: str | None,
+    guard: str | None,
+    stuck: bool,
 ) -> None:
+    now = max(now, seen)  # the replica saw the node at or before `now`
     record = KickoutRecord(at=at(since), cordoned=cordoned, tainted=tainted) if kicked else None
     view = node(ready, since=at(since), kickout=record, labels={EXCLUDE_LABEL: "true"} if excluded else {})
-    mark = None if ready.is_ready else notready_mark(view, None, at(now))
-    verdict = judge(view, now=at(now), timing=TIMING, mark=mark, hold=hold)
-    if verdict.action is Action.KICKOUT:
-        assert not ready.is_ready and not kicked and not excluded and hold is None
-        assert verdict.deadline is not None and at(now) >= verdict.deadline
+    memory = remember(view, NodeMemory(), at(seen))
+    pods = NodePods(synced=True, stuck=("ns/p",) if stuck else ())
+    verdict = judge(view, memory, now=at(now), timing=TIMING, guard=guard, pods=pods)
+    if verdict.action is Action.CHECK_DEATH:
+        assert not ready.is_ready and not kicked and not excluded and guard is None
+        assert at(now) >= at(seen) + TIMING.kickout  # never sooner than a full period after first sight
     if verdict.action is Action.KICKIN:
         assert ready.is_ready and record is not None
-        assert at(now) >= record.at + TIMING.kickin
+        assert at(now) >= max(at(seen), record.at) + TIMING.kickin
+        assert not stuck or at(now) >= max(at(seen), record.at) + TIMING.kickin + TIMING.pod_wait
     if verdict.action is Action.REPAIR:
-        assert not ready.is_ready and record is not None
+        assert not ready.is_ready and record is not None and not excluded
     if not kicked and ready.is_ready:
         assert verdict.state is State.READY
-    if verdict.deadline is not None and verdict.action is None:
-        assert verdict.deadline > at(now)
+    if verdict.wake is not None:
+        assert verdict.wake > at(now) or verdict.action is not None
 
 
-def test_annotation_from_an_earlier_period_is_not_trusted() -> None:
-    old = notready_mark(node(ReadyStatus.FALSE, since=at(0)), None, at(0))
+def test_a_mark_from_an_earlier_period_is_not_trusted() -> None:
+    old = remember(node(ReadyStatus.FALSE, since=at(0)), NodeMemory(), at(0)).notready
     later = node(ReadyStatus.FALSE, since=at(500), notready_mark=old)  # was Ready in between
-    assert notready_mark(later, None, at(501)).since == at(500)
+    assert remember(later, NodeMemory(), at(501)).notready == PeriodMark(since=at(501), condition=at(500))
 
 
-def test_records_round_trip_and_reject_damage() -> None:
-    record = KickoutRecord(at=T0, cordoned=True, tainted=False)
+@given(fenced=st.booleans(), released=st.booleans())
+def test_records_round_trip_and_no_fencing_means_no_fenced(fenced: bool, released: bool) -> None:
+    record = KickoutRecord(at=T0, cordoned=True, tainted=False, fenced=fenced, released=at(5) if released else None)
     assert KickoutRecord.decode(record.encode()) == record
+    assert ('"fenced"' in record.encode()) is fenced
+
+
+def test_records_exact_encoding_and_damage() -> None:
+    record = KickoutRecord(at=T0, cordoned=True, tainted=False)
     assert record.encode() == '{"at":"2026-03-05T05:43:06Z","cordoned":true,"tainted":false}'
     for bad in ("", "{", "[]", '{"at":"x","cordoned":true,"tainted":true}', '{"at":"2026-03-05T05:43:06Z"}'):
-        assert KickoutRecord.decode(bad) is None
+        damaged = KickoutRecord.decode(bad)
+        assert damaged.damaged and damaged.cordoned and damaged.tainted

@@ -12,7 +12,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asklepios.core.node import KICKOUT_ANNOTATION, OUT_OF_SERVICE_TAINT, KickoutRecord, ReadyStatus, Taint
+from asklepios.core.node import OUT_OF_SERVICE_TAINT, ReadyStatus, Taint
+from asklepios.core.records import KICKOUT_ANNOTATION, KickoutRecord
 from asklepios.kube.nodes import kickin_patch, kickout_patch, parse_node, repair_patch
 
 

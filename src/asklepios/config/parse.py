@@ -15,6 +15,7 @@ from asklepios.core.selector import LabelSelector, parse_selector
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -77,6 +78,26 @@ def namespaces(raw: str) -> tuple[str, ...]:
         if not _DNS_LABEL.match(item):
             raise ValueError("comma-separated namespace names, or empty for all")
     return items
+
+
+def object_name(raw: str) -> str:
+    """A Kubernetes object name such as a Secret's (a DNS subdomain)."""
+    value = raw.strip()
+    if not _DNS_SUBDOMAIN.match(value) or len(value) > 253:
+        raise ValueError("an object name (lowercase letters, digits, '-' and '.', at most 253)")
+    return value
+
+
+def ports(raw: str) -> tuple[int, ...]:
+    """Comma-separated TCP ports; empty for none."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    out: list[int] = []
+    for item in items:
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError("comma-separated TCP ports from 1 to 65535 (e.g. 10250,22), or empty for no probe")
+        if int(item) not in out:
+            out.append(int(item))
+    return tuple(out)
 
 
 def optional(convert: Callable[[str], str]) -> Callable[[str], str]:

@@ -23,6 +23,7 @@ from asklepios.core.judge import Timing
 from asklepios.core.selector import LabelSelector
 
 PREFIX = "ASKLEPIOS"
+FENCING_MODES = ("off", "redfish")
 
 
 class ConfigError(Exception):
@@ -64,6 +65,15 @@ class _Environment:
     lease_retry_seconds: int = _var("LEASE_RETRY_SECONDS", "2", parse.integer(1, 60))
     watch_timeout_seconds: int = _var("WATCH_TIMEOUT_SECONDS", "290", parse.integer(5, 3600))
     config_file: str = _var("CONFIG_FILE", "", parse.text)
+    liveness_probe_ports: tuple[int, ...] = _var("LIVENESS_PROBE_PORTS", "10250", parse.ports)
+    fencing: str = _var("FENCING", "off", parse.word(FENCING_MODES))
+    fencing_secret: str = _var("FENCING_SECRET", "asklepios-bmc", parse.object_name)
+    fencing_timeout_seconds: int = _var("FENCING_TIMEOUT_SECONDS", "60", parse.integer(1, 3600))
+    fencing_power_on: bool = _var("FENCING_POWER_ON", "true", parse.boolean)
+    fencing_insecure: bool = _var("FENCING_INSECURE", "false", parse.boolean)
+    kickin_pod_wait_seconds: int = _var("KICKIN_POD_WAIT_SECONDS", "300", parse.integer(0))
+    balancer_max_moves_per_hour: int = _var("BALANCER_MAX_MOVES_PER_HOUR", "6", parse.integer(1, 3600))
+    force_delete: bool = _var("FORCE_DELETE", "true", parse.boolean)
 
 
 @attrs.frozen
@@ -87,12 +97,26 @@ class Settings:
     lease_retry_seconds: int = 2
     watch_timeout_seconds: int = 290
     config_file: str = ""
+    liveness_probe_ports: tuple[int, ...] = (10250,)
+    fencing: str = "off"
+    fencing_secret: str = "asklepios-bmc"  # noqa: S105 - the Secret's name, not a password
+    fencing_timeout_seconds: int = 60
+    fencing_power_on: bool = True
+    fencing_insecure: bool = False
+    kickin_pod_wait_seconds: int = 300
+    balancer_max_moves_per_hour: int = 6
+    force_delete: bool = True
+
+    @property
+    def fencing_on(self) -> bool:
+        return self.fencing == "redfish"
 
     @property
     def timing(self) -> Timing:
         return Timing(
             kickout=timedelta(seconds=self.kickout_seconds),
             kickin=timedelta(seconds=self.kickin_seconds),
+            pod_wait=timedelta(seconds=self.kickin_pod_wait_seconds),
         )
 
 
@@ -119,5 +143,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"{PREFIX}_LEASE_RENEW_SECONDS={str(settings.lease_renew_seconds)!r} is not allowed: "
             f"expected less than {PREFIX}_LEASE_DURATION_SECONDS ({settings.lease_duration_seconds})"
+        )
+    if settings.lease_retry_seconds >= settings.lease_renew_seconds:
+        raise ConfigError(
+            f"{PREFIX}_LEASE_RETRY_SECONDS={str(settings.lease_retry_seconds)!r} is not allowed: "
+            f"expected less than {PREFIX}_LEASE_RENEW_SECONDS ({settings.lease_renew_seconds})"
         )
     return settings

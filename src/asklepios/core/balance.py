@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
@@ -91,3 +91,54 @@ def settled(members: list[PodView], replicas: int) -> bool:
     """Every replica exists, is scheduled, Ready and not terminating."""
     live = [p for p in members if not p.deleting]
     return len(live) == replicas == len(members) and all(p.ready and p.node for p in live)
+
+
+@attrs.frozen
+class MoveLedger:
+    """One StatefulSet's recent evictions and failed moves: may it be moved now?
+
+    An eviction is not a move: the scheduler may put the replacement back on the
+    crowded node, and evicting again would restart a database replica every round.
+    So evictions are capped per hour, and a move whose replacement came back next to
+    a sibling backs the StatefulSet off exponentially, up to an hour.
+    """
+
+    moves: tuple[datetime, ...] = ()  # evictions within the last hour
+    failures: int = 0
+    backoff_until: datetime | None = None
+
+    def why_not(self, now: datetime, max_per_hour: int) -> str | None:
+        """Why no eviction may happen now, or None."""
+        if self.backoff_until is not None and now < self.backoff_until:
+            return f"backing off after {self.failures} failed move(s) until {self.backoff_until:%H:%M:%S}"
+        recent = [t for t in self.moves if now - t < HOUR]
+        if len(recent) >= max_per_hour:
+            return f"{len(recent)} evictions in the last hour (ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR={max_per_hour})"
+        return None
+
+    def evicted(self, now: datetime) -> MoveLedger:
+        return attrs.evolve(self, moves=(*(t for t in self.moves if now - t < HOUR), now))
+
+    def failed(self, now: datetime, base: timedelta = timedelta(minutes=1)) -> MoveLedger:
+        failures = self.failures + 1
+        wait = min(HOUR, base * 2 ** (failures - 1))
+        return attrs.evolve(self, failures=failures, backoff_until=now + wait)
+
+    def succeeded(self) -> MoveLedger:
+        return attrs.evolve(self, failures=0, backoff_until=None)
+
+
+HOUR = timedelta(hours=1)
+
+
+def landed(members: list[PodView], move: Move) -> PodView | None:
+    """The Ready replacement of the evicted pod, once it runs (None while it does not)."""
+    for pod in members:
+        if pod.name == move.pod.name and pod.uid != move.pod.uid and pod.node and pod.ready and not pod.deleting:
+            return pod
+    return None
+
+
+def doubled_up(members: list[PodView], pod: PodView) -> bool:
+    """Another live pod of the StatefulSet shares `pod`'s node."""
+    return any(p.node == pod.node and p.uid != pod.uid and not p.deleting for p in members)

@@ -44,11 +44,15 @@ class MaxUnhealthy:
 
 
 def hold_reason(max_unhealthy: MaxUnhealthy, watched: int, notready: int) -> str | None:
-    """Why new kickouts are held, or None when they may go ahead."""
+    """Why new kickouts are held ("too many NotReady": the details), or None when they may go ahead.
+
+    `watched` and `notready` count only nodes that can be kicked out: an excluded
+    node powered off for maintenance must not hold everybody else's kickout.
+    """
     limit = max_unhealthy.limit(watched)
     if notready > limit:
         return (
-            f"too many NotReady: {notready} of {watched} watched nodes "
-            f"(ASKLEPIOS_MAX_UNHEALTHY={max_unhealthy} allows {limit})"
+            f"{notready} of {watched} watched nodes are NotReady "
+            f"(ASKLEPIOS_MAX_UNHEALTHY={max_unhealthy} allows {limit}; excluded nodes are not counted)"
         )
     return None

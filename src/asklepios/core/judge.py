@@ -1,8 +1,10 @@
-"""The healer's decision: from one node's state and the clock, what now, and when next.
+"""The healer's decision: from one node's state and the clock, what now, and when to look again.
 
-Level-triggered: `judge` is a pure function of the newest view, the start of
-the node's NotReady period, the guard and `now`. A timer firing only means
-"judge again"; the action is never decided from the state the timer was set on.
+Level-triggered: `judge` is a pure function of the newest view, what this replica
+remembers of the node (`NodeMemory`), the guard, the node's pods and `now`. A timer
+firing only means "judge again"; the action is never decided from the state the
+timer was set on. The verdict also says when to judge again at the latest
+(`wake`), so the scheduling is decided here too, not in the engine.
 """
 
 from __future__ import annotations
@@ -12,107 +14,140 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from asklepios.core.node import NodeView, NotReadyMark
+from asklepios.core.evidence import HoldReason
+from asklepios.core.node import NodeView
+from asklepios.core.periods import NodeMemory
+from asklepios.core.pod import NodePods
 
 
 class State(enum.Enum):
     READY = "ready"
     COUNTING_DOWN = "counting down"
+    HELD = "held"
     KICKED_OUT = "kicked out"
     COUNTING_UP = "counting up"
-    HELD = "held"
+    WAITING_FOR_PODS = "waiting for pods"
     EXCLUDED = "excluded"
 
 
 class Action(enum.Enum):
-    KICKOUT = "kickout"
+    CHECK_DEATH = "kickout"  # gather the evidence; kick out (fencing first) if the node is dead
     KICKIN = "kickin"
     REPAIR = "repair"  # re-apply a cordon or taint of ours that someone removed
+    RELEASE = "release"  # the last pre-kickout pod is gone: record it, PodsReleased
+    POWER_ON = "power on"  # a fenced node whose pods are gone boots again
 
 
 @attrs.frozen
 class Timing:
     kickout: timedelta
     kickin: timedelta
+    pod_wait: timedelta = timedelta(seconds=300)
 
 
 @attrs.frozen
 class Verdict:
     state: State
     action: Action | None = None  # what to do at `now`
-    deadline: datetime | None = None  # when to judge again
+    deadline: datetime | None = None  # the kickout or kickin deadline of the current period
     since: datetime | None = None  # start of the current NotReady or Ready period
-    reason: str = ""
+    hold: HoldReason | None = None
+    detail: str = ""  # why: the hold's evidence, an exclusion, what a repair restores
+    pods: tuple[str, ...] = ()  # pods kickin waits for (or is forced past)
+    wake: datetime | None = None  # judge again at this time at the latest; None: on the next event
 
     def seconds_left(self, now: datetime) -> float | None:
-        if self.deadline is None:
+        target = self.wake if self.state is State.WAITING_FOR_PODS else self.deadline
+        if target is None or self.state in (State.HELD, State.KICKED_OUT):
             return None
-        return max(0.0, (self.deadline - now).total_seconds())
-
-
-def notready_mark(view: NodeView, remembered: NotReadyMark | None, now: datetime) -> NotReadyMark:
-    """The start of `view`'s current continuous NotReady period.
-
-    `remembered` is this process's own mark, kept while it watched the node
-    stay NotReady (a False<->Unknown flip does not end the period). Without it,
-    the node's annotation is trusted while the condition has not moved since it
-    was written; failing both, the condition's lastTransitionTime (or `now` when
-    the node has no Ready condition) starts the period. Later is the safe error:
-    kicking out too late costs minutes, too early a split brain.
-    """
-    if remembered is not None:
-        return attrs.evolve(remembered, condition_since=view.ready_since)
-    mark = view.notready_mark
-    if mark is not None and mark.condition_since == view.ready_since:
-        return mark
-    return NotReadyMark(since=view.ready_since or now, condition_since=view.ready_since)
+        return max(0.0, (target - now).total_seconds())
 
 
 def judge(
     view: NodeView,
+    memory: NodeMemory,
     *,
     now: datetime,
     timing: Timing,
-    mark: NotReadyMark | None,
-    hold: str | None = None,
+    guard: str | None = None,
+    pods: NodePods | None = None,
+    power_on: bool = True,
 ) -> Verdict:
-    """Decide the node's state, the action due now (if any) and the next deadline.
+    """Decide the node's state, the action due now (if any) and when to look again.
 
-    `mark` is the NotReady period start from `notready_mark` (ignored when the
-    node is Ready); `hold` is why new kickouts are held right now, if they are.
+    `memory` must be `remember(view, ...)`'s result; `guard` is why new kickouts
+    are held right now (too many NotReady), if they are; `pods` summarises the pod
+    watch of a kicked-out node; `power_on` is ASKLEPIOS_FENCING_POWER_ON.
     """
-    record = view.kickout
-    if record is None:
-        if view.ready.is_ready:
-            return Verdict(State.READY, since=view.ready_since)
-        excluded = view.excluded_by
-        if excluded is not None:
-            return Verdict(State.EXCLUDED, reason=excluded)
-        since = mark.since if mark is not None else (view.ready_since or now)
-        deadline = since + timing.kickout
-        if now < deadline:
-            return Verdict(State.COUNTING_DOWN, deadline=deadline, since=since)
-        if hold is not None:
-            return Verdict(State.HELD, since=since, reason=hold)
-        return Verdict(State.COUNTING_DOWN, Action.KICKOUT, deadline=deadline, since=since)
-
+    if view.kickout is None:
+        return _not_kicked_out(view, memory, now, timing, guard)
     if not view.ready.is_ready:
-        lost = []
-        if record.tainted and not view.has_out_of_service_taint:
-            lost.append("out-of-service taint")
-        if record.cordoned and not view.unschedulable:
-            lost.append("cordon")
-        if lost:
-            return Verdict(
-                State.KICKED_OUT,
-                Action.REPAIR,
-                since=record.at,
-                reason=" and ".join(lost) + " removed",
-            )
-        return Verdict(State.KICKED_OUT, since=record.at)
+        return _down(view, memory, now, pods, power_on)
+    return _back(view, memory, now, timing, pods)
 
-    since = max(view.ready_since or record.at, record.at)
+
+def _due(memory: NodeMemory, now: datetime) -> bool:
+    return memory.look_at is None or now >= memory.look_at
+
+
+def _not_kicked_out(view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, guard: str | None) -> Verdict:
+    if view.ready.is_ready:
+        return Verdict(State.READY, since=view.ready_since)
+    excluded = view.excluded_by
+    if excluded is not None:
+        return Verdict(State.EXCLUDED, detail=excluded)
+    since = memory.notready.since if memory.notready is not None else now
+    deadline = since + timing.kickout
+    if now < deadline:
+        return Verdict(State.COUNTING_DOWN, deadline=deadline, since=since, wake=deadline)
+    if guard is not None:
+        return Verdict(State.HELD, deadline=deadline, since=since, hold=HoldReason.TOO_MANY_NOTREADY, detail=guard)
+    state = State.HELD if memory.hold is not None else State.COUNTING_DOWN
+    due = _due(memory, now)  # not due: held by the evidence, or backing off after a failure
+    return Verdict(
+        state,
+        Action.CHECK_DEATH if due else None,
+        deadline=deadline,
+        since=since,
+        hold=memory.hold,
+        detail=memory.detail,
+        wake=None if due else memory.look_at,
+    )
+
+
+def _down(view: NodeView, memory: NodeMemory, now: datetime, pods: NodePods | None, power_on: bool) -> Verdict:
+    record = view.kickout
+    assert record is not None
+    since = record.at
+    action: Action | None = None
+    detail = ""
+    lost = []
+    if record.tainted and not view.has_out_of_service_taint:
+        lost.append("out-of-service taint")
+    if record.cordoned and not view.unschedulable:
+        lost.append("cordon")
+    if lost and view.excluded_by is None:
+        action, detail = Action.REPAIR, " and ".join(lost) + " removed"
+    elif record.released is None and pods is not None and pods.synced and not pods.left:
+        action = Action.RELEASE
+    elif record.fenced and record.released is not None and record.powered_on is None and power_on:
+        action = Action.POWER_ON
+    if action is not None and not _due(memory, now):
+        return Verdict(State.KICKED_OUT, since=since, detail=detail, wake=memory.look_at)
+    return Verdict(State.KICKED_OUT, action, since=since, detail=detail)
+
+
+def _back(view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, pods: NodePods | None) -> Verdict:
+    record = view.kickout
+    assert record is not None
+    since = memory.ready.since if memory.ready is not None else now
     deadline = since + timing.kickin
     if now < deadline:
-        return Verdict(State.COUNTING_UP, deadline=deadline, since=since)
-    return Verdict(State.COUNTING_UP, Action.KICKIN, deadline=deadline, since=since)
+        return Verdict(State.COUNTING_UP, deadline=deadline, since=since, wake=deadline)
+    stuck = pods.stuck if pods is not None and pods.synced else ("(pods on the node not listed yet)",)
+    limit = deadline + timing.pod_wait
+    if stuck and now < limit:
+        return Verdict(State.WAITING_FOR_PODS, deadline=deadline, since=since, pods=stuck, wake=limit)
+    if not _due(memory, now):
+        return Verdict(State.COUNTING_UP, deadline=deadline, since=since, pods=stuck, wake=memory.look_at)
+    return Verdict(State.COUNTING_UP, Action.KICKIN, deadline=deadline, since=since, pods=stuck)

@@ -1,27 +1,26 @@
-"""Frozen values describing a node as Asklepios sees it, and the names it writes.
+"""Frozen values describing a node as Asklepios sees it, and the taints it reads and writes.
 
-The kube adapter turns an apiserver Node into a `NodeView`; everything after
-that works on these values only. They carry just what the decision needs, so a
-cache of thousands of nodes stays small.
+The kube adapter turns an apiserver Node into a `NodeView`; everything after that
+works on these values only. They carry just what the decisions need, so a cache of
+thousands of nodes stays small.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 
 import attrs
 
+from asklepios.core.records import KickoutRecord, PeriodMark
+
 OUT_OF_SERVICE_TAINT_KEY = "node.kubernetes.io/out-of-service"
 OUT_OF_SERVICE_TAINT_VALUE = "nodeshutdown"
 LEGACY_SKIP_TAINT_KEY = "node.kubernetes.io/asklepios"
 LEGACY_SKIP_TAINT_VALUE = "skip"
 EXCLUDE_LABEL = "asklepios.io/exclude"
-KICKOUT_ANNOTATION = "asklepios.io/kickout"
-NOTREADY_ANNOTATION = "asklepios.io/notready-since"
 
 
 class ReadyStatus(enum.Enum):
@@ -61,85 +60,6 @@ class Taint:
 
 OUT_OF_SERVICE_TAINT = Taint(OUT_OF_SERVICE_TAINT_KEY, OUT_OF_SERVICE_TAINT_VALUE, "NoExecute")
 
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _parse_time(raw: object) -> datetime | None:
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-@attrs.frozen
-class KickoutRecord:
-    """What Asklepios changed at kickout: the `asklepios.io/kickout` annotation.
-
-    `cordoned`/`tainted` are False where the node already was cordoned or
-    tainted before: kickin then leaves that alone.
-    """
-
-    at: datetime
-    cordoned: bool
-    tainted: bool
-
-    def encode(self) -> str:
-        return json.dumps(
-            {"at": _rfc3339(self.at), "cordoned": self.cordoned, "tainted": self.tainted},
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def decode(cls, raw: str) -> KickoutRecord | None:
-        """Parse the annotation; None when it is not ours or is damaged."""
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        at = _parse_time(data.get("at"))
-        cordoned, tainted = data.get("cordoned"), data.get("tainted")
-        if at is None or not isinstance(cordoned, bool) or not isinstance(tainted, bool):
-            return None
-        return cls(at=at, cordoned=cordoned, tainted=tainted)
-
-
-@attrs.frozen
-class NotReadyMark:
-    """The start of a node's continuous NotReady period, kept across restarts.
-
-    The Ready condition's `lastTransitionTime` moves on a False<->Unknown flip,
-    so it cannot tell when the period began. Asklepios records the start in the
-    `asklepios.io/notready-since` annotation together with the transition time
-    it had seen; the mark still applies while that transition time is unchanged.
-    """
-
-    since: datetime
-    condition_since: datetime | None
-
-    def encode(self) -> str:
-        cond = None if self.condition_since is None else _rfc3339(self.condition_since)
-        return json.dumps({"since": _rfc3339(self.since), "condition": cond}, separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, raw: str) -> NotReadyMark | None:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        since = _parse_time(data.get("since"))
-        if since is None:
-            return None
-        return cls(since=since, condition_since=_parse_time(data.get("condition")))
-
-
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -155,8 +75,11 @@ class NodeView:
     ready_since: datetime | None = None  # the Ready condition's lastTransitionTime
     unschedulable: bool = False
     taints: tuple[Taint, ...] = ()
+    addresses: tuple[str, ...] = ()  # InternalIP addresses, probed before a kickout
+    bmc: str = ""  # the asklepios.io/bmc annotation: the node's Redfish System URL
     kickout: KickoutRecord | None = None
-    notready_mark: NotReadyMark | None = None
+    notready_mark: PeriodMark | None = None
+    ready_mark: PeriodMark | None = None
 
     @property
     def has_out_of_service_taint(self) -> bool:
@@ -171,12 +94,3 @@ class NodeView:
             if t.key == LEGACY_SKIP_TAINT_KEY and t.value == LEGACY_SKIP_TAINT_VALUE:
                 return f"taint {LEGACY_SKIP_TAINT_KEY}={LEGACY_SKIP_TAINT_VALUE}"
         return None
-
-
-def parse_time(raw: object) -> datetime | None:
-    """RFC 3339 timestamp as written by the apiserver, or None."""
-    return _parse_time(raw)
-
-
-def format_time(moment: datetime) -> str:
-    return _rfc3339(moment)

@@ -1,94 +1,149 @@
 """The balancer: move a doubled-up StatefulSet pod back to a node that has none.
 
 Fed by its own pod reflector (server-side selector ASKLEPIOS_BALANCER_SELECTOR,
-optionally one per namespace). Runs a round after every kickin and on every
-resync tick. A StatefulSet is touched only while all its replicas are Ready;
-one of its pods is evicted (Eviction API, so PodDisruptionBudgets hold: a 429
-waits for the next round), and the next move for it waits until the evicted
-pod is gone and every replica is Ready again. Rounds are stateless apart from
-that in-flight note, so a restart loses nothing: `settled` guards every move.
+optionally one per namespace). Runs a round when a node is kicked in (triggered
+from the node cache, so the round sees the kickin) and on every resync tick; a
+trigger that arrives during a round is not lost. A StatefulSet is touched only
+while all its replicas are Ready; one of its pods is evicted (Eviction API, so
+PodDisruptionBudgets hold: a 429 waits for the next round). The move is then
+followed until the replacement runs: `PodRebalanced` says where it really went;
+a replacement back next to a sibling is a failed move (`RebalanceFailed`), and the
+StatefulSet backs off exponentially up to an hour. At most
+ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR evictions per StatefulSet per hour.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 import anyio
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.balance import Move, PodView, plan_move, settled, statefulset_pods
+from asklepios.core.balance import Move, MoveLedger, PodView, doubled_up, landed, plan_move, settled, statefulset_pods
 from asklepios.core.node import NodeView
+from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.gate import REQUEST_TIMEOUT, AlwaysOpen, WriteGate
+from asklepios.engine.ports import EventPort
+from asklepios.engine.retry import count_failure
 from asklepios.kube.client import ApiError, NotFound
-from asklepios.kube.events import EventRecorder, ObjectRef
+from asklepios.kube.events import ObjectRef
 from asklepios.kube.pods import Evictions
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.balancer")
+MOVE_TIMEOUT = timedelta(minutes=10)  # an evicted pod not replaced by a Ready one by then is a failed move
+Key = tuple[str, str]  # (namespace, StatefulSet uid)
+
+
+@attrs.frozen
+class InFlight:
+    move: Move
+    evicted_at: datetime
 
 
 @attrs.define(eq=False)
 class Balancer:
     settings: Settings
     evictions: Evictions
-    events: EventRecorder
+    events: EventPort
     nodes: Callable[[], Mapping[str, NodeView]]
     gate: WriteGate = attrs.Factory(AlwaysOpen)
+    clock: Clock = SYSTEM_CLOCK
     pods: dict[str, PodView] = attrs.Factory(dict)
-    inflight: dict[tuple[str, str], Move] = attrs.Factory(dict)  # (namespace, sts uid) -> move
+    inflight: dict[Key, InFlight] = attrs.Factory(dict)
+    ledgers: dict[Key, MoveLedger] = attrs.Factory(dict)
+    _said: dict[Key, str] = attrs.Factory(dict)  # the last "not now" line logged per StatefulSet
     _wake: anyio.Event | None = None
 
     def shard(self) -> PodShard:
         """A Store for one pod reflector (one per namespace, or one for all)."""
         return PodShard(self.pods)
 
-    # --- running ----------------------------------------------------------------------
     def trigger(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
     async def run(self) -> None:
+        self._wake = anyio.Event()
         while True:
-            self._wake = anyio.Event()
             with anyio.move_on_after(self.settings.resync_seconds):
                 await self._wake.wait()
+            self._wake = anyio.Event()  # a trigger during the round wakes the next one at once
             await self.round()
 
     async def round(self) -> None:
         nodes = self.nodes()
+        now = self.clock.now()
         for key, members in statefulset_pods(self.pods.values()).items():
-            move = self.inflight.get(key)
-            if move is not None:
-                if any(p.uid == move.pod.uid for p in members) or not all(p.ready and not p.deleting for p in members):
-                    continue  # the evicted pod is not yet replaced by a Ready one
-                del self.inflight[key]
+            flight = self.inflight.get(key)
+            if flight is not None and not await self._follow(key, members, flight, now):
+                continue
             move = plan_move(members, nodes)
-            if move is not None:
-                await self._try(key, members, move)
+            if move is None:
+                self._said.pop(key, None)
+                continue
+            why = self.ledgers.get(key, MoveLedger()).why_not(now, self.settings.balancer_max_moves_per_hour)
+            if why is not None:
+                self._say(key, why, move)
+                continue
+            await self._try(key, members, move, now)
 
-    async def _try(self, key: tuple[str, str], members: list[PodView], move: Move) -> None:
+    async def _follow(self, key: Key, members: list[PodView], flight: InFlight, now: datetime) -> bool:
+        """Check an eviction's outcome; True once it is decided (the StatefulSet may move again)."""
+        move, ledger = flight.move, self.ledgers.get(key, MoveLedger())
+        replacement = landed(members, move)
+        if replacement is None or not all(p.ready and not p.deleting for p in members):
+            if now - flight.evicted_at < MOVE_TIMEOUT:
+                return False
+            await self._failed(key, move, "no Ready replacement within 10 minutes", ledger, now)
+            return True
+        del self.inflight[key]
+        if doubled_up(members, replacement):
+            await self._failed(
+                key, move, f"the replacement landed on {replacement.node}, next to a sibling", ledger, now
+            )
+            return True
+        self.ledgers[key] = ledger.succeeded()
+        metrics.REBALANCED_PODS.inc()
+        facts = {"pod": move.pod.name, "from_node": move.from_node, "to_node": replacement.node}
+        log.info("pod moved", extra={**facts, "statefulset": f"{move.namespace}/{move.statefulset.name}"})
+        message = f"moved from {move.from_node} to {replacement.node} (target {move.to_node})"
+        await self.events.emit(
+            ObjectRef("Pod", replacement.name, replacement.uid, move.namespace), "PodRebalanced", message
+        )
+        await self.events.emit(_sts_ref(move), "PodRebalanced", f"{move.pod.name} {message}")
+        return True
+
+    async def _failed(self, key: Key, move: Move, why: str, ledger: MoveLedger, now: datetime) -> None:
+        self.inflight.pop(key, None)
+        ledger = self.ledgers[key] = ledger.failed(now)
+        metrics.REBALANCE_FAILURES.inc()
+        message = f"evicted {move.pod.name} from {move.from_node} for {move.to_node}, but {why}; next try after "
+        message += f"{ledger.backoff_until:%H:%M:%S}" if ledger.backoff_until else "the backoff"
+        log.warning("rebalance failed", extra={"statefulset": move.statefulset.name, "pod": move.pod.name, "why": why})
+        await self.events.emit(_sts_ref(move), "RebalanceFailed", message, warning=True)
+
+    def _say(self, key: Key, why: str, move: Move) -> None:
+        """One log line per change of why a StatefulSet is not moved now."""
+        if self._said.get(key) != why:
+            self._said[key] = why
+            log.info("not moving now", extra={"statefulset": move.statefulset.name, "pod": move.pod.name, "why": why})
+
+    async def _try(self, key: Key, members: list[PodView], move: Move, now: datetime) -> None:
         sts = move.statefulset
         try:
             replicas = await self.evictions.statefulset_replicas(move.namespace, sts.name)
         except ApiError as exc:
-            log.warning("could not read StatefulSet", extra={"statefulset": sts.name, "error": str(exc)})
+            self._say(key, f"could not read the StatefulSet: {exc}", move)
             return
         if not settled(members, replicas):
-            log.info(
-                "waiting for every replica to be Ready",
-                extra={"statefulset": f"{move.namespace}/{sts.name}", "pod": move.pod.name},
-            )
+            self._say(key, "waiting for every replica to be Ready", move)
             return
-        facts = {
-            "statefulset": f"{move.namespace}/{sts.name}",
-            "pod": move.pod.name,
-            "from_node": move.from_node,
-            "to_node": move.to_node,
-        }
         if self.settings.dry_run:
-            log.info("dry run: would move pod", extra=facts)
+            self._say(key, f"dry run: would move it to {move.to_node}", move)
             return
         if not self.gate.may_write():
             return
@@ -97,19 +152,20 @@ class Balancer:
         except NotFound:
             return
         except ApiError as exc:
-            if exc.status == 429:
-                log.info("eviction refused by a PodDisruptionBudget; will retry", extra=facts)
-            else:
-                log.warning("eviction failed; will retry", extra={**facts, "error": str(exc)})
+            count_failure("evict", exc)
+            why = "eviction refused by a PodDisruptionBudget" if exc.status == 429 else f"eviction failed: {exc}"
+            self._say(key, f"{why}; will retry", move)
             return
-        self.inflight[key] = move
-        metrics.REBALANCED_PODS.inc()
-        log.info("pod moved", extra={**facts, "action": "rebalance"})
-        message = f"evicted from {move.from_node}, which holds two pods of {sts.name}, so it can run on {move.to_node}"
-        pod_ref = ObjectRef("Pod", move.pod.name, move.pod.uid, move.namespace)
-        await self.events.emit(pod_ref, "PodRebalanced", message)
-        sts_ref = ObjectRef("StatefulSet", sts.name, sts.uid, move.namespace, api_version="apps/v1")
-        await self.events.emit(sts_ref, "PodRebalanced", f"{move.pod.name} {message}")
+        self._said.pop(key, None)
+        self.inflight[key] = InFlight(move, now)
+        self.ledgers[key] = self.ledgers.get(key, MoveLedger()).evicted(now)
+        facts = {"pod": move.pod.name, "from_node": move.from_node, "to_node": move.to_node}
+        log.info("pod evicted", extra={**facts, "statefulset": f"{move.namespace}/{sts.name}", "action": "rebalance"})
+
+
+def _sts_ref(move: Move) -> ObjectRef:
+    sts = move.statefulset
+    return ObjectRef("StatefulSet", sts.name, sts.uid, move.namespace, api_version="apps/v1")
 
 
 @attrs.define(eq=False)

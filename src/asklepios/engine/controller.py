@@ -1,9 +1,10 @@
 """Wiring of one running controller: every long-lived task in one task group.
 
-Node reflector -> healer (cache, wheel, actions, resync); the leader elector
-gates writes; the balancer (when on) has its own pod reflector. Cancelling
-the group (SIGTERM) stops them all; the elector releases the lease on the way
-out, and no task is left behind.
+Two node reflectors (watched nodes, cordoned nodes) -> healer (cache, wheel,
+actions, resync); one pod watch per kicked-out node; the leader elector gates
+writes; the balancer (when on) has its own pod reflector. Cancelling the group
+(SIGTERM) stops them all; the elector releases the lease on the way out, and no
+task is left behind.
 """
 
 from __future__ import annotations
@@ -12,17 +13,40 @@ import logging
 
 import anyio
 
+from asklepios import __version__
 from asklepios.config import Settings
+from asklepios.core.node import NodeView
 from asklepios.engine.balancer import Balancer
+from asklepios.engine.clock import SYSTEM_CLOCK, Clock
+from asklepios.engine.fencing import Fencer
 from asklepios.engine.gate import AlwaysOpen, WriteGate
-from asklepios.engine.healer import Healer
+from asklepios.engine.healer import CORDONED, SELECTED, Healer
+from asklepios.engine.kickout import Kickout
 from asklepios.engine.leader import LeaderElector, default_identity
+from asklepios.engine.nodepods import NodePodWatches
+from asklepios.engine.notes import Notes
+from asklepios.engine.ports import (
+    BmcPort,
+    CredentialsPort,
+    EventPort,
+    NodeLeasePort,
+    NodePort,
+    PodDeletePort,
+    PodWatchPort,
+    ProbePort,
+)
+from asklepios.engine.recovery import Recovery
+from asklepios.engine.retry import count_failure
+from asklepios.engine.writes import NodeWriter
+from asklepios.fence.probe import TcpProbe
 from asklepios.kube.client import KubeClient
 from asklepios.kube.events import EventRecorder
 from asklepios.kube.lease import LeaseApi
+from asklepios.kube.nodeleases import NodeLeaseApi
 from asklepios.kube.nodes import NodeApi, parse_node
 from asklepios.kube.pods import Evictions, PodApi, parse_pod
 from asklepios.kube.reflector import Hooks, Reflector
+from asklepios.kube.secrets import SecretApi
 from asklepios.observe import metrics
 from asklepios.observe.health import Health
 
@@ -30,16 +54,41 @@ log = logging.getLogger("asklepios")
 LEASE_NAME = "asklepios"
 
 
-def _hooks(health: Health, resource: str) -> Hooks:
+def _hooks(health: Health | None, resource: str) -> Hooks:
     return Hooks(
-        progress=lambda: health.beat(resource),
+        progress=(lambda: health.beat(resource)) if health else lambda: None,
         restarted=lambda cause: metrics.WATCH_RESTARTS.labels(resource=resource, cause=cause).inc(),
-        synced=lambda: health.synced(resource),
+        synced=(lambda: health.synced(resource)) if health else lambda: None,
     )
 
 
-async def run_controller(settings: Settings, client: KubeClient, health: Health) -> None:
+def build_healer(
+    settings: Settings,
+    *,
+    clock: Clock,
+    gate: WriteGate,
+    nodes: NodePort,
+    leases: NodeLeasePort,
+    probe: ProbePort,
+    bmc: BmcPort | None,
+    credentials: CredentialsPort | None,
+    pods: PodWatchPort,
+    deleter: PodDeletePort,
+    events: EventPort,
+) -> Healer:
+    """The healer and its helpers, from its ports (the real ones here, fakes in unit tests)."""
+    notes, writer = Notes(), NodeWriter(nodes, gate)
+    fencer = None
+    if settings.fencing_on and bmc is not None and credentials is not None:
+        fencer = Fencer(bmc, credentials, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
+    kickout = Kickout(settings, clock, gate, leases, probe, fencer, writer, events, notes)
+    recovery = Recovery(settings, clock, gate, pods, deleter, fencer, writer, events, notes)
+    return Healer(settings, clock, gate, writer, kickout, recovery, pods, events, notes)
+
+
+async def run_controller(settings: Settings, client: KubeClient, health: Health, clock: Clock = SYSTEM_CLOCK) -> None:
     """Run until cancelled."""
+    metrics.BUILD.info({"version": __version__})
     elector: LeaderElector | None = None
     gate: WriteGate = AlwaysOpen()
     if settings.leader_election:
@@ -49,67 +98,106 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health)
             lease_duration=settings.lease_duration_seconds,
             renew_deadline=settings.lease_renew_seconds,
             retry_period=settings.lease_retry_seconds,
+            clock=clock,
         )
         gate = elector
     else:
         metrics.IS_LEADER.set(1)
-    healer = Healer(
-        settings=settings,
-        nodes=NodeApi(client),
-        pods=PodApi(client),
-        events=EventRecorder(client),
+    events = EventRecorder(client, now=clock.now, failed=lambda exc: count_failure("event", exc))
+    pod_watches = NodePodWatches(client, settings.watch_timeout_seconds, _hooks(None, "node pods"))
+    bmc: BmcPort | None = None
+    credentials: CredentialsPort | None = None
+    if settings.fencing_on:
+        from asklepios.fence.redfish import RedfishBmc  # noqa: PLC0415 - sushy is loaded only when fencing is on
+
+        bmc, credentials = RedfishBmc(), SecretApi(client, settings.namespace, settings.fencing_secret)
+        if settings.fencing_insecure:
+            log.warning("ASKLEPIOS_FENCING_INSECURE=true: BMC certificates are not verified")
+    healer = build_healer(
+        settings,
+        clock=clock,
         gate=gate,
+        nodes=NodeApi(client),
+        leases=NodeLeaseApi(client),
+        probe=TcpProbe(),
+        bmc=bmc,
+        credentials=credentials,
+        pods=pod_watches,
+        deleter=PodApi(client),
+        events=events,
     )
-    nodes = Reflector(
-        client=client,
-        path="/api/v1/nodes",
-        parse=parse_node,
-        label_selector=str(settings.node_selector),
-        watch_timeout=settings.watch_timeout_seconds,
-        hooks=_hooks(health, "nodes"),
-    )
-    health.expect("nodes", silence=settings.watch_timeout_seconds + 60)
+    pod_watches.changed = healer.schedule
+
+    def node_reflector(kind: str, label_selector: str = "", field_selector: str = "") -> Reflector[NodeView]:
+        return Reflector(
+            client=client,
+            path="/api/v1/nodes",
+            parse=parse_node,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            watch_timeout=settings.watch_timeout_seconds,
+            hooks=_hooks(health, f"nodes ({kind})" if kind != SELECTED else "nodes"),
+        )
+
+    for name in ("nodes", f"nodes ({CORDONED})"):
+        health.expect(name, silence=settings.watch_timeout_seconds + 60)
     log.info(
         "starting",
         extra={
+            "version": __version__,
             "node_selector": str(settings.node_selector),
             "kickout_seconds": settings.kickout_seconds,
             "kickin_seconds": settings.kickin_seconds,
             "dry_run": settings.dry_run,
             "leader_election": settings.leader_election,
+            "probe_ports": list(settings.liveness_probe_ports),
+            "fencing": settings.fencing,
+            "force_delete": settings.force_delete,
             "apiserver": client.host,
         },
     )
     async with anyio.create_task_group() as tg:
-        tg.start_soon(nodes.run, healer)
+        tg.start_soon(health.tick)
+        tg.start_soon(node_reflector(SELECTED, label_selector=str(settings.node_selector)).run, healer.source(SELECTED))
+        tg.start_soon(node_reflector(CORDONED, field_selector="spec.unschedulable=true").run, healer.source(CORDONED))
+        tg.start_soon(pod_watches.run)
         tg.start_soon(healer.run)
         if elector is not None:
-            elector.on_started = healer.resync
+            elector.on_started = healer.leadership_gained
             tg.start_soon(elector.run)
         if settings.balancer:
-            balancer = Balancer(
-                settings=settings,
-                evictions=Evictions(client),
-                events=healer.events,
-                nodes=lambda: healer.views,
-                gate=gate,
-            )
-            healer.on_kickin = lambda _node: balancer.trigger()
-            health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)
-            for path in _pod_paths(settings):
-                pods = Reflector(
-                    client=client,
-                    path=path,
-                    parse=parse_pod,
-                    label_selector=str(settings.balancer_selector),
-                    watch_timeout=settings.watch_timeout_seconds,
-                    hooks=_hooks(health, "pods"),
-                )
-                tg.start_soon(pods.run, balancer.shard())
-            tg.start_soon(balancer.run)
+            _start_balancer(tg, settings, client, health, healer, gate, events, clock)
 
 
-def _pod_paths(settings: Settings) -> list[str]:
-    if not settings.balancer_namespaces:
-        return ["/api/v1/pods"]
-    return [f"/api/v1/namespaces/{ns}/pods" for ns in settings.balancer_namespaces]
+def _start_balancer(
+    tg: anyio.abc.TaskGroup,
+    settings: Settings,
+    client: KubeClient,
+    health: Health,
+    healer: Healer,
+    gate: WriteGate,
+    events: EventPort,
+    clock: Clock,
+) -> None:
+    balancer = Balancer(
+        settings=settings,
+        evictions=Evictions(client),
+        events=events,
+        nodes=lambda: healer.views,
+        gate=gate,
+        clock=clock,
+    )
+    healer.on_kickin = lambda _node: balancer.trigger()
+    health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)
+    paths = [f"/api/v1/namespaces/{ns}/pods" for ns in settings.balancer_namespaces] or ["/api/v1/pods"]
+    for path in paths:
+        pods = Reflector(
+            client=client,
+            path=path,
+            parse=parse_pod,
+            label_selector=str(settings.balancer_selector),
+            watch_timeout=settings.watch_timeout_seconds,
+            hooks=_hooks(health, "pods"),
+        )
+        tg.start_soon(pods.run, balancer.shard())
+    tg.start_soon(balancer.run)

@@ -1,173 +1,257 @@
-"""The healer: node cache, timer wheel and the kickout / kickin / repair actions.
+"""The healer: the node cache, the timer wheel, and acting on one node at a time.
 
-Fed by the node reflector (it is the reflector's Store). Each node event
-re-judges that node and sets its one timer; a timer firing re-judges with the
-newest view and acts only if the verdict says so now. Writes are conflict-safe
-and re-decided on the re-read object; transient failures are retried until the
-action succeeds or is no longer due. The resync loop re-judges every cached
-node, which repairs drift and catches anything a missed event would hide.
+Fed by two node reflectors: the nodes matching ASKLEPIOS_NODE_SELECTOR, and the
+cordoned nodes (server-side `spec.unschedulable=true`), so that a kicked-out node
+that leaves the selector (a relabel, a new selector) stays followed until it is
+kicked in. Each event re-judges that node (`core.judge`) and sets its one timer;
+a timer firing re-judges with the newest view and carries out what is due now.
+The resync re-judges every cached node (no API request), which repairs drift and
+catches anything a missed event would hide. Acting on one node never overlaps
+with acting on the same node; at most 16 nodes are acted on at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
 
 from asklepios.config import Settings
+from asklepios.core.evidence import HoldReason
 from asklepios.core.guard import hold_reason
-from asklepios.core.judge import Action, State, Verdict, judge, notready_mark
-from asklepios.core.node import KickoutRecord, NodeView, NotReadyMark
-from asklepios.core.pod import stuck_before_kickout
-from asklepios.engine.gate import REQUEST_TIMEOUT, AlwaysOpen, WriteGate
+from asklepios.core.judge import Action, State, Verdict, judge
+from asklepios.core.node import NodeView
+from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
+from asklepios.core.pod import NodePods, force_delete_candidates
+from asklepios.engine.clock import Clock
+from asklepios.engine.gate import WriteGate
+from asklepios.engine.kickout import Kickout, backoff, node_ref
+from asklepios.engine.notes import Notes
+from asklepios.engine.ports import EventPort, PodWatchPort
+from asklepios.engine.recovery import Recovery
 from asklepios.engine.wheel import TimerWheel
-from asklepios.kube.client import ApiError, Conflict, NotFound
-from asklepios.kube.events import EventRecorder, ObjectRef
-from asklepios.kube.nodes import NodeApi, kickin_patch, kickout_patch, mark_patch, repair_patch
-from asklepios.kube.pods import PodApi
+from asklepios.engine.writes import NodeWriter
+from asklepios.kube.client import ApiError, NotFound
+from asklepios.kube.nodes import marks_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
-STUCK_POD_RECHECK_SECONDS = 2.0
-MAX_ATTEMPTS = 30
+SELECTED, CORDONED = "selected", "cordoned"
+WRITE_SLOTS = 16
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+@attrs.define(eq=False)
+class NodeSource:
+    """The Store of one node reflector: the healer follows a node delivered by either."""
+
+    healer: Healer
+    kind: str
+
+    def replace(self, items: dict[str, NodeView]) -> None:
+        self.healer.replace(self.kind, items)
+
+    def upsert(self, key: str, item: NodeView) -> None:
+        self.healer.upsert(self.kind, key, item)
+
+    def delete(self, key: str) -> None:
+        self.healer.delete(self.kind, key)
+
+
+def _older(new: NodeView, old: NodeView) -> bool:
+    try:
+        return int(new.resource_version) < int(old.resource_version)
+    except ValueError:
+        return False
 
 
 @attrs.define(eq=False)
 class Healer:
     settings: Settings
-    nodes: NodeApi
-    pods: PodApi
-    events: EventRecorder
-    gate: WriteGate = attrs.Factory(AlwaysOpen)
-    clock: Callable[[], datetime] = utcnow
+    clock: Clock
+    gate: WriteGate
+    writer: NodeWriter
+    kickout: Kickout
+    recovery: Recovery
+    pods: PodWatchPort
+    events: EventPort
+    notes: Notes
     on_kickin: Callable[[str], None] = lambda name: None
     views: dict[str, NodeView] = attrs.Factory(dict)
-    marks: dict[str, NotReadyMark] = attrs.Factory(dict)
-    notready: set[str] = attrs.Factory(set)
-    held: dict[str, str] = attrs.Factory(dict)  # node -> kind of hold already announced
-    wheel: TimerWheel = attrs.Factory(TimerWheel)
-    states: dict[str, State] = attrs.Factory(dict)  # last state logged, to log changes only
-    blocked_until: dict[str, float] = attrs.Factory(dict)  # kickin held by old pods: next look
+    memory: dict[str, NodeMemory] = attrs.Factory(dict)
+    members: dict[str, set[str]] = attrs.Factory(lambda: {SELECTED: set(), CORDONED: set()})
+    wheel: TimerWheel = attrs.field(default=None)
+    _guarded: set[str] = attrs.Factory(set)  # selected, not excluded: what the guard counts
+    _guarded_down: set[str] = attrs.Factory(set)
+    _down: set[str] = attrs.Factory(set)  # selected and NotReady
     _inflight: set[str] = attrs.Factory(set)
     _again: set[str] = attrs.Factory(set)
     _tg: TaskGroup | None = None
-    _writes: anyio.CapacityLimiter | None = None
+    _slots: anyio.CapacityLimiter | None = None
 
-    # --- Store: called by the reflector -------------------------------------------------
-    def replace(self, items: dict[str, NodeView]) -> None:
-        for name in set(self.views) - set(items):
-            self.delete(name)
-        self.marks.clear()  # a relist may hide a Ready period: trust only the annotations now
-        self.views = dict(items)
-        self.notready = {n for n, v in items.items() if not v.ready.is_ready}
-        for name in list(self.views):
-            self._observe(name)
+    def __attrs_post_init__(self) -> None:
+        if self.wheel is None:
+            self.wheel = TimerWheel(lambda: self.clock.now().timestamp())
+
+    def source(self, kind: str) -> NodeSource:
+        return NodeSource(self, kind)
+
+    # --- the cache (called by the reflectors and with the result of our own writes) -----
+    def replace(self, kind: str, items: dict[str, NodeView]) -> None:
+        members = self.members[kind]
+        gone = members - items.keys()
+        members.clear()
+        members.update(items)
+        for name, view in items.items():
+            if kind == SELECTED:  # a relist may hide a Ready period: trust only the annotations now
+                self.memory.pop(name, None)
+            self._cache(view)
+        for name in gone:
+            self._refollow(name)
         self._publish_counts()
 
-    def upsert(self, key: str, item: NodeView) -> None:
-        was_notready = key in self.notready
-        self.views[key] = item
-        if item.ready.is_ready:
-            self.notready.discard(key)
-        else:
-            self.notready.add(key)
-        self._observe(key)
-        if was_notready != (key in self.notready):
-            self._publish_counts()
-            for name in list(self.held):  # the guard's count moved: held nodes may go now
-                self._schedule(name)
+    def upsert(self, kind: str, key: str, item: NodeView) -> None:
+        self.members[kind].add(key)
+        self._cache(item)
 
-    def delete(self, key: str) -> None:
-        self.views.pop(key, None)
-        self.marks.pop(key, None)
-        self.notready.discard(key)
-        self.held.pop(key, None)
-        self.states.pop(key, None)
-        self.blocked_until.pop(key, None)
-        self.wheel.cancel(key)
-        self._publish_counts()
+    def delete(self, kind: str, key: str) -> None:
+        self.members[kind].discard(key)
+        self._refollow(key)
 
-    # --- deciding -----------------------------------------------------------------------
-    def _publish_counts(self) -> None:
-        metrics.WATCHED_NODES.set(len(self.views))
-        metrics.NOTREADY_NODES.set(len(self.notready))
+    def _followed(self, view: NodeView) -> bool:
+        name = view.name
+        return name in self.members[SELECTED] or (name in self.members[CORDONED] and view.kickout is not None)
 
-    def _observe(self, name: str) -> None:
-        view = self.views[name]
-        if view.ready.is_ready:
-            self.marks.pop(name, None)
-        else:
-            self.marks[name] = notready_mark(view, self.marks.get(name), self.clock())
-        self._schedule(name)
-
-    def hold(self) -> str | None:
-        if self.settings.dry_run:
-            return "dry run"
-        return hold_reason(self.settings.max_unhealthy, len(self.views), len(self.notready))
-
-    def evaluate(self, name: str, view: NodeView | None = None) -> Verdict:
-        view = view or self.views[name]
-        mark = None if view.ready.is_ready else self.marks.get(name)
-        return judge(view, now=self.clock(), timing=self.settings.timing, mark=mark, hold=self.hold())
-
-    def _mark_out_of_date(self, view: NodeView) -> bool:
-        if view.kickout is not None or view.excluded_by is not None:
-            return False
-        if view.ready.is_ready:
-            return view.notready_mark is not None
-        return view.notready_mark != self.marks.get(view.name)
-
-    def _schedule(self, name: str) -> None:
+    def _refollow(self, name: str) -> None:
         view = self.views.get(name)
-        if view is None:
+        if view is not None and not self._followed(view):
+            self._forget(name)
+
+    def _cache(self, view: NodeView) -> NodeView:
+        name = view.name
+        old = self.views.get(name)
+        if old is not None and _older(view, old):
+            return old
+        if not self._followed(view):
+            if old is not None:
+                self._forget(name)
+            return view
+        self.views[name] = view
+        if view.kickout is not None:
+            self.pods.follow(name)
+        else:
+            self.pods.unfollow(name)
+        if self._count(view):
+            for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
+                self.schedule(other)  # the guard's count moved: held nodes may go now
+        self.schedule(name)
+        if old is not None and old.kickout is not None and view.kickout is None:
+            self.on_kickin(name)
+        return view
+
+    def _forget(self, name: str) -> None:
+        self.views.pop(name, None)
+        self.memory.pop(name, None)
+        self.notes.forget(name)
+        self.wheel.cancel(name)
+        self.pods.unfollow(name)
+        self._uncount(name)
+
+    def _count(self, view: NodeView) -> bool:
+        """Update the guard's and the gauges' counts; True when the guard's count moved."""
+        name, before = view.name, len(self._guarded_down)
+        selected = name in self.members[SELECTED]
+        down = selected and not view.ready.is_ready
+        self._down.add(name) if down else self._down.discard(name)
+        if selected and view.excluded_by is None:
+            self._guarded.add(name)
+            self._guarded_down.add(name) if down else self._guarded_down.discard(name)
+        else:
+            self._guarded.discard(name)
+            self._guarded_down.discard(name)
+        self._publish_counts()
+        return before != len(self._guarded_down)
+
+    def _uncount(self, name: str) -> None:
+        for counted in (self._guarded, self._guarded_down, self._down):
+            counted.discard(name)
+        self._publish_counts()
+
+    def _publish_counts(self) -> None:
+        metrics.WATCHED_NODES.set(len(self.members[SELECTED]))
+        metrics.NOTREADY_NODES.set(len(self._down))
+
+    def guard(self) -> str | None:
+        """Why new kickouts are held now (only nodes that can be kicked out are counted)."""
+        return hold_reason(self.settings.max_unhealthy, len(self._guarded), len(self._guarded_down))
+
+    # --- deciding ---------------------------------------------------------------------
+    def judge(self, name: str, view: NodeView | None = None) -> tuple[NodeView, NodeMemory, Verdict]:
+        view = view or self.views[name]
+        memory = remember(view, self.memory.get(name, NodeMemory()), self.clock.now())
+        self.memory[name] = memory
+        pods = None
+        if view.kickout is not None:
+            pods = NodePods.of(self.pods.pods(name), view.kickout)
+        verdict = judge(
+            view,
+            memory,
+            now=self.clock.now(),
+            timing=self.settings.timing,
+            guard=self.guard(),
+            pods=pods,
+            power_on=self.settings.fencing_power_on and self.settings.fencing_on,
+        )
+        return view, memory, verdict
+
+    def _rejudge(self, view: NodeView) -> Verdict:
+        return self.judge(view.name, view)[2]
+
+    def _chores(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> bool:
+        """Something to do now besides the verdict's action (leader only)."""
+        if not self.gate.may_write():
+            return False
+        if self.notes.hold_pending(view.name, verdict):
+            return True
+        if self.settings.dry_run:
+            return False
+        if marks_out_of_date(view, memory) or (view.kickout is not None and view.kickout.damaged):
+            return True
+        return bool(
+            self.settings.force_delete
+            and view.kickout is not None
+            and not view.ready.is_ready
+            and force_delete_candidates(self.pods.pods(view.name) or [])
+        )
+
+    def schedule(self, name: str) -> None:
+        """Judge `name` and set its timer: now when something is due, else at its next deadline."""
+        if name not in self.views:
             return
-        verdict = self.evaluate(name, view)
-        self._log_state(view, verdict)
-        if verdict.state is not State.HELD:
-            self.held.pop(name, None)
-        due_now = verdict.action is not None or (verdict.state is State.HELD and name not in self.held)
-        recheck = self.blocked_until.get(name, 0.0) if verdict.action is Action.KICKIN else 0.0
-        if recheck > self.clock().timestamp():  # kickin waits for old pods: do not list them again yet
-            self.wheel.schedule(name, recheck)
-        elif due_now or (self._mark_out_of_date(view) and not self.settings.dry_run):
+        view, memory, verdict = self.judge(name)
+        self.notes.observe(view, verdict, self.clock.now(), leader=self.gate.may_write())
+        if verdict.action is not None or self._chores(view, memory, verdict):
             self.wheel.schedule(name, 0.0)
-        elif verdict.deadline is not None:
-            self.wheel.schedule(name, verdict.deadline.timestamp())
+        elif verdict.wake is not None:
+            self.wheel.schedule(name, verdict.wake.timestamp())
         else:
             self.wheel.cancel(name)
-
-    def _log_state(self, view: NodeView, verdict: Verdict) -> None:
-        """One line per state change, with the facts of the original's logs."""
-        if self.states.get(view.name) is verdict.state:
-            return
-        self.states[view.name] = verdict.state
-        left = verdict.seconds_left(self.clock())
-        facts = {"node": view.name, "status": view.ready.value, "state": verdict.state.value}
-        if verdict.state is State.COUNTING_DOWN and left is not None:
-            log.info("node is not ready", extra={**facts, "seconds_to_kickout": round(left, 1)})
-        elif verdict.state is State.COUNTING_UP and left is not None:
-            log.info("node is ready again", extra={**facts, "seconds_to_kickin": round(left, 1)})
-        elif verdict.state is State.EXCLUDED:
-            log.info("node is not ready but excluded", extra={**facts, "reason": verdict.reason})
-        else:
-            log.debug("node state", extra=facts)
 
     def resync(self) -> None:
         """Re-judge every cached node (no apiserver request)."""
         for name in list(self.views):
-            self._schedule(name)
+            self.schedule(name)
 
-    # --- running ------------------------------------------------------------------------
+    def leadership_gained(self) -> None:
+        self.notes.leadership_gained()
+        self.resync()
+
+    # --- running ----------------------------------------------------------------------
     async def run(self) -> None:
-        self._writes = anyio.CapacityLimiter(16)
+        self._slots = anyio.CapacityLimiter(WRITE_SLOTS)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.wheel.run, self._dispatch)
@@ -190,175 +274,118 @@ class Healer:
         try:
             while True:
                 self._again.discard(name)
-                assert self._writes is not None
-                async with self._writes:
+                assert self._slots is not None
+                async with self._slots:
                     await self.act(name)
                 if name not in self._again:
                     return
         finally:
             self._inflight.discard(name)
             self._again.discard(name)
-            self._reschedule_future(name)
+            self._after_act(name)
 
-    def _reschedule_future(self, name: str) -> None:
-        """After acting, wait for the next deadline; what is still due now waits for the
-        next event or resync, so a failing write or a follower never spins."""
+    def _after_act(self, name: str) -> None:
+        """Wait for the next deadline; what is still due now waits for the next event or
+        resync, so a failing write or a follower never spins."""
         if name not in self.views or name in self.wheel:
             return
-        verdict = self.evaluate(name)
-        if verdict.deadline is not None and verdict.deadline > self.clock():
-            self.wheel.schedule(name, verdict.deadline.timestamp())
+        _, _, verdict = self.judge(name)
+        if verdict.wake is not None and verdict.wake > self.clock.now():
+            self.wheel.schedule(name, verdict.wake.timestamp())
+
+    async def act_due(self) -> list[str]:
+        """Act on every node whose timer is due, one after the other (`run` does it concurrently).
+
+        For deterministic tests (the hypothesis state machine); returns the nodes acted on.
+        """
+        due = self.wheel.pop_due(self.clock.now().timestamp())
+        for name in due:
+            await self.act(name)
+            self._after_act(name)
+        return due
 
     async def act(self, name: str) -> None:
-        """Judge `name` afresh and carry out whatever is due now."""
-        view = self.views.get(name)
-        if view is None:
+        """Judge `name` afresh and carry out whatever is due now (the leader only)."""
+        if name not in self.views:
             return
-        verdict = self.evaluate(name, view)
-        if verdict.state is State.HELD:
-            await self._announce_hold(view, verdict)
-            return
-        writable = self.gate.may_write() and not self.settings.dry_run
-        if writable and self._mark_out_of_date(view):
-            await self._write_mark(view)
-        if verdict.action is None:
-            return
+        view, memory, verdict = self.judge(name)
+        self.notes.observe(view, verdict, self.clock.now(), leader=self.gate.may_write())
         if not self.gate.may_write():
             return
-        if self.settings.dry_run:
-            log.info("dry run: not acting", extra={"node": name, "action": verdict.action.value})
+        try:
+            if not self.settings.dry_run:
+                view = await self._write_marks(view, memory)
+                await self.recovery.report_damaged(view)
+            if verdict.action is not None:
+                view = await self._carry_out(view, memory, verdict)
+        except NotFound:
             return
-        await self._carry_out(name, view, verdict)
+        except ApiError as exc:
+            self._failed(name, verdict, exc)
+            return
+        view, memory, verdict = self.judge(name, view)
+        self.notes.observe(view, verdict, self.clock.now(), leader=self.gate.may_write())
+        if verdict.hold is not None and self.notes.hold_to_announce(name, verdict):
+            await self._announce_hold(view, verdict)
+        if self.settings.force_delete and not self.settings.dry_run:
+            await self.recovery.release_pods(view)
+
+    async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
+        if not marks_out_of_date(view, memory):
+            return view
+
+        def build(node: NodeView) -> dict[str, object] | None:
+            mem = remember(node, self.memory.get(node.name, memory), self.clock.now())
+            return marks_patch(node, *wanted_marks(node, mem)) if marks_out_of_date(node, mem) else None
+
+        try:
+            written = await self.writer.write("mark", view, build)
+        except ApiError as exc:  # the marks make restarts exact; the next event or resync retries
+            log.warning("could not record the period start", extra={"node": view.name, "error": str(exc)})
+            return view
+        return self._cache(written) if written is not None else view
+
+    async def _carry_out(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> NodeView:
+        action, written = verdict.action, None
+        if action is Action.CHECK_DEATH:
+            written, memory = await self.kickout.attempt(view, verdict, memory, self._rejudge)
+            self.memory[view.name] = memory
+        elif self.settings.dry_run:
+            log.debug("dry run: not acting", extra={"node": view.name, "action": action.value if action else None})
+        elif action is Action.REPAIR:
+            written = await self.recovery.repair(view, verdict, self._rejudge)
+        elif action is Action.RELEASE:
+            written = await self.recovery.release(view, self._rejudge)
+        elif action is Action.POWER_ON:
+            written = await self.recovery.power_on(view, self._rejudge)
+        elif action is Action.KICKIN:
+            written = await self.recovery.kick_in(view, verdict, self._rejudge)
+        if written is None:
+            return view
+        if action is not Action.CHECK_DEATH:
+            self.memory[view.name] = attrs.evolve(self.memory.get(view.name, memory), failures=0, look_at=None)
+        return self._cache(written)
+
+    def _failed(self, name: str, verdict: Verdict, exc: Exception) -> None:
+        memory = self.memory.get(name, NodeMemory())
+        failures = memory.failures + 1
+        delay = backoff(failures, base=1.0, cap=float(self.settings.resync_seconds) * 6)
+        look_at: datetime = self.clock.now() + timedelta(seconds=delay)
+        self.memory[name] = attrs.evolve(memory, failures=failures, look_at=look_at)
+        action = verdict.action.value if verdict.action else None
+        log.warning(
+            "write failed; will retry", extra={"node": name, "action": action, "error": str(exc), "retry_in": delay}
+        )
 
     async def _announce_hold(self, view: NodeView, verdict: Verdict) -> None:
-        """Once per hold episode (and kind): a log line, and on the acting replica an Event."""
-        kind = "dry run" if verdict.reason == "dry run" else "too many NotReady"
-        if self.held.get(view.name) == kind:
-            return
-        self.held[view.name] = kind
-        log.warning(
-            "kickout held",
-            extra={"node": view.name, "status": view.ready.value, "reason": verdict.reason},
-        )
-        if self.gate.may_write() or self.settings.dry_run:
-            metrics.KICKOUTS_HELD.labels(reason=kind).inc()
-            await self.events.emit(self._ref(view), "KickoutHeld", verdict.reason, warning=True)
+        assert verdict.hold is not None
+        metrics.KICKOUTS_HELD.labels(reason=verdict.hold.value).inc()
+        detail = f": {verdict.detail}" if verdict.detail else ""
+        await self.events.emit(node_ref(view), "KickoutHeld", f"{verdict.hold.value}{detail}", warning=True)
 
-    async def _write_mark(self, view: NodeView) -> None:
-        mark = None if view.ready.is_ready else self.marks.get(view.name)
-        try:
-            await self.nodes.patch(view.name, mark_patch(mark), self._budget())
-        except ApiError as exc:  # the mark is an optimisation of restarts; the resync retries it
-            log.warning("could not record NotReady start", extra={"node": view.name, "error": str(exc)})
+    def state_of(self, name: str) -> State | None:
+        notes = self.notes.by_node.get(name)
+        return notes.state if notes else None
 
-    async def _carry_out(self, name: str, view: NodeView, verdict: Verdict) -> None:
-        action = verdict.action
-        for attempt in range(MAX_ATTEMPTS):
-            if action is Action.KICKIN and not await self._old_pods_gone(view):
-                self.blocked_until[name] = self.clock().timestamp() + STUCK_POD_RECHECK_SECONDS
-                self.wheel.schedule(name, self.blocked_until[name])
-                return
-            self.blocked_until.pop(name, None)
-            if not self.gate.may_write():
-                return
-            try:
-                await self._write(view, verdict)
-                return
-            except Conflict:
-                metrics.WRITE_CONFLICTS.inc()
-                log.info(
-                    "conflict, re-reading",
-                    extra={"node": name, "action": action.value if action else None},
-                )
-            except NotFound:
-                return
-            except ApiError as exc:
-                metrics.API_ERRORS.labels(operation=action.value if action else "write").inc()
-                log.warning(
-                    "write failed, retrying",
-                    extra={
-                        "node": name,
-                        "action": action.value if action else None,
-                        "error": str(exc),
-                    },
-                )
-                await anyio.sleep(min(5.0, 0.2 * 2**attempt))
-            try:
-                view = await self.nodes.get(name)
-            except ApiError as exc:
-                log.warning("re-read failed", extra={"node": name, "error": str(exc)})
-                view = self.views.get(name, view)
-            verdict = self.evaluate(name, view)
-            if verdict.action is not action:
-                return
-        log.error("giving up after repeated failures; the resync will retry", extra={"node": name})
-
-    async def _old_pods_gone(self, view: NodeView) -> bool:
-        assert view.kickout is not None
-        try:
-            stuck = stuck_before_kickout(await self.pods.on_node(view.name), view.kickout)
-        except ApiError as exc:
-            log.warning("could not list pods for kickin", extra={"node": view.name, "error": str(exc)})
-            return False
-        if stuck:
-            log.info(
-                "kickin waits for pods still terminating",
-                extra={"node": view.name, "pods": [f"{p.namespace}/{p.name}" for p in stuck][:10]},
-            )
-        return not stuck
-
-    def _budget(self) -> float:
-        """A write may take no longer than this replica is sure to stay the leader."""
-        return max(0.5, min(REQUEST_TIMEOUT, self.gate.write_budget()))
-
-    def _ref(self, view: NodeView) -> ObjectRef:
-        return ObjectRef(kind="Node", name=view.name, uid=view.uid)
-
-    async def _write(self, view: NodeView, verdict: Verdict) -> None:
-        name = view.name
-        if verdict.action is Action.KICKOUT:
-            record = KickoutRecord(
-                at=self.clock().replace(microsecond=0),
-                cordoned=not view.unschedulable,
-                tainted=not view.has_out_of_service_taint,
-            )
-            await self.nodes.patch(name, kickout_patch(view, record), self._budget())
-            delay = (self.clock() - verdict.deadline).total_seconds() if verdict.deadline else 0.0
-            metrics.KICKOUTS.inc()
-            metrics.KICKOUT_DELAY.observe(max(0.0, delay))
-            message = (
-                f"NotReady since {verdict.since:%Y-%m-%dT%H:%M:%SZ}; cordoned and tainted "
-                f"node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"
-                if verdict.since
-                else "kicked out"
-            )
-            log.info(
-                "node kicked out",
-                extra={
-                    "node": name,
-                    "status": view.ready.value,
-                    "action": "kickout",
-                    "cordoned": record.cordoned,
-                    "tainted": record.tainted,
-                    "late_seconds": round(delay, 3),
-                },
-            )
-            await self.events.emit(self._ref(view), "NodeKickedOut", message)
-        elif verdict.action is Action.KICKIN:
-            assert view.kickout is not None
-            await self.nodes.patch(name, kickin_patch(view, view.kickout), self._budget())
-            metrics.KICKINS.inc()
-            log.info(
-                "node kicked in",
-                extra={"node": name, "status": view.ready.value, "action": "kickin"},
-            )
-            await self.events.emit(self._ref(view), "NodeKickedIn", "Ready again; undid what the kickout changed")
-            self.on_kickin(name)
-        elif verdict.action is Action.REPAIR:
-            assert view.kickout is not None
-            await self.nodes.patch(name, repair_patch(view, view.kickout), self._budget())
-            metrics.REPAIRS.inc()
-            log.warning(
-                "repaired kickout",
-                extra={"node": name, "action": "repair", "reason": verdict.reason},
-            )
+    def holds(self) -> dict[str, HoldReason]:
+        return {n: m.hold for n, m in self.memory.items() if m.hold is not None}

@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import anyio
 import attrs
 
+from asklepios.engine.clock import SYSTEM_CLOCK, Clock
+from asklepios.engine.ports import LeasePort
+from asklepios.engine.retry import count_failure
 from asklepios.kube.client import ApiError, Conflict
-from asklepios.kube.lease import LeaseApi, LeaseRecord
+from asklepios.kube.lease import LeaseRecord
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.leader")
@@ -34,13 +35,13 @@ def default_identity() -> str:
 
 @attrs.define(eq=False)
 class LeaderElector:
-    lease: LeaseApi
+    lease: LeasePort
     identity: str
     lease_duration: float
     renew_deadline: float
     retry_period: float
     on_started: Callable[[], None] = lambda: None
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK
     _renewed_at: float | None = None  # monotonic start of our last successful renewal
     _observed: LeaseRecord | None = None
     _observed_at: float = 0.0  # when the lease record last changed, on our clock
@@ -53,7 +54,7 @@ class LeaderElector:
         """Seconds left in which a write of ours is certainly made as the leader."""
         if self._renewed_at is None:
             return 0.0
-        return self._renewed_at + self.renew_deadline - self.clock()
+        return self._renewed_at + self.renew_deadline - self.clock.monotonic()
 
     @property
     def is_leader(self) -> bool:
@@ -87,9 +88,14 @@ class LeaderElector:
             self._leading = False
 
     async def _try_once(self) -> None:
-        started = self.clock()
+        """One round: renew with a single PUT while we hold the lease; else read it and maybe take it."""
+        started = self.clock.monotonic()
         timeout = max(1.0, min(self.retry_period * 2, self.renew_deadline / 2))
         try:
+            held = self._observed
+            if held is not None and held.holder == self.identity:
+                await self._write(held, acquired=False, started=started, timeout=timeout)
+                return
             current = await self.lease.get(timeout)
             if current != self._observed:
                 self._observed, self._observed_at = current, started
@@ -99,22 +105,27 @@ class LeaderElector:
                     self._renewed_at = None
                     return
             ours = current is not None and current.holder == self.identity
-            now = datetime.now(UTC)
-            record = await self.lease.write(
-                holder=self.identity,
-                duration_seconds=round(self.lease_duration),
-                now=now,
-                acquired=None if ours else now,
-                transitions=(current.transitions if current else 0) + (0 if ours else 1),
-                previous=current,
-                timeout=timeout,
-            )
-            self._observed, self._observed_at = record, started
-            self._renewed_at = started
-        except Conflict:
+            await self._write(current, acquired=not ours, started=started, timeout=timeout)
+        except Conflict:  # someone else wrote it, or our copy is stale: read it next round
+            self._observed = None
             log.info("lease changed under us; will look again", extra={"identity": self.identity})
         except ApiError as exc:
+            count_failure("lease", exc)
             log.warning("lease renewal failed", extra={"identity": self.identity, "error": str(exc)})
+
+    async def _write(self, previous: LeaseRecord | None, *, acquired: bool, started: float, timeout: float) -> None:
+        now = self.clock.now()
+        record = await self.lease.write(
+            holder=self.identity,
+            duration_seconds=round(self.lease_duration),
+            now=now,
+            acquired=now if acquired else None,
+            transitions=(previous.transitions if previous else 0) + (1 if acquired else 0),
+            previous=previous,
+            timeout=timeout,
+        )
+        self._observed, self._observed_at = record, started
+        self._renewed_at = started
 
     async def _release(self) -> None:
         if not self.is_leader or self._observed is None:
@@ -124,7 +135,7 @@ class LeaderElector:
             await self.lease.write(
                 holder="",
                 duration_seconds=1,
-                now=datetime.now(UTC),
+                now=self.clock.now(),
                 acquired=None,
                 transitions=self._observed.transitions,
                 previous=self._observed,
@@ -132,4 +143,5 @@ class LeaderElector:
             )
             log.info("released the lease", extra={"identity": self.identity})
         except ApiError as exc:
+            count_failure("lease", exc)
             log.warning("could not release the lease", extra={"error": str(exc)})

@@ -24,10 +24,11 @@ JSON = dict[str, Any]
 class ApiError(Exception):
     """A request the apiserver refused or that never reached it (status 0)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {message}" if status else message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After header
 
 
 class Conflict(ApiError):
@@ -42,7 +43,14 @@ class NotFound(ApiError):
     """404."""
 
 
-def _error(status: int, body: bytes) -> ApiError:
+def _retry_after(raw: str | None) -> float | None:
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def _error(status: int, body: bytes, retry_after: str | None = None) -> ApiError:
     message = body.decode(errors="replace")[:500]
     try:
         parsed = orjson.loads(body)
@@ -51,7 +59,7 @@ def _error(status: int, body: bytes) -> ApiError:
     except orjson.JSONDecodeError:
         pass
     cls = {409: Conflict, 410: Gone, 404: NotFound}.get(status, ApiError)
-    return cls(status, message)
+    return cls(status, message, _retry_after(retry_after))
 
 
 class KubeClient:
@@ -127,7 +135,7 @@ class KubeClient:
         finally:
             response.release()
         if not 200 <= response.status < 300:
-            raise _error(response.status, data)
+            raise _error(response.status, data, response.headers.get("Retry-After"))
         decoded = orjson.loads(data) if data else {}
         return decoded if isinstance(decoded, dict) else {"items": decoded}
 

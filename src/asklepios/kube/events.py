@@ -10,11 +10,12 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
 
-from asklepios.core.node import format_time
+from asklepios.core.records import format_time
 from asklepios.kube.client import ApiError, KubeClient
 
 COMPONENT = "asklepios"
@@ -30,14 +31,27 @@ class ObjectRef:
     api_version: str = "v1"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class EventRecorder:
-    def __init__(self, client: KubeClient, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        instance: str | None = None,
+        *,
+        now: Callable[[], datetime] = _utcnow,
+        failed: Callable[[ApiError], None] = lambda exc: None,
+    ) -> None:
         self.client = client
         self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
+        self.now = now
+        self.failed = failed
 
     async def emit(self, obj: ObjectRef, reason: str, message: str, *, warning: bool = False) -> None:
         namespace = obj.namespace or "default"  # events about cluster-scoped objects live in default
-        now = format_time(datetime.now(UTC).replace(microsecond=0))
+        now = format_time(self.now().replace(microsecond=0))
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -62,4 +76,5 @@ class EventRecorder:
         try:
             await self.client.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
         except ApiError as exc:
+            self.failed(exc)
             log.warning("could not record event", extra={"reason": reason, "error": str(exc)})

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import attrs
 
-from asklepios.core.node import parse_time
+from asklepios.core.records import parse_time
 from asklepios.kube.client import JSON, KubeClient, NotFound
 
 
@@ -17,6 +17,7 @@ class LeaseRecord:
     renewed: datetime | None
     transitions: int
     resource_version: str
+    acquired: datetime | None = None
 
 
 def _parse(obj: JSON) -> LeaseRecord:
@@ -27,6 +28,7 @@ def _parse(obj: JSON) -> LeaseRecord:
         renewed=parse_time(spec.get("renewTime")),
         transitions=int(spec.get("leaseTransitions") or 0),
         resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
+        acquired=parse_time(spec.get("acquireTime")),
     )
 
 
@@ -71,6 +73,8 @@ class LeaseApi:
             "renewTime": _micro_time(now),
             "leaseTransitions": transitions,
         }
+        if acquired is None and previous is not None and previous.holder == holder:
+            acquired = previous.acquired  # a renewal keeps the time the lease was taken
         if acquired is not None:
             spec["acquireTime"] = _micro_time(acquired)
         if previous is None:

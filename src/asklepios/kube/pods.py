@@ -1,4 +1,4 @@
-"""Pods: those on a node (kickin waits for old ones), balancer pods, and evictions."""
+"""Pods: those on a kicked-out node (force delete, kickin), balancer pods, and evictions."""
 
 from __future__ import annotations
 
@@ -8,20 +8,33 @@ from types import MappingProxyType
 import orjson
 
 from asklepios.core.balance import OwnerRef, PodView
-from asklepios.core.node import parse_time
+from asklepios.core.node import OUT_OF_SERVICE_TAINT
 from asklepios.core.placement import NodeRequirement, Placement, Toleration
 from asklepios.core.pod import PodRef
+from asklepios.core.records import parse_time
 from asklepios.kube.client import JSON, KubeClient
 
 
+def _tolerates_out_of_service(spec: JSON) -> bool:
+    taint = OUT_OF_SERVICE_TAINT
+    return any(_toleration(t).tolerates(taint.key, taint.value, taint.effect) for t in spec.get("tolerations") or ())
+
+
 def parse_pod_ref(obj: JSON) -> PodRef:
-    meta = obj.get("metadata", {})
+    meta, spec = obj.get("metadata", {}), obj.get("spec", {})
     return PodRef(
-        namespace=meta.get("namespace", ""),
+        namespace=sys.intern(meta.get("namespace", "")),
         name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
         created=parse_time(meta.get("creationTimestamp")),
         deleting_since=parse_time(meta.get("deletionTimestamp")),
+        tolerates_out_of_service=_tolerates_out_of_service(spec),
     )
+
+
+def node_pods_path(node: str) -> tuple[str, str]:
+    """(path, field selector) of the pods bound to `node`."""
+    return "/api/v1/pods", f"spec.nodeName={node}"
 
 
 class PodApi:
@@ -29,10 +42,20 @@ class PodApi:
         self.client = client
 
     async def on_node(self, node: str) -> list[PodRef]:
-        data = await self.client.request(
-            "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={node}"}, timeout=30
-        )
+        path, selector = node_pods_path(node)
+        data = await self.client.request("GET", path, query={"fieldSelector": selector}, timeout=30)
         return [parse_pod_ref(obj) for obj in data.get("items", [])]
+
+    async def force_delete(self, pod: PodRef, timeout: float) -> None:
+        """Delete at once (grace period 0), only the pod with this UID (409 if it was replaced)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": pod.uid},
+        }
+        path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
+        await self.client.request("DELETE", path, body=body, timeout=timeout)
 
 
 # Pods of one StatefulSet share their template: one Placement and one OwnerRef for all of
@@ -82,15 +105,16 @@ def _placement(spec: JSON) -> Placement:
     return Placement(
         node_selector=MappingProxyType(dict(spec.get("nodeSelector") or {})),
         affinity_terms=tuple(terms),
-        tolerations=tuple(
-            Toleration(
-                key=t.get("key", "") or "",
-                operator=t.get("operator", "Equal") or "Equal",
-                value=t.get("value", "") or "",
-                effect=t.get("effect", "") or "",
-            )
-            for t in spec.get("tolerations") or ()
-        ),
+        tolerations=tuple(_toleration(t) for t in spec.get("tolerations") or ()),
+    )
+
+
+def _toleration(t: JSON) -> Toleration:
+    return Toleration(
+        key=t.get("key", "") or "",
+        operator=t.get("operator", "Equal") or "Equal",
+        value=t.get("value", "") or "",
+        effect=t.get("effect", "") or "",
     )
 
 

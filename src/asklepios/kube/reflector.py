@@ -1,10 +1,12 @@
 """List-then-watch for one kind of object, kept in a consumer's store.
 
-One implementation serves the node and the pod watches. It lists (paged), hands
-the consumer the whole set, then watches from the list's resourceVersion with
-bookmarks on, resuming from the newest resourceVersion after a timeout or an
-error (exponential backoff with full jitter) and relisting only on 410 Gone.
-Server-side label selectors keep the traffic to the objects we care about.
+One implementation serves every watch (watched nodes, cordoned nodes, the pods of
+kicked-out nodes, the balancer's pods). It lists (paged), hands the consumer the
+whole set, then watches from the list's resourceVersion with bookmarks on,
+resuming from the newest resourceVersion when the server ends the watch (a normal
+restart) or after an error (stamina's jittered exponential backoff, capped at 5 s),
+and relisting only on 410 Gone. Server-side label and field selectors keep the
+traffic to the objects we care about.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import random
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-import anyio
 import attrs
+import stamina
 
 from asklepios.kube.client import JSON, ApiError, Gone, KubeClient
 
@@ -40,21 +42,6 @@ class Hooks:
     synced: Callable[[], None] = lambda: None
 
 
-@attrs.define
-class Backoff:
-    base: float = 0.2
-    cap: float = 5.0
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 def object_key(obj: JSON) -> str:
     meta = obj.get("metadata", {})
     namespace = meta.get("namespace")
@@ -67,14 +54,19 @@ class Reflector(Generic[T]):
     path: str  # e.g. /api/v1/nodes or /api/v1/pods
     parse: Callable[[JSON], T]
     label_selector: str = ""
+    field_selector: str = ""
     watch_timeout: int = 290
     page_size: int = 500
     hooks: Hooks = attrs.Factory(Hooks)
     resource_version: str = ""
-    backoff: Backoff = attrs.Factory(Backoff)
 
     def _query(self) -> dict[str, str | int]:
-        return {"labelSelector": self.label_selector} if self.label_selector else {}
+        query: dict[str, str | int] = {}
+        if self.label_selector:
+            query["labelSelector"] = self.label_selector
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        return query
 
     async def list_all(self) -> tuple[dict[str, T], str]:
         """A consistent paged list: (objects by key, the list's resourceVersion)."""
@@ -92,24 +84,33 @@ class Reflector(Generic[T]):
     async def run(self, store: Store[T]) -> None:
         """Keep `store` in sync with the apiserver until cancelled."""
         while True:
-            try:
-                if not self.resource_version:
-                    await self._relist(store)
-                await self._watch(store)
-                self.backoff.reset()
-                self.hooks.restarted("timeout")
-            except Gone:
-                log.info("resourceVersion too old (410 Gone): relisting", extra={"resource": self.path})
-                self.resource_version = ""
-                self.hooks.restarted("gone")
-            except ApiError as exc:
-                delay = self.backoff.next_delay()
-                log.warning(
-                    "watch failed, retrying",
-                    extra={"resource": self.path, "error": str(exc), "retry_in": round(delay, 2)},
-                )
-                self.hooks.restarted("error")
-                await anyio.sleep(delay)
+            retrying = stamina.retry_context(
+                on=self._failed, attempts=None, timeout=None, wait_initial=0.2, wait_max=5.0, wait_jitter=0.5
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._session(store)
+
+    async def _session(self, store: Store[T]) -> None:
+        """(Re)list if needed, then watch until the server ends the watch."""
+        try:
+            if not self.resource_version:
+                await self._relist(store)
+            await self._watch(store)
+        except Gone:
+            log.info("resourceVersion too old (410 Gone): relisting", extra={"resource": self.path})
+            self.resource_version = ""
+            self.hooks.restarted("gone")
+            return
+        self.hooks.restarted("timeout")
+
+    def _failed(self, exc: Exception) -> bool:
+        """stamina's hook: every API failure of a watch is retried (a 403 may be fixed by an admin)."""
+        if not isinstance(exc, ApiError):
+            return False
+        log.warning("watch failed, retrying", extra={"resource": self.path, "error": str(exc)})
+        self.hooks.restarted("error")
+        return True
 
     async def _relist(self, store: Store[T]) -> None:
         """List and hand over; the list result is not kept past this call (50,000 pods)."""
@@ -128,8 +129,8 @@ class Reflector(Generic[T]):
             "resourceVersion": self.resource_version,
             "timeoutSeconds": timeout,
         }
-        # Bookmarks arrive about once a minute; a connection silent for far longer is dead.
-        async with self.client.stream(self.path, query, read_timeout=min(timeout + 30, 120)) as events:
+        # The server ends the watch after `timeout` (a normal restart); silent for longer, it is dead.
+        async with self.client.stream(self.path, query, read_timeout=timeout + 30) as events:
             async for event in events:
                 self._apply(store, event)
                 self.hooks.progress()

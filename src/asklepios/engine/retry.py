@@ -1,0 +1,47 @@
+"""Retrying writes: stamina with the kube layer's `retryable` policy, counted in metrics.
+
+Every failed attempt of a write is counted (`asklepios_write_conflicts_total` for a
+409, `asklepios_api_errors_total{operation}` for anything else), where it happens.
+A write gives up after a few attempts or its time budget, whichever comes first,
+so a failing node never holds a write slot for long: the resync tries again later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import stamina
+
+from asklepios.kube.client import ApiError, Conflict
+from asklepios.kube.retry import retryable
+from asklepios.observe import metrics
+
+ATTEMPTS = 4
+
+
+def _counted(operation: str) -> Callable[[Exception], bool | float]:
+    def hook(exc: Exception) -> bool | float:
+        if isinstance(exc, Conflict):
+            metrics.WRITE_CONFLICTS.inc()
+        elif isinstance(exc, ApiError):
+            metrics.API_ERRORS.labels(operation=operation).inc()
+        return retryable(exc)
+
+    return hook
+
+
+def attempts(operation: str, budget: float) -> AsyncIterator[stamina.Attempt]:
+    """`async for attempt in attempts("kickout", 10): with attempt: ...`"""
+    return stamina.retry_context(
+        on=_counted(operation),
+        attempts=ATTEMPTS,
+        timeout=budget,
+        wait_initial=0.2,
+        wait_max=2.0,
+        wait_jitter=0.3,
+    )
+
+
+def count_failure(operation: str, exc: Exception) -> None:
+    """Count a failed single-shot write (one that is not retried here)."""
+    _counted(operation)(exc)

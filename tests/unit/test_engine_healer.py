@@ -1,0 +1,304 @@
+"""The healer on a fake clock against in-memory fakes: kickout, kickin and their edge cases.
+
+Each test names the issue item it proves; each was written to fail on the healer as
+it was before the fix (the one-signal kickout, the unbounded kickin wait, the
+forgotten relabelled node, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import anyio
+import pytest
+import trio.testing
+from prometheus_client import REGISTRY
+
+from asklepios.core.pod import PodRef
+from asklepios.core.records import NOTREADY_ANNOTATION, READY_ANNOTATION
+from asklepios.kube.client import ApiError
+from tests.unit.world import World, running, settings, until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_power_cut_is_kicked_out_at_the_deadline_and_kicked_in_after_it_is_back() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        await anyio.sleep(5)
+        cut = w.clock.now()
+        w.power_cut("b")
+        took = await until(lambda: w.has_taint("b"), 120, "kickout")
+        assert 60 <= took <= 60.5
+        view = w.cluster.view("b")
+        assert view.unschedulable and view.kickout is not None and not view.kickout.fenced
+        assert view.kickout.since is not None and abs((view.kickout.since - cut).total_seconds()) < 1
+        await until(lambda: "PodsReleased" in w.events.reasons("b"), 1, "released: no pod was on it")
+        w.back("b")
+        took = await until(lambda: not w.has_taint("b"), 120, "kickin")
+        assert 60 <= took <= 60.5
+        assert w.cluster.view("b").kickout is None and not w.cluster.view("b").unschedulable
+        assert w.events.reasons("b") == ["NodeKickedOut", "PodsReleased", "NodeKickedIn"]
+
+
+async def test_ready_false_with_a_renewed_lease_is_held_kubelet_alive() -> None:
+    """Issue 11: Ready=False reported by a running kubelet is not death."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.cluster.set_ready("b", "False")  # the Lease keeps being renewed
+        await anyio.sleep(3 * 60)
+        assert not w.has_taint("b")
+        held = [e for e in w.events.emitted if e.reason == "KickoutHeld"]
+        assert len(held) == 1 and held[0].message.startswith("kubelet alive") and held[0].warning
+        assert w.healer.holds() == {"b": held and w.healer.holds()["b"]}
+        w.leases.stop("b")  # the kubelet dies: the kickout follows once its Lease has expired
+        took = await until(lambda: w.has_taint("b"), 60, "kickout once the kubelet is silent")
+        assert took <= 40 + w.settings.resync_seconds + 0.5  # the fake's leaseDurationSeconds is 40
+
+
+async def test_a_partitioned_node_that_answers_is_held_node_answers() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        address = w.cluster.view("b").addresses[0]
+        w.probe.answering_addresses.add(address)
+        w.power_cut("b")  # silent Lease, Unknown: but the node answers on 10250
+        await anyio.sleep(3 * 60)
+        assert not w.has_taint("b")
+        held = [e for e in w.events.emitted if e.reason == "KickoutHeld"]
+        assert [e.message for e in held] == [f"node answers: answers on {address}:10250"]
+        w.probe.answering_addresses.clear()
+        await until(lambda: w.has_taint("b"), 15, "kickout once nothing answers")
+
+
+async def test_no_lease_at_all_counts_as_silent() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    w.leases.alive.discard("b")
+    async with running(w):
+        w.cluster.set_ready("b", "Unknown")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+
+
+async def test_clock_behind_gets_a_full_countdown_both_ways() -> None:
+    """Issue 12.1: a node back from a power cut with its clock an hour behind."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b", skew=-3600)
+        took = await until(lambda: w.has_taint("b"), 120, "kickout")
+        assert took >= 60
+        w.back("b", skew=-3600)
+        await anyio.sleep(1)
+        assert w.has_taint("b")  # no kickin on the first Ready event
+        assert READY_ANNOTATION in w.cluster.annotations("b")  # the Ready period is recorded for restarts
+        took = await until(lambda: not w.has_taint("b"), 120, "kickin")
+        assert 59 <= took <= 60.5
+
+
+async def test_restart_keeps_the_kickin_countdown() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout")
+        w.back("b", skew=-600)
+        await anyio.sleep(30)
+    w.healer = w.build()  # a new process: nothing in memory
+    async with running(w):
+        took = await until(lambda: not w.has_taint("b"), 120, "kickin after the restart")
+        assert 29 <= took <= 31
+
+
+async def test_held_kickout_keeps_its_mark() -> None:
+    """Issue 12.5: a held node's NotReady start is recorded, so a restart keeps the countdown."""
+    w = World(settings(max_unhealthy=__import__("asklepios.core.guard").core.guard.MaxUnhealthy(1, False)))
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("a")
+        w.power_cut("b")
+        await anyio.sleep(70)
+        assert not w.has_taint("a") and not w.has_taint("b")
+        assert NOTREADY_ANNOTATION in w.cluster.annotations("a")
+        assert NOTREADY_ANNOTATION in w.cluster.annotations("b")
+        assert sorted(e.name for e in w.events.emitted if e.reason == "KickoutHeld") == ["a", "b"]
+
+
+async def test_the_guard_does_not_count_excluded_nodes() -> None:
+    """Issue 12.6: one excluded node off for maintenance must not hold everyone's kickout."""
+    w = World(settings())
+    w.add("a", "b")
+    w.add("x", labels={"asklepios.io/exclude": "true"})
+    async with running(w):
+        w.power_cut("x")
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout despite the excluded node")
+        assert not w.has_taint("x")
+        assert not any(k.startswith("asklepios.io/") for k in w.cluster.annotations("x"))
+
+
+async def test_kickin_waits_for_stuck_pods_then_is_forced() -> None:
+    """Issue 12.2: a pod stuck Terminating (a finalizer) holds kickin at most the pod wait."""
+    w = World(settings(kickin_pod_wait_seconds=120, force_delete=False))
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        kicked_at = w.cluster.view("b").kickout
+        assert kicked_at is not None and "b" in w.pods.followed
+        stuck = PodRef("db", "db-0", "uid-db-0", kicked_at.at - timedelta(hours=1), kicked_at.at)
+        w.pods.put("b", stuck)
+        w.back("b")
+        await anyio.sleep(61)
+        assert w.has_taint("b")
+        assert sample("asklepios_kickin_waiting_nodes") == 1
+        await until(lambda: not w.has_taint("b"), 130, "forced kickin")
+        forced = [e for e in w.events.emitted if e.reason == "KickinForced"]
+        assert len(forced) == 1 and "db/db-0" in forced[0].message
+        assert sample("asklepios_kickin_waiting_nodes") == 0
+
+
+async def test_a_kicked_out_node_that_leaves_the_selector_is_kicked_in() -> None:
+    """Issue 12.3: followed through the cordoned-nodes watch until it is kicked in."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        w.cluster.edit("b", {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": None}}})
+        await anyio.sleep(1)
+        assert "b" in w.healer.views
+        w.back("b")
+        await until(lambda: not w.has_taint("b"), 70, "kickin outside the selector")
+        await anyio.sleep(1)
+        assert "b" not in w.healer.views  # and forgotten once kicked in
+
+
+async def test_fencing_powers_off_before_the_taint_and_on_after_the_pods_left() -> None:
+    w = World(settings(fencing="redfish"))
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
+    url = "https://127.0.0.1:8443/redfish/v1/Systems/b"
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout after fencing")
+        record = w.cluster.view("b").kickout
+        assert record is not None and record.fenced
+        off = [t for t, u, what in w.bmc.log if u == url and what == "Off"]
+        assert off and off[0] <= record.at + timedelta(seconds=1)
+        assert [what for _, _, what in w.bmc.log][:2] == ["ForceOff", "Off"]
+        w.pods.put("b")  # the pod watch has listed the node: nothing left on it
+        await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 30, "powered on")
+        view = w.cluster.view("b")
+        assert view.kickout is not None and view.kickout.released and view.kickout.powered_on
+        assert "PodsReleased" in w.events.reasons("b")
+
+
+async def test_fencing_failures_hold_without_a_taint_and_retry() -> None:
+    w = World(settings(fencing="redfish"))
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
+    w.credentials.data["password"] = "wrong"
+    async with running(w):
+        w.power_cut("b")
+        await anyio.sleep(150)
+        assert not w.has_taint("b")
+        failed = [e for e in w.events.emitted if e.reason == "FencingFailed"]
+        assert len(failed) == 1 and "401" in failed[0].message
+        held = [e.message for e in w.events.emitted if e.reason == "KickoutHeld"]
+        assert held and held[0].startswith("fencing failed")
+        w.credentials.data["password"] = "secret"
+        took = await until(lambda: w.has_taint("b"), 75, "kickout once the password is right")
+        assert took <= 60 + w.bmc.delay + 2  # backoff capped at 60 s
+
+
+async def test_no_bmc_annotation_holds() -> None:
+    w = World(settings(fencing="redfish"))
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await anyio.sleep(80)
+        assert not w.has_taint("b")
+        assert any(e.message.startswith("no BMC") for e in w.events.emitted if e.reason == "KickoutHeld")
+        w.cluster.edit(
+            "b", {"metadata": {"annotations": {"asklepios.io/bmc": "https://127.0.0.1:1/redfish/v1/Systems/b"}}}
+        )
+        await until(lambda: w.has_taint("b"), 80, "kickout once annotated")
+
+
+async def test_terminating_pods_are_force_deleted_unless_they_tolerate_the_taint() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        record = w.cluster.view("b").kickout
+        assert record is not None
+        old = record.at - timedelta(hours=1)
+        going = PodRef("db", "db-1", "u1", old, record.at)
+        tolerant = PodRef("ops", "agent", "u2", old, record.at, tolerates_out_of_service=True)
+        w.pods.put("b", going, tolerant)
+        await until(lambda: [p.key for p in w.pods.deleted] == ["db/db-1"], 5, "force delete")
+        await anyio.sleep(30)
+        assert [p.key for p in w.pods.deleted] == ["db/db-1"]
+
+
+async def test_a_follower_writes_nothing_and_a_new_leader_announces_the_hold_again() -> None:
+    w = World(settings())
+    w.gate.leader = False
+    w.add("a", "b", "c")
+    async with running(w):
+        w.cluster.set_ready("b", "False")
+        await anyio.sleep(90)
+        assert w.cluster.writes == [] and w.events.emitted == []
+        w.gate.leader = True
+        w.healer.leadership_gained()
+        await until(lambda: "KickoutHeld" in w.events.reasons("b"), 15, "hold announced by the new leader")
+        await anyio.sleep(60)
+        assert w.events.reasons("b").count("KickoutHeld") == 1
+
+
+def kickout_attempts(w: World) -> list[float]:
+    """When the kickout patch (the one that taints) was sent, in seconds of the fake clock."""
+    return [(x.at - w.clock.base).total_seconds() for x in w.cluster.writes if "taints" in x.body.get("spec", {})]
+
+
+async def test_a_permanent_error_is_not_retried_and_the_node_backs_off() -> None:
+    """Issue 12.8: a 403 is not retried at once (one attempt per round, with backoff), a 503 is."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: bool(w.cluster.writes), 5, "mark write")
+        before = sample("asklepios_api_errors_total", operation="kickout")
+        w.cluster.failures.extend([ApiError(403, "forbidden")] * 3)
+        await until(lambda: w.has_taint("b"), 120, "kickout after the errors")
+        attempts = kickout_attempts(w)
+        assert len(attempts) == 4
+        assert all(later - earlier >= 0.5 for earlier, later in itertools.pairwise(attempts))
+        assert sample("asklepios_api_errors_total", operation="kickout") == before + 3
+
+
+async def test_a_transient_error_is_retried_at_once_and_429_waits_for_retry_after() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: bool(w.cluster.writes), 5, "mark write")
+        w.cluster.failures.extend([ApiError(503, "unavailable"), ApiError(429, "slow down", retry_after=3.0)])
+        await until(lambda: w.has_taint("b"), 120, "kickout after the errors")
+        first, second, third = kickout_attempts(w)
+        assert second - first <= 2.5  # jittered exponential backoff, within the same write
+        assert third - second >= 3.0  # Retry-After honoured
