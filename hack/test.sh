@@ -14,6 +14,7 @@ if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
   step "installing buildah and debootstrap (Debian packages) for the image test"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap crun >/dev/null
 fi
+bash hack/prometheus.sh >/dev/null  # promtool for the monitoring tests (Debian package, first time only)
 
 export PATH="$PWD/.venv/bin:$PATH"
 step "ruff check";          ruff check .

@@ -300,6 +300,29 @@ def test_disruption_budget_and_metrics_service(directory: str) -> None:
     assert service["spec"]["ports"] == [{"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
 
 
+PROMETHEUS_OPERATOR = "k8s/overlays/prometheus-operator"
+# What the overlay adds to the base (checked against the prometheus-operator CRDs
+# and promtool in test_monitoring.py).
+MONITORING_OBJECTS = {
+    ("ServiceMonitor", "asklepios"),
+    ("PrometheusRule", "asklepios"),
+    ("ConfigMap", "asklepios-dashboard"),
+}
+
+
+def test_prometheus_operator_overlay_is_the_base_plus_monitoring() -> None:
+    base = {(m["kind"], m["metadata"]["name"]): m for m in render("k8s")}
+    overlay = {(m["kind"], m["metadata"]["name"]): m for m in render(PROMETHEUS_OPERATOR)}
+    assert overlay.keys() - base.keys() == MONITORING_OBJECTS
+    for key, manifest in base.items():
+        assert overlay[key] == manifest, key  # the base unchanged (same settings hash too)
+    for key in MONITORING_OBJECTS:
+        metadata = overlay[key]["metadata"]
+        assert metadata["namespace"] == NAMESPACE, key
+        assert metadata["labels"]["app.kubernetes.io/name"] == NAME, key
+    kubernetes_validate.validate(overlay["ConfigMap", "asklepios-dashboard"], KUBERNETES_VERSION, strict=True)
+
+
 def test_containerfile_is_hadolint_clean() -> None:
     out = subprocess.run(
         [tool("hadolint"), "Containerfile"],
