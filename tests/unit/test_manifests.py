@@ -46,6 +46,15 @@ CONTRACT_DEFAULTS: dict[str, str] = {
     "ASKLEPIOS_LOG_FORMAT": "json",
     "ASKLEPIOS_LOG_LEVEL": "info",
     "ASKLEPIOS_CONFIG_FILE": "",  # default: unset
+    "ASKLEPIOS_LIVENESS_PROBE_PORTS": "10250",
+    "ASKLEPIOS_FENCING": "off",
+    "ASKLEPIOS_FENCING_SECRET": "asklepios-bmc",
+    "ASKLEPIOS_FENCING_TIMEOUT_SECONDS": "60",
+    "ASKLEPIOS_FENCING_POWER_ON": "true",
+    "ASKLEPIOS_FENCING_INSECURE": "false",
+    "ASKLEPIOS_KICKIN_POD_WAIT_SECONDS": "300",
+    "ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR": "6",
+    "ASKLEPIOS_FORCE_DELETE": "true",
 }
 # Left out of the ConfigMap on purpose, and said so in a comment there:
 # the namespace comes from POD_NAMESPACE, and no legacy config file is used.
@@ -69,22 +78,30 @@ SETTINGS = {"k8s": BASE_SETTINGS, "k8s/overlays/burrito": BURRITO_SETTINGS}
 Rule = tuple[str, str, str, tuple[str, ...]]
 CLUSTER_RULES: set[Rule] = {
     *(("", "nodes", v, ()) for v in ("get", "list", "watch", "patch")),
-    *(("", "pods", v, ()) for v in ("get", "list", "watch")),
+    *(("", "pods", v, ()) for v in ("list", "watch", "delete")),
     ("", "pods/eviction", "create", ()),
-    *((g, "events", v, ()) for g in ("", "events.k8s.io") for v in ("create", "patch")),
-    *(("apps", "statefulsets", v, ()) for v in ("get", "list", "watch")),
+    ("", "events", "create", ()),
+    ("apps", "statefulsets", "get", ()),
+    ("policy", "poddisruptionbudgets", "list", ()),
 }
-LEASE_RULES: set[Rule] = {
-    ("coordination.k8s.io", "leases", "create", ()),
-    *(("coordination.k8s.io", "leases", v, ("asklepios",)) for v in ("get", "update", "patch")),
+# (Role name, namespace) -> its rules
+ROLES: dict[tuple[str, str], set[Rule]] = {
+    ("asklepios-leader-election", NAMESPACE): {
+        ("coordination.k8s.io", "leases", "create", ()),
+        *(("coordination.k8s.io", "leases", v, ("asklepios",)) for v in ("get", "update")),
+    },
+    ("asklepios-node-leases", "kube-node-lease"): {
+        *(("coordination.k8s.io", "leases", v, ()) for v in ("get", "list")),
+    },
+    ("asklepios-fencing", NAMESPACE): {("", "secrets", "get", ("asklepios-bmc",))},
 }
 KINDS = Counter(
     {
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
-        "Role": 1,
-        "RoleBinding": 1,
+        "Role": 3,
+        "RoleBinding": 3,
         "ConfigMap": 1,
         "Deployment": 1,
         "PodDisruptionBudget": 1,
@@ -157,6 +174,8 @@ def test_renders_the_expected_objects(directory: str) -> None:
     for m in manifests:
         if m["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in m["metadata"]
+        elif m["metadata"]["name"] == "asklepios-node-leases":  # node Leases live in kube-node-lease
+            assert m["metadata"]["namespace"] == "kube-node-lease", m["metadata"]
         else:
             assert m["metadata"]["namespace"] == NAMESPACE, m["metadata"]
         assert m["metadata"]["labels"]["app.kubernetes.io/name"] == NAME
@@ -265,26 +284,22 @@ def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
     cluster_role = one(directory, "ClusterRole")
     assert cluster_role["metadata"]["name"] == NAME
     assert rules(cluster_role) == CLUSTER_RULES
-    role = one(directory, "Role")
-    assert role["metadata"]["name"] == "asklepios-leader-election"
-    # Also guards against kustomize rewriting the Lease name in resourceNames
-    # when a generated ConfigMap shares it.
-    assert rules(role) == LEASE_RULES
-    for rule in rules(cluster_role) | rules(role):
+    roles = {(m["metadata"]["name"], m["metadata"]["namespace"]): m for m in render(directory) if m["kind"] == "Role"}
+    assert set(roles) == set(ROLES)
+    for key, role in roles.items():
+        # Also guards against kustomize rewriting resourceNames when a generated ConfigMap shares them.
+        assert rules(role) == ROLES[key], key
+    for rule in rules(cluster_role).union(*(rules(r) for r in roles.values())):
         assert "*" not in rule
-        assert rule[1] != "secrets"
+        assert rule[1] != "secrets" or rule[3] == ("asklepios-bmc",)  # the fencing Secret only
     subject = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
-    for kind, ref_kind, ref_name in (
-        ("ClusterRoleBinding", "ClusterRole", NAME),
-        ("RoleBinding", "Role", "asklepios-leader-election"),
-    ):
-        binding = one(directory, kind)
+    bindings = [("ClusterRoleBinding", "ClusterRole", NAME, None)]
+    bindings += [("RoleBinding", "Role", name, namespace) for name, namespace in ROLES]
+    for kind, ref_kind, ref_name, namespace in bindings:
+        [binding] = [m for m in render(directory) if m["kind"] == kind and m["metadata"]["name"] == ref_name]
+        assert binding["metadata"].get("namespace") == namespace
         assert binding["subjects"] == [subject]
-        assert binding["roleRef"] == {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": ref_kind,
-            "name": ref_name,
-        }
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": ref_name}
     assert one(directory, "ServiceAccount")["metadata"]["name"] == NAME
 
 
