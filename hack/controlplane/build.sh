@@ -5,11 +5,18 @@
 # the repository. A binary already there is not rebuilt.
 #
 #   hack/controlplane/build.sh            # build what is missing, print the bin dir last
+#   hack/controlplane/build.sh 1.28       # the same for another release (v1.28/versions.env)
 #   ASKLEPIOS_BIN_DIR=/path hack/controlplane/build.sh
+#
+# The bin dir is ~/.cache/asklepios/bin/<KUBERNETES_VERSION> ($XDG_CACHE_HOME if set).
+# ASKLEPIOS_BIN_DIR overrides it for the default release only, so that binaries of two
+# releases never end up in one directory. See select-version.sh for the selector.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-. "$here/versions.env"
-bin_dir=${ASKLEPIOS_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/asklepios/bin/$KUBERNETES_VERSION}
+. "$here/select-version.sh"
+select_version "${1:-}"
+cache_bin=${XDG_CACHE_HOME:-$HOME/.cache}/asklepios/bin/$KUBERNETES_VERSION
+if $is_default; then bin_dir=${ASKLEPIOS_BIN_DIR:-$cache_bin}; else bin_dir=$cache_bin; fi
 mkdir -p "$bin_dir"
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly  # go.mod and go.sum are the pins: never updated by a build
 log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -31,16 +38,19 @@ build() {  # build <module dir> <package> <binary name> <ldflags>
   fi
   start=$(date +%s)
   log "$name: building $pkg (first build downloads modules and compiles; minutes)"
-  (cd "$here/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/$name.tmp" "$pkg")
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/$name.tmp" "$pkg")
   mv "$bin_dir/$name.tmp" "$bin_dir/$name"
   log "$name: built in $(( $(date +%s) - start ))s"
 }
 
+etcd_dir=$(module_dir etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION")
+k8s_dir=$(module_dir kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION")
+kwok_dir=$(module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION")
 total=$(date +%s)
-build etcd go.etcd.io/etcd/server/v3 etcd "-s -w"
-build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
-build kubernetes k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$k8s_ldflags"
-build kubernetes k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$k8s_ldflags"
-build kwok sigs.k8s.io/kwok/cmd/kwok kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+build "$etcd_dir" go.etcd.io/etcd/server/v3 etcd "-s -w"
+build "$k8s_dir" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
+build "$k8s_dir" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$k8s_ldflags"
+build "$k8s_dir" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$k8s_ldflags"
+build "$kwok_dir" sigs.k8s.io/kwok/cmd/kwok kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 log "all binaries present in $bin_dir ($(( $(date +%s) - total ))s)"
 echo "$bin_dir"
