@@ -91,8 +91,12 @@ def test_crash_makes_node_unknown_and_restore_makes_it_ready(control_plane: Cont
     cond = ready_condition(status) or {}
     assert cond["reason"] == "NodeStatusUnknown"
     assert _parse_time(cond["lastTransitionTime"]) >= int(crashed_at)
-    taints = {t["key"] for t in status["spec"].get("taints") or []}
-    assert "node.kubernetes.io/unreachable" in taints
+
+    def tainted() -> bool:  # node-lifecycle taints in a separate pass, a moment after the status
+        taints = control_plane.node(node)["spec"].get("taints") or []
+        return "node.kubernetes.io/unreachable" in {t["key"] for t in taints}
+
+    wait_for(tainted, 10, what=f"{node} tainted unreachable")
 
     control_plane.restore(node, wait_ready=False)
     restored = control_plane.wait_ready(node, "True", timeout=30)

@@ -6,11 +6,15 @@ see exactly what the upstream controllers do when a node loses power.
 
     from asklepios_lab import ControlPlane, binaries
     with ControlPlane(bin_dir=binaries.ensure()) as cp:
-        cp.add_node("n1")
-        cp.crash("n1")
+        cp.add_node("n1")          # InternalIP in the lab's own 127.X.0.0/16, kubelet port open
+        cp.crash("n1")             # power cut: kwok killed, port closed
+        cp.restore("n1")
+        cp.partition("n1")         # cut off the apiserver, port still answers
+        url = cp.bmc().attach("n1")  # a Redfish system: ForceOff crashes the node
 """
 
 from .api import Api, ApiError
+from .bmc import Bmc, BmcRecord
 from .controlplane import CONTROLLERS, ControlPlane, StaticToken
 from .kube import Kube, KubectlError, wait_for
 from .kwok import READY_OVERRIDE
@@ -22,6 +26,8 @@ __all__ = [
     "READY_OVERRIDE",
     "Api",
     "ApiError",
+    "Bmc",
+    "BmcRecord",
     "ControlPlane",
     "Kube",
     "KubectlError",

@@ -6,7 +6,9 @@ stay Terminating until the node is tainted out-of-service and the pod garbage co
 force-deletes them. Only the real kube-controller-manager reproduces that faithfully, so
 the lab runs the real components: etcd, kube-apiserver (RBAC, static tokens, Pod
 Security), kube-controller-manager, kube-scheduler, and kwok processes as fake kubelets
-(see :mod:`asklepios_lab.nodes`). Every process logs to ``<workdir>/logs/<name>.log``.
+(see :mod:`asklepios_lab.nodes`) with their InternalIPs in a 127.X.0.0/16 of their own
+and a listener on each one's kubelet port, and on demand a Redfish BMC for them
+(:meth:`ControlPlane.bmc`). Every process logs to ``<workdir>/logs/<name>.log``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import NamedTuple, Self
 
 from . import binaries, kwok, pki
 from .api import Api, write_kubeconfig
+from .bmc import Bmc
 from .etcd import Etcd
-from .nodes import NodeOps
+from .faults import FaultOps
+from .loopback import LoopbackNet
 from .procs import Proc, free_port, stop_many, wait_until
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -60,7 +64,7 @@ class StaticToken(NamedTuple):
     groups: Sequence[str] = ()
 
 
-class ControlPlane(NodeOps):
+class ControlPlane(FaultOps):
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler (+ kwok nodes).
 
     Use as a context manager (or ``start()``/``stop()``). ``workdir=None`` uses a fresh
@@ -68,6 +72,8 @@ class ControlPlane(NodeOps):
     ``anchor_node`` adds one always-Ready node, tainted NoSchedule, so the cluster never
     has zero Ready nodes: with none, node-lifecycle enters "full disruption" mode and
     stops tainting dead nodes, which is not the behaviour the tests want to observe.
+    Node InternalIPs come from a 127.X.0.0/16 claimed by ``start()`` for this instance
+    alone (:mod:`asklepios_lab.loopback`); ``kubelet_port`` is where each answers.
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class ControlPlane(NodeOps):
         controller_manager_args: Sequence[str] = (),
         scheduler_args: Sequence[str] = (),
         start_timeout: float = 90.0,
+        kubelet_port: int = 10250,
     ) -> None:
         super().__init__()
         self._own_workdir = workdir is None
@@ -98,6 +105,7 @@ class ControlPlane(NodeOps):
         self.lease_seconds = lease_duration_seconds
         self.start_timeout = start_timeout
         self.anchor_node = anchor_node
+        self.kubelet_port = kubelet_port
         self.log_dir = self.workdir / "logs"
         self.pki = pki.Pki.at(self.workdir / "pki")
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -172,6 +180,8 @@ class ControlPlane(NodeOps):
     def start(self) -> Self:
         """Start everything; returns once all components report healthy (or raises)."""
         try:
+            if self._net is None:
+                self._net = LoopbackNet.claim()
             self._prepare()
             self._etcd.start()
             wait_until(self.etcd.healthy, 30, "etcd /health", alive=[self._etcd])
@@ -216,12 +226,42 @@ class ControlPlane(NodeOps):
         kwok.write_config(self.kwok_config)
 
     def stop(self) -> None:
-        """Kill every process (kwoks first), reap them, remove an own temporary workdir."""
+        """Kill every process (BMC and kwoks first), close the kubelet ports, release the
+        loopback /16, remove an own temporary workdir."""
+        if self._bmc is not None:
+            self._bmc.close()
+            self._bmc = None
         stop_many([*self._kwoks.values(), *reversed(self.control_procs)])
         self._kwoks.clear()
+        if self._listeners is not None:
+            self._listeners.close()
+            self._listeners = None
+        self._listen_on.clear()
+        if self._net is not None:
+            self._net.release()
+            self._net = None
         self.api.close_all()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def bmc(self) -> Bmc:
+        """The Redfish BMC of this control plane's nodes, started on first use (see :mod:`.bmc`).
+
+        ``bmc().attach(node)`` gives ``node`` a system; powering it Off crashes the node,
+        On restores it (without waiting for Ready).
+        """
+        if self._bmc is None:
+            bmc = Bmc(self.workdir / "bmc", self.pki, self.log_dir, power_off=self.crash, power_on=self._power_on)
+            try:
+                bmc.start()
+            except BaseException:
+                bmc.close()
+                raise
+            self._bmc = bmc
+        return self._bmc
+
+    def _power_on(self, node: str) -> None:
+        self.restore(node, wait_ready=False)
 
     def pids(self) -> dict[str, int]:
         """PIDs of the running processes, by name (kwoks as ``kwok-<node or group>``)."""

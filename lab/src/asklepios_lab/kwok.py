@@ -251,12 +251,17 @@ def argv(
     config: Path,
     *,
     lease_seconds: int,
+    node_ip: str,
     node: str | None = None,
     group: str | None = None,
-    node_ip: str = "10.250.0.1",
     cidr: str = "10.128.0.0/16",
 ) -> list[str]:
-    """Command line of one kwok: ``node`` (single-node mode) or ``group`` (bulk mode)."""
+    """Command line of one kwok: ``node`` (single-node mode) or ``group`` (bulk mode).
+
+    ``node_ip`` is what kwok's templates use for a node without an InternalIP (the lab
+    always sets one, in 127.0.0.0/8). ``cidr`` is the pods' IP range: pod IPs are
+    never connected to.
+    """
     if (node is None) == (group is None):
         raise ValueError("exactly one of node, group")
     manage = (

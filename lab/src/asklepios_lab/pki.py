@@ -68,26 +68,34 @@ def generate(pki: Pki, service_ip: str) -> Pki:
             "DNS:kubernetes.default.svc.cluster.local",
         ]
     )
+    issue_serving_cert(pki, "kube-apiserver", sans, pki.serving_cert, pki.serving_key)
+    _openssl("genrsa", "-out", pki.sa_key.name, "2048", cwd=d)
+    _openssl("rsa", "-in", pki.sa_key.name, "-pubout", "-out", pki.sa_pub.name, cwd=d)
+    for key in (pki.ca_key, pki.serving_key, pki.sa_key):
+        key.chmod(0o600)
+    return pki
+
+
+def issue_serving_cert(pki: Pki, common_name: str, sans: str, cert: Path, key: Path) -> tuple[Path, Path]:
+    """Sign a TLS serving certificate for ``sans`` (like ``IP:127.0.0.1``) with the lab CA."""
+    d = cert.parent
+    d.mkdir(parents=True, exist_ok=True)
+    csr, ext = d / f"{cert.stem}.csr", d / f"{cert.stem}.ext"
     _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes",
-        "-keyout", pki.serving_key.name, "-out", "apiserver.csr",
-        "-subj", "/CN=kube-apiserver",
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", f"/CN={common_name}",
         cwd=d,
     )  # fmt: skip
-    (d / "apiserver.ext").write_text(
+    ext.write_text(
         f"subjectAltName={sans}\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
     )
     _openssl(
-        "x509", "-req", "-in", "apiserver.csr", "-CA", pki.ca_cert.name,
-        "-CAkey", pki.ca_key.name, "-CAcreateserial", "-days", days,
-        "-extfile", "apiserver.ext", "-out", pki.serving_cert.name,
+        "x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key),
+        "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(cert),
         cwd=d,
     )  # fmt: skip
-    _openssl("genrsa", "-out", pki.sa_key.name, "2048", cwd=d)
-    _openssl("rsa", "-in", pki.sa_key.name, "-pubout", "-out", pki.sa_pub.name, cwd=d)
-    for key in (pki.ca_key, pki.serving_key, pki.sa_key):
-        key.chmod(0o600)
-    return pki
+    key.chmod(0o600)
+    return cert, key

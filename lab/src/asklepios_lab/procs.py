@@ -8,9 +8,12 @@ started here is therefore
 * in its own session/process group, so it is killed with all its children,
 * recorded in a module-wide registry, emptied by ``atexit`` and by SIGTERM/SIGHUP
   handlers (SIGINT arrives as KeyboardInterrupt and unwinds the context managers),
-* when spawned while the main thread is the only thread, given
-  ``PR_SET_PDEATHSIG=SIGKILL``, so that even a SIGKILLed test process takes its
-  daemons with it (with other threads around, ``preexec_fn`` is unsafe: skipped).
+* when spawned from the main thread, given ``PR_SET_PDEATHSIG=SIGKILL``, so that even
+  a SIGKILLed test process takes its daemons with it. While the main thread is the
+  only thread, a ``preexec_fn`` sets it; with other threads around (the lab's kubelet
+  ports, the BMC) ``preexec_fn`` is unsafe, so util-linux's ``setpriv --pdeathsig``
+  sets it and execs the daemon (same pid). Not from other threads: the signal follows
+  the death of the spawning *thread*.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ctypes
 import itertools
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +42,7 @@ _registry_lock = threading.Lock()
 _atexit_registered = False
 _signals_installed = False
 _libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
+_SETPRIV = shutil.which("setpriv")
 
 
 class ProcessDiedError(RuntimeError):
@@ -94,9 +99,13 @@ class Proc:
         self._log.write(f"\n===== {time.strftime('%H:%M:%S')} start: {self.argv}\n".encode())
         self._log.flush()
         # preexec_fn is only safe without other threads (fork copies no lock holders)
-        lone = threading.current_thread() is threading.main_thread() and threading.active_count() == 1
+        main = threading.current_thread() is threading.main_thread()
+        lone = main and threading.active_count() == 1
+        argv = self.argv
+        if main and not lone and _SETPRIV:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         self.popen = subprocess.Popen(
-            self.argv,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
