@@ -1,4 +1,4 @@
-"""The `asklepios` command: `run`, `status`, `version`.
+"""The `asklepios` command: `run`, `status`, `check`, `version`.
 
 Exit status: 0 done, 1 failed, 2 bad configuration or usage. Settings are
 validated before any connection to the apiserver is made.
@@ -16,8 +16,10 @@ import orjson
 
 from asklepios import __version__
 from asklepios.config import ConfigError, Settings, load_settings
+from asklepios.core.preflight import Finding, exit_status
 from asklepios.engine.clock import SYSTEM_CLOCK
 from asklepios.engine.controller import run_controller
+from asklepios.engine.preflight import check_version, log_findings, run_checks
 from asklepios.engine.status import NodeRow, followed_nodes, node_rows
 from asklepios.kube.client import ApiError, KubeClient
 from asklepios.observe.health import Health, serve_http
@@ -26,15 +28,29 @@ from asklepios.observe.log import setup_logging
 log = logging.getLogger("asklepios")
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings) -> int:
     health = Health()
-    async with (
-        KubeClient.connect() as client,
-        serve_http(health, settings.http_port),
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        await run_controller(settings, client, health)
+    async with KubeClient.connect() as client:
+        version = await check_version(client)
+        if version.blocks_start:  # the only check that stops it: one line, like a bad setting
+            print(f"asklepios: {version.message} → {version.todo}", file=sys.stderr)
+            return 2
+        async with serve_http(health, settings.http_port), anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            log_findings([version, *await run_checks(settings, client)])
+            await run_controller(settings, client, health)
+    return 0
+
+
+async def _check(settings: Settings) -> list[Finding]:
+    async with KubeClient.connect() as client:
+        return [await check_version(client), *await run_checks(settings, client)]
+
+
+def format_finding(finding: Finding) -> str:
+    """`✘ rbac: missing: patch nodes (all namespaces), needed for: ... → grant it: ...`."""
+    line = f"{finding.status.symbol} {finding.check}: {finding.message}"
+    return f"{line} → {finding.todo}" if finding.todo else line
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -73,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the controller (the container's command)")
     status = sub.add_parser("status", help="print each watched node's state and countdown")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub.add_parser(
+        "check",
+        help="preflight: check the cluster against the settings, change nothing",
+        description="Check the cluster against the settings and change nothing: one line per finding "
+        "(✔ ok, ! warning, ✘ failure) with what to do. Exit 0: nothing failed; 1: something failed; "
+        "2: bad configuration.",
+    )
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -94,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             print("\n".join(anyio.run(_status, settings, args.output)))
+        elif args.command == "check":
+            findings = anyio.run(_check, settings)
+            print("\n".join(format_finding(f) for f in findings))
+            return exit_status(findings)
         else:
-            anyio.run(_run, settings)
+            return anyio.run(_run, settings)
     except ApiError as exc:
         log.error("apiserver request failed", extra={"error": str(exc)})
         return 1

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from asklepios_lab import ControlPlane
-from tests.cluster.conftest import WATCH_LABEL
+from tests.cluster.conftest import UNDER_TEST_USER, WATCH_LABEL
 from tests.cluster.runner import wait_value
 
 JSON = dict[str, Any]
@@ -55,6 +55,27 @@ def wait_node(cp: ControlPlane, name: str, check: Callable[[JSON], bool], timeou
         return node if check(node) else None
 
     return wait_value(probe, timeout, what)
+
+
+def power_cut(cp: ControlPlane, name: str, status: str = "False") -> float:
+    """A node that dies right after reporting Ready=`status`: its kwok is killed (the Lease
+    stops, nothing answers on its kubelet port) and its last condition says `status`.
+    Node-lifecycle turns it Unknown after the grace period. Returns the condition's
+    lastTransitionTime (1 s resolution)."""
+    cp.crash(name)
+    return parse_time(ready(cp.set_ready(name, status))["lastTransitionTime"])
+
+
+def writes_by_asklepios(cp: ControlPlane, verb: str | None = None, resource: str | None = None) -> list[JSON]:
+    """Asklepios' own write requests, from the apiserver's audit log."""
+    found = []
+    for event in cp.audit(UNDER_TEST_USER):
+        ref = event.get("objectRef") or {}
+        if event["verb"] in ("get", "list", "watch"):
+            continue
+        if (verb is None or event["verb"] == verb) and (resource is None or ref.get("resource") == resource):
+            found.append(event)
+    return found
 
 
 def events(cp: ControlPlane, reason: str, node: str) -> list[JSON]:

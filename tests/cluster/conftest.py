@@ -6,12 +6,16 @@ build makes every cluster test fail, never skip.
 
 Fixtures:
 
-* ``control_plane`` (session): a started :class:`asklepios_lab.ControlPlane`.
+* ``control_plane`` (session): a started :class:`asklepios_lab.ControlPlane` of the default
+  release; tests marked ``both_releases`` run once per supported release (1.37 and 1.28).
+  Its apiserver audits the requests of :data:`ASKLEPIOS_USER` and :data:`UNDER_TEST_USER`.
 * ``kube`` (session): :class:`asklepios_lab.Kube` (kubectl with the admin kubeconfig).
 * ``nodes`` (function): :class:`NodeFactory`; nodes named after the test, removed after.
 * ``namespace`` (function): a fresh namespace name, deleted after the test.
 * ``asklepios`` (function): :class:`tests.cluster.runner.AsklepiosFactory`, starting
-  ``python -m asklepios run`` processes; each must exit 0 on SIGTERM at the end.
+  ``python -m asklepios run`` processes as :data:`UNDER_TEST_USER` (an admin identity of
+  its own, so the audit log tells Asklepios' requests from the test's); each must exit 0
+  on SIGTERM at the end.
 * ``asklepios_kubeconfig`` (session): kubeconfig of the static token of
   :data:`ASKLEPIOS_USER` (RBAC for it is up to the test).
 """
@@ -38,13 +42,27 @@ ASKLEPIOS_TOKEN = StaticToken(
     uid="asklepios-lab-sa",
     groups=["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"],
 )
+UNDER_TEST_USER = "asklepios-under-test"
+UNDER_TEST_TOKEN = StaticToken(secrets.token_hex(16), UNDER_TEST_USER, "asklepios-under-test", ["system:masters"])
+RELEASES = binaries.supported()  # default first
 
 
 class _Build:
-    """Outcome of the build run after collection (see pytest_collection_finish)."""
+    """Outcome of the builds run after collection (see pytest_collection_finish)."""
 
-    bin_dir: Path | None = None
+    bin_dirs: dict[str, Path] = {}  # noqa: RUF012 - one per release, filled once
     error: BaseException | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_releases: run once per supported Kubernetes release")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise the control plane by release: every release for `both_releases` tests."""
+    if "control_plane" in metafunc.fixturenames:
+        releases = RELEASES if metafunc.definition.get_closest_marker("both_releases") else RELEASES[:1]
+        metafunc.parametrize("control_plane", releases, indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,22 +77,28 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker("cluster") for item in session.items):
         return
+    wanted = [RELEASES[0]]
+    if any(item.get_closest_marker("both_releases") for item in session.items):
+        wanted = RELEASES
     capman = session.config.pluginmanager.getplugin("capturemanager")
     try:
         with capman.global_and_fixture_disabled():
-            _Build.bin_dir = binaries.ensure()
+            for release in wanted:  # one at a time: each build uses both cores
+                _Build.bin_dirs[release] = binaries.ensure(release)
     except Exception as exc:  # reported by the control_plane fixture, i.e. as test errors
         _Build.error = exc
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    release: str = getattr(request, "param", RELEASES[0])
     if _Build.error is not None:
         raise RuntimeError("building the control-plane binaries failed") from _Build.error
     cp = ControlPlane(
-        tmp_path_factory.mktemp("controlplane"),
-        bin_dir=_Build.bin_dir or binaries.ensure(),
-        extra_tokens=[ASKLEPIOS_TOKEN],
+        tmp_path_factory.mktemp(f"controlplane-{release}"),
+        bin_dir=_Build.bin_dirs.get(release) or binaries.ensure(release),
+        extra_tokens=[ASKLEPIOS_TOKEN, UNDER_TEST_TOKEN],
+        audit_users=[ASKLEPIOS_USER, UNDER_TEST_USER],
     )
     with cp:
         yield cp
@@ -161,7 +185,7 @@ def namespace(control_plane: ControlPlane, nodes: NodeFactory, request: pytest.F
 
 @pytest.fixture
 def asklepios(control_plane: ControlPlane, tmp_path: Path) -> Iterator[AsklepiosFactory]:
-    factory = AsklepiosFactory(control_plane.kubeconfig, tmp_path)
+    factory = AsklepiosFactory(control_plane.kubeconfig_for(UNDER_TEST_TOKEN.token, "under-test"), tmp_path)
     yield factory
     complaints = list(factory.close())
     assert not complaints, "\n".join(complaints)

@@ -261,6 +261,7 @@ class FakeBmc:
     password: str = "secret"
     reachable: bool = True
     log: list[tuple[datetime, str, str]] = attrs.Factory(list)  # (when, url, what)
+    on_power: Callable[[str, str], None] = lambda url, state: None  # the machine follows its power
 
     def _check(self, target: BmcTarget) -> None:
         if not self.reachable:
@@ -275,6 +276,7 @@ class FakeBmc:
         if url in self.pending and self.clock.monotonic() >= self.pending[url][1]:
             self.power[url] = self.pending.pop(url)[0]
             self.log.append((self.clock.now(), url, self.power[url]))
+            self.on_power(url, self.power[url])
         return self.power.get(url, "On")
 
     async def reset(self, target: BmcTarget, reset_type: str) -> None:

@@ -206,6 +206,35 @@ async def test_fencing_powers_off_before_the_taint_and_on_after_the_pods_left() 
         assert "PodsReleased" in w.events.reasons("b")
 
 
+async def test_a_partitioned_node_is_fenced_and_the_probe_asked_again() -> None:
+    """With fencing, "alive but cut off" is what fencing is for; after Off nothing may answer."""
+    w = World(settings(fencing="redfish"))
+    url = "https://127.0.0.1:8443/redfish/v1/Systems/b"
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": url})
+    address = w.cluster.view("b").addresses[0]
+    w.probe.answering_addresses.add(address)
+    w.bmc.on_power = lambda _url, state: w.probe.answering_addresses.discard(address) if state == "Off" else None
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout after fencing")
+        assert [what for _, _, what in w.bmc.log][:2] == ["ForceOff", "Off"]
+
+
+async def test_a_node_still_answering_after_its_bmc_said_off_is_held() -> None:
+    """The annotation names another machine: the BMC says Off, the node answers. No taint."""
+    w = World(settings(fencing="redfish"))
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/other"})
+    w.probe.answering_addresses.add(w.cluster.view("b").addresses[0])
+    async with running(w):
+        w.power_cut("b")
+        await anyio.sleep(120)
+        assert not w.has_taint("b")
+        failed = [e.message for e in w.events.emitted if e.reason == "FencingFailed"]
+        assert failed and "does asklepios.io/bmc name this machine?" in failed[0]
+
+
 async def test_fencing_failures_hold_without_a_taint_and_retry() -> None:
     w = World(settings(fencing="redfish"))
     w.add("a", "c")

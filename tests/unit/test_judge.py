@@ -225,6 +225,21 @@ def test_what_is_never_done(
         assert verdict.wake > at(now) or verdict.action is not None
 
 
+@given(
+    hold=st.sampled_from(list(HoldReason)),
+    look=st.floats(-100, 500),
+    now=st.floats(0, 1000),
+    guard=st.one_of(st.none(), st.just("2 of 3")),
+)
+def test_a_held_node_keeps_its_deadline(hold: HoldReason, look: float, now: float, guard: str | None) -> None:
+    view = node(ReadyStatus.UNKNOWN)
+    memory = attrs.evolve(remember(view, NodeMemory(), at(0)), hold=hold, look_at=at(look))
+    verdict = judge(view, memory, now=at(now), timing=TIMING, guard=guard)
+    assert verdict.deadline == at(0) + TIMING.kickout
+    if verdict.action is Action.CHECK_DEATH:
+        assert at(now) >= at(look) and at(now) >= verdict.deadline and guard is None
+
+
 def test_a_mark_from_an_earlier_period_is_not_trusted() -> None:
     old = remember(node(ReadyStatus.FALSE, since=at(0)), NodeMemory(), at(0)).notready
     later = node(ReadyStatus.FALSE, since=at(500), notready_mark=old)  # was Ready in between

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
-from . import binaries, kwok, pki
+from . import audit, binaries, kwok, pki
 from .api import Api, write_kubeconfig
 from .bmc import Bmc
 from .etcd import Etcd
@@ -53,6 +53,12 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "disruption-controller",
 )
+
+
+def controllers_of(release: str) -> tuple[str, ...]:
+    """The lab's controllers for a release: before 1.29 node-lifecycle did the taint eviction itself."""
+    minor = int(release.lstrip("v").split(".")[1])
+    return tuple(c for c in CONTROLLERS if minor >= 29 or c != "taint-eviction-controller")
 
 
 class StaticToken(NamedTuple):
@@ -89,6 +95,7 @@ class ControlPlane(FaultOps):
         watch_cache: bool = True,
         etcd_compaction_interval: str = "5m",
         apiserver_args: Sequence[str] = (),
+        audit_users: Sequence[str] = (),
         controller_manager_args: Sequence[str] = (),
         scheduler_args: Sequence[str] = (),
         start_timeout: float = 90.0,
@@ -98,6 +105,12 @@ class ControlPlane(FaultOps):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="asklepios-lab-")).resolve()
         self.bin_dir = bin_dir or binaries.bin_dir()
+        self.release = binaries.release_of(self.bin_dir)  # e.g. "v1.28.15": what the binaries report
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.audit_log: Path | None = None
+        if audit_users:
+            self.audit_log, audit_flags = audit.apiserver_args(self.workdir, audit_users)
+            apiserver_args = [*apiserver_args, *audit_flags]
         self.admin_token = secrets.token_hex(16)
         self.tokens = [StaticToken(self.admin_token, ADMIN_USER, "admin", ["system:masters"])]
         self.tokens += [StaticToken(*t) for t in extra_tokens]
@@ -148,7 +161,7 @@ class ControlPlane(FaultOps):
         ])  # fmt: skip
         self._kcm = self._proc("kube-controller-manager", [
             str(b / "kube-controller-manager"), *auth, f"--secure-port={ports['kcm']}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(controllers_of(self.release))}",
             f"--node-monitor-grace-period={node_monitor_grace_period}s",
             f"--node-monitor-period={node_monitor_period}s",
             "--node-startup-grace-period=30s",
@@ -292,6 +305,12 @@ class ControlPlane(FaultOps):
         except OSError:
             return False
         return status == 200 and body.strip() == b"ok"
+
+    def audit(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The apiserver's audit events so far (of `user`, if given); needs `audit_users`."""
+        if self.audit_log is None:
+            raise RuntimeError("this control plane was started without audit_users")
+        return audit.entries(self.audit_log, user)
 
     def apiserver_metrics(self) -> str:
         """The apiserver's Prometheus ``/metrics`` text (read with the admin token)."""

@@ -12,7 +12,12 @@ deadline every signal must agree that the node is dead:
 * with fencing on, its BMC has confirmed power Off.
 
 Any evidence of life holds the kickout (the deadline stays); it is looked at again
-at each resync, and goes ahead once the evidence is gone.
+at each resync, and goes ahead once the evidence is gone. A renewed Lease always
+holds: the kubelet talks to the apiserver, so the normal eviction works there.
+A node that answers but whose kubelet is silent is alive and cut off: without
+fencing that holds; with fencing it is exactly what fencing is for, so it is
+powered off, and the probe is asked again once the BMC says Off (a node that still
+answers then is not the machine its `asklepios.io/bmc` names).
 """
 
 from __future__ import annotations
@@ -96,17 +101,24 @@ def kubelet_alive(evidence: Evidence, now: datetime) -> str | None:
 def death_verdict(
     evidence: Evidence, now: datetime, *, fencing: bool, fence: FenceOutcome | None = None
 ) -> DeathVerdict:
-    """Dead only when every signal agrees; with fencing, only once the BMC said Off."""
+    """Dead only when every signal agrees; with fencing, only once the BMC said Off.
+
+    With `fence` given, `evidence.answering` is the probe asked after the power Off.
+    """
     alive = kubelet_alive(evidence, now)
     if alive is not None:
         return DeathVerdict(dead=False, hold=HoldReason.KUBELET_ALIVE, detail=alive)
-    if evidence.answering:
-        detail = "answers on " + ", ".join(evidence.answering)
-        return DeathVerdict(dead=False, hold=HoldReason.NODE_ANSWERS, detail=detail)
+    answers = "answers on " + ", ".join(evidence.answering) if evidence.answering else ""
     if not fencing:
+        if answers:
+            return DeathVerdict(dead=False, hold=HoldReason.NODE_ANSWERS, detail=answers)
         return DeathVerdict(dead=True, detail="kubelet silent, no answer")
     if fence is None:
-        return DeathVerdict(dead=False, fence_next=True, detail="kubelet silent, no answer: fencing")
-    if fence.off:
-        return DeathVerdict(dead=True, fenced=True, detail="kubelet silent, no answer, BMC confirmed power Off")
-    return DeathVerdict(dead=False, hold=fence.reason or HoldReason.FENCING_FAILED, detail=fence.error)
+        why = f"kubelet silent, {answers}" if answers else "kubelet silent, no answer"
+        return DeathVerdict(dead=False, fence_next=True, detail=f"{why}: fencing")
+    if not fence.off:
+        return DeathVerdict(dead=False, hold=fence.reason or HoldReason.FENCING_FAILED, detail=fence.error)
+    if answers:
+        detail = f"still {answers} after its BMC reported power Off: does asklepios.io/bmc name this machine?"
+        return DeathVerdict(dead=False, hold=HoldReason.NODE_ANSWERS, detail=detail)
+    return DeathVerdict(dead=True, fenced=True, detail="kubelet silent, BMC confirmed power Off, no answer")

@@ -26,7 +26,7 @@ from asklepios.core.guard import hold_reason
 from asklepios.core.judge import Action, State, Verdict, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
-from asklepios.core.pod import NodePods, force_delete_candidates
+from asklepios.core.pod import NodePods
 from asklepios.engine.clock import Clock
 from asklepios.engine.gate import WriteGate
 from asklepios.engine.kickout import Kickout, backoff, node_ref
@@ -144,6 +144,7 @@ class Healer:
             self.pods.follow(name)
         else:
             self.pods.unfollow(name)
+            self.recovery.forget(name)
         if self._count(view):
             for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
                 self.schedule(other)  # the guard's count moved: held nodes may go now
@@ -158,6 +159,7 @@ class Healer:
         self.notes.forget(name)
         self.wheel.cancel(name)
         self.pods.unfollow(name)
+        self.recovery.forget(name)
         self._uncount(name)
 
     def _count(self, view: NodeView) -> bool:
@@ -220,12 +222,7 @@ class Healer:
             return False
         if marks_out_of_date(view, memory) or (view.kickout is not None and view.kickout.damaged):
             return True
-        return bool(
-            self.settings.force_delete
-            and view.kickout is not None
-            and not view.ready.is_ready
-            and force_delete_candidates(self.pods.pods(view.name) or [])
-        )
+        return self.settings.force_delete and self.recovery.pending_deletes(view)
 
     def schedule(self, name: str) -> None:
         """Judge `name` and set its timer: now when something is due, else at its next deadline."""

@@ -98,18 +98,21 @@ class Kickout:
         if not self.gate.may_write():
             return DeathVerdict(dead=False), memory
         outcome = await self.fencer.power_off(view)
+        if outcome.off:  # every signal must agree now: the machine that was switched off no longer answers
+            answering = await self.probe.answering(view.addresses, self.settings.liveness_probe_ports)
+            evidence = attrs.evolve(evidence, answering=answering)
         death = death_verdict(evidence, self.clock.now(), fencing=True, fence=outcome)
         if death.dead:
             log.warning("BMC confirmed power Off", extra={"node": view.name, "fencing_seconds": outcome.seconds})
             return death, memory
         failures = memory.failures + 1
         delay = backoff(failures, base=self.settings.resync_seconds / 2, cap=FENCING_BACKOFF_CAP)
-        log.warning("fencing failed", extra={"node": view.name, "error": outcome.error, "retry_in": round(delay, 1)})
-        if self.notes.fencing_error_to_emit(view.name, outcome.error):
-            await self.events.emit(node_ref(view), "FencingFailed", outcome.error, warning=True)
+        log.warning("fencing failed", extra={"node": view.name, "error": death.detail, "retry_in": round(delay, 1)})
+        if self.notes.fencing_error_to_emit(view.name, death.detail):
+            await self.events.emit(node_ref(view), "FencingFailed", death.detail, warning=True)
         assert death.hold is not None
         look_at = self.clock.now() + timedelta(seconds=delay)
-        return death, attrs.evolve(self._held(memory, death.hold, outcome.error, look_at), failures=failures)
+        return death, attrs.evolve(self._held(memory, death.hold, death.detail, look_at), failures=failures)
 
     async def _write(
         self,

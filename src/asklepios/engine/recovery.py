@@ -52,17 +52,25 @@ class Recovery:
     writer: NodeWriter
     events: EventPort
     notes: Notes
-    _deleting: set[str] = attrs.Factory(set)  # pod UIDs with a delete in flight
+    _deleted: dict[str, set[str]] = attrs.Factory(dict)  # node -> pod UIDs already force-deleted (or in flight)
+
+    def pending_deletes(self, view: NodeView) -> bool:
+        """Terminating pods of this out-of-service node not force-deleted yet."""
+        if view.ready.is_ready or not view.has_out_of_service_taint or view.kickout is None:
+            return False
+        done = self._deleted.get(view.name, set())
+        return any(p.uid not in done for p in force_delete_candidates(self.pods.pods(view.name) or []))
 
     async def release_pods(self, view: NodeView) -> None:
         """Force-delete the Terminating pods of a NotReady, out-of-service node (the pod GC's rule)."""
         if view.ready.is_ready or not view.has_out_of_service_taint or view.kickout is None:
             return
         pods = self.pods.pods(view.name)
+        done = self._deleted.setdefault(view.name, set())
         for pod in force_delete_candidates(pods or []):
-            if pod.uid in self._deleting or not self.gate.may_write():
-                continue
-            self._deleting.add(pod.uid)
+            if pod.uid in done or not self.gate.may_write():
+                continue  # once per pod: one held by a finalizer is not deleted again and again
+            done.add(pod.uid)
             try:
                 await self.deleter.force_delete(pod, self.writer.budget())
                 metrics.PODS_FORCE_DELETED.inc()
@@ -70,10 +78,12 @@ class Recovery:
             except (NotFound, Conflict):  # gone already, or replaced by a pod with another UID
                 pass
             except ApiError as exc:
+                done.discard(pod.uid)  # try again at the next event or resync
                 count_failure("delete pod", exc)
                 log.warning("could not force-delete pod", extra={"node": view.name, "pod": pod.key, "error": str(exc)})
-            finally:
-                self._deleting.discard(pod.uid)
+
+    def forget(self, node: str) -> None:
+        self._deleted.pop(node, None)
 
     async def repair(self, view: NodeView, verdict: Verdict, rejudge: Callable[[NodeView], Verdict]) -> NodeView | None:
         def build(node: NodeView) -> dict[str, object] | None:

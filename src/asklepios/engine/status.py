@@ -1,7 +1,9 @@
 """`asklepios status`: every watched node's state, decided exactly as the controller decides it.
 
 Reads the cluster with the same settings and changes nothing: the watched nodes
-(and kicked-out nodes that left the selector), the pods of kicked-out nodes, and,
+(and kicked-out nodes that left the selector), the pods of kicked-out nodes, the
+controller's `KickoutHeld` Events (the hold reason is the controller's finding:
+a workstation cannot probe the nodes' network the way the controller does), and,
 with fencing on, each BMC's PowerState. The verdict comes from the same pure
 `judge` the controller runs, starting from the nodes' own marks, so a countdown
 shown here is the one the controller keeps.
@@ -9,6 +11,7 @@ shown here is the one the controller keeps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import anyio
@@ -17,10 +20,11 @@ import attrs
 from asklepios.config import Settings
 from asklepios.core.fencing import FencingError
 from asklepios.core.guard import hold_reason
-from asklepios.core.judge import judge
+from asklepios.core.judge import Action, State, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, remember
 from asklepios.core.pod import NodePods
+from asklepios.core.records import parse_time
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
 from asklepios.kube.client import ApiError, KubeClient
@@ -53,6 +57,41 @@ class NodeRow:
         }
 
 
+@attrs.frozen
+class Held:
+    """The newest KickoutHeld Event of a node: the controller's own finding."""
+
+    at: datetime
+    message: str
+
+
+def guard_of(settings: Settings, views: list[NodeView]) -> str | None:
+    counted = [v for v in views if settings.node_selector.matches(v.labels) and v.excluded_by is None]
+    return hold_reason(settings.max_unhealthy, len(counted), sum(1 for v in counted if not v.ready.is_ready))
+
+
+def row(
+    view: NodeView,
+    memory: NodeMemory,
+    *,
+    now: datetime,
+    settings: Settings,
+    guard: str | None,
+    pods: NodePods | None,
+    held: Held | None = None,
+    power: str = "",
+) -> NodeRow:
+    """One node's line, from the same judge the controller runs."""
+    verdict = judge(view, memory, now=now, timing=settings.timing, guard=guard, pods=pods)
+    state, reason = verdict.state.value, verdict.hold.value if verdict.hold else verdict.detail
+    overdue = verdict.action is Action.CHECK_DEATH
+    if overdue and held is not None and verdict.since is not None and held.at >= verdict.since:
+        state, reason = State.HELD.value, held.message
+    seconds = None if overdue else verdict.seconds_left(now)
+    since = verdict.since or view.ready_since
+    return NodeRow(view.name, view.ready.value, since, state, reason, seconds, verdict.pods, power)
+
+
 async def followed_nodes(settings: Settings, client: KubeClient) -> list[NodeView]:
     api = NodeApi(client)
     views = {v.name: v for v in await api.list(str(settings.node_selector))}
@@ -62,47 +101,57 @@ async def followed_nodes(settings: Settings, client: KubeClient) -> list[NodeVie
     return sorted(views.values(), key=lambda v: v.name)
 
 
-async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views: list[NodeView]) -> list[NodeRow]:
-    selected = [v for v in views if settings.node_selector.matches(v.labels) and v.excluded_by is None]
-    guard = hold_reason(settings.max_unhealthy, len(selected), sum(1 for v in selected if not v.ready.is_ready))
-    fencer = None
-    if settings.fencing_on:
-        from asklepios.fence.redfish import RedfishBmc  # noqa: PLC0415 - sushy only when fencing is on
-
-        secret = SecretApi(client, settings.namespace, settings.fencing_secret)
-        fencer = Fencer(RedfishBmc(), secret, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
-    rows = []
-    for view in views:
-        now = clock.now()
-        pods = None
-        if view.kickout is not None:
-            try:
-                pods = NodePods.of(await PodApi(client).on_node(view.name), view.kickout)
-            except ApiError:
-                pods = NodePods(synced=False)
-        memory = remember(view, NodeMemory(), now)
-        verdict = judge(view, memory, now=now, timing=settings.timing, guard=guard, pods=pods)
-        reason = verdict.hold.value if verdict.hold else verdict.detail
-        power = await _power(fencer, view) if fencer is not None and view.bmc else ""
-        rows.append(
-            NodeRow(
-                view.name,
-                view.ready.value,
-                verdict.since or view.ready_since,
-                verdict.state.value,
-                reason,
-                verdict.seconds_left(now),
-                verdict.pods,
-                power,
-            )
-        )
-    return rows
+async def holds(client: KubeClient) -> dict[str, Held]:
+    """The newest KickoutHeld Event per node (Events about nodes live in `default`)."""
+    query = {"fieldSelector": "involvedObject.kind=Node,reason=KickoutHeld"}
+    data = await client.request("GET", "/api/v1/namespaces/default/events", query=query)
+    out: dict[str, Held] = {}
+    for event in data.get("items", []):
+        at = parse_time(event.get("lastTimestamp") or event.get("eventTime"))
+        name = event.get("involvedObject", {}).get("name", "")
+        if at is not None and (name not in out or out[name].at < at):
+            out[name] = Held(at, str(event.get("message", "")))
+    return out
 
 
-async def _power(fencer: Fencer, view: NodeView) -> str:
+def fencer_for(settings: Settings, client: KubeClient, clock: Clock) -> Fencer | None:
+    if not settings.fencing_on:
+        return None
+    from asklepios.fence.redfish import RedfishBmc  # noqa: PLC0415 - sushy only when fencing is on
+
+    secret = SecretApi(client, settings.namespace, settings.fencing_secret)
+    return Fencer(RedfishBmc(), secret, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
+
+
+async def power_of(fencer: Fencer | None, view: NodeView) -> str:
+    if fencer is None or not view.bmc:
+        return ""
     with anyio.move_on_after(15):
         try:
             return await fencer.power_state(view)
         except FencingError as exc:
             return f"unknown ({exc})"
     return "unknown (the BMC did not answer)"
+
+
+async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views: list[NodeView]) -> list[NodeRow]:
+    guard, fencer = guard_of(settings, views), fencer_for(settings, client, clock)
+    try:
+        held: Mapping[str, Held] = await holds(client)
+    except ApiError:
+        held = {}
+    rows = []
+    for view in views:
+        pods = None
+        if view.kickout is not None:
+            try:
+                pods = NodePods.of(await PodApi(client).on_node(view.name), view.kickout)
+            except ApiError:
+                pods = NodePods(synced=False)
+        now = clock.now()
+        memory = remember(view, NodeMemory(), now)
+        power = await power_of(fencer, view)
+        rows.append(
+            row(view, memory, now=now, settings=settings, guard=guard, pods=pods, held=held.get(view.name), power=power)
+        )
+    return rows

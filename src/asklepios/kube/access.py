@@ -1,0 +1,135 @@
+"""What `asklepios check` reads: access reviews, /version, and read-only lists.
+
+Nothing here writes to the cluster: a SelfSubjectAccessReview only asks the
+authorizer about the caller's own permissions (every authenticated user may), and
+/version is public. The lists are paginated, so the check reads big clusters in
+bounded pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+from asklepios.core.preflight import NODE_LEASE_NAMESPACE, Budget, Need, PodSeen
+from asklepios.core.selector import LabelSelector, Requirement
+from asklepios.kube.client import JSON, KubeClient
+from asklepios.kube.pods import parse_pod
+
+PAGE = 500
+_OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
+
+
+@attrs.frozen
+class ServerVersion:
+    git_version: str
+    major: str
+    minor: str
+
+
+@attrs.frozen
+class AccessAnswer:
+    allowed: bool
+    reason: str = ""
+
+
+class AccessApi:
+    """SelfSubjectAccessReviews and the server's version."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def version(self) -> ServerVersion:
+        data = await self.client.request("GET", "/version")
+        return ServerVersion(
+            str(data.get("gitVersion") or ""), str(data.get("major") or ""), str(data.get("minor") or "")
+        )
+
+    async def review(self, need: Need) -> AccessAnswer:
+        """May the caller do `need`? Raises ApiError when the review cannot be made."""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": need.resource_attributes()},
+        }
+        data = await self.client.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+        status = data.get("status") or {}
+        reason = status.get("reason") or status.get("evaluationError") or ""
+        return AccessAnswer(bool(status.get("allowed")), str(reason))
+
+
+def parse_pod_seen(obj: JSON) -> PodSeen:
+    pod = parse_pod(obj)  # the owner and the tolerations, parsed as the balancer parses them
+    meta, status = obj.get("metadata", {}), obj.get("status", {})
+    return PodSeen(
+        namespace=pod.namespace,
+        name=pod.name,
+        node=pod.node,
+        owner=pod.owner,
+        labels=MappingProxyType(dict(meta.get("labels") or {})),
+        tolerations=pod.placement.tolerations,
+        finished=status.get("phase") in ("Succeeded", "Failed"),
+    )
+
+
+def parse_label_selector(raw: JSON | None) -> LabelSelector | None:
+    """A metav1.LabelSelector; None (selects nothing) when absent or not understood. `{}` selects everything."""
+    if raw is None:
+        return None
+    requirements: list[Requirement] = []
+    texts: list[str] = []
+    for key, value in sorted((raw.get("matchLabels") or {}).items()):
+        requirements.append(Requirement(str(key), "in", frozenset({str(value)})))
+        texts.append(f"{key}={value}")
+    for expression in raw.get("matchExpressions") or ():
+        operator = _OPERATORS.get(str(expression.get("operator", "")))
+        if operator is None:
+            return None
+        key, values = str(expression.get("key", "")), frozenset(str(v) for v in expression.get("values") or ())
+        requirements.append(Requirement(key, operator, values))
+        texts.append(f"{key} {expression.get('operator')} ({','.join(sorted(values))})")
+    return LabelSelector(",".join(texts), tuple(requirements))
+
+
+class ClusterReads:
+    """Read-only, paginated lists of pods, PodDisruptionBudgets and node Leases."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def _list(self, path: str, query: Mapping[str, str]) -> list[JSON]:
+        items: list[JSON] = []
+        page: dict[str, str | int] = {**query, "limit": PAGE}
+        while True:
+            data = await self.client.request("GET", path, query=page, timeout=60)
+            items += data.get("items") or []
+            token = (data.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            page["continue"] = token
+
+    async def pods(self, namespace: str = "", *, label_selector: str = "", node: str = "") -> list[PodSeen]:
+        path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if node:
+            query["fieldSelector"] = f"spec.nodeName={node}"
+        return [parse_pod_seen(obj) for obj in await self._list(path, query)]
+
+    async def budgets(self, namespace: str = "") -> list[Budget]:
+        where = f"namespaces/{namespace}/" if namespace else ""
+        items = await self._list(f"/apis/policy/v1/{where}poddisruptionbudgets", {})
+        return [
+            Budget(
+                obj["metadata"].get("namespace", ""),
+                obj["metadata"].get("name", ""),
+                parse_label_selector((obj.get("spec") or {}).get("selector")),
+            )
+            for obj in items
+        ]
+
+    async def node_leases(self) -> set[str]:
+        """The names of the Leases in kube-node-lease (one per node whose kubelet renews it)."""
+        items = await self._list(f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases", {})
+        return {obj["metadata"]["name"] for obj in items}

@@ -1,0 +1,136 @@
+"""Fencing through a real Redfish BMC (sushy-tools' emulator), before the taint (issue 11).
+
+The ordering "power Off confirmed, then the taint" is proven from the two systems'
+own records: the emulator's notifications (the lab's BMC timeline) and the
+apiserver's audit log of the patch that added the out-of-service taint.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane, audit, wait_for, workloads
+from tests.cluster.checks import OOS, env, events, first_seen, has_oos, writes_by_asklepios
+from tests.cluster.runner import AsklepiosFactory
+
+SECRET = "bmc-credentials"
+
+
+def fencing_env(prefix: str, namespace: str, **extra: str) -> dict[str, str]:
+    return env(
+        prefix,
+        ASKLEPIOS_KICKOUT_SECONDS="3",
+        ASKLEPIOS_FENCING="redfish",
+        ASKLEPIOS_FENCING_SECRET=SECRET,
+        ASKLEPIOS_NAMESPACE=namespace,
+        **extra,
+    )
+
+
+def put_secret(cp: ControlPlane, namespace: str, data: dict[str, str]) -> None:
+    body = {
+        "metadata": {"name": SECRET},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    path = f"/api/v1/namespaces/{namespace}/secrets"
+    if cp.api.get_or_none(f"{path}/{SECRET}") is None:
+        cp.api.create(path, body)
+    else:
+        cp.api.patch(f"{path}/{SECRET}", {"data": body["data"]})
+
+
+def annotate_bmc(cp: ControlPlane, node: str, url: str) -> None:
+    cp.api.patch(f"/api/v1/nodes/{node}", {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
+
+
+def taint_patch(cp: ControlPlane, node: str) -> dict[str, Any]:
+    """Asklepios' patch that added the out-of-service taint, as the apiserver recorded it."""
+    for event in writes_by_asklepios(cp, "patch", "nodes"):
+        taints = ((event.get("requestObject") or {}).get("spec") or {}).get("taints") or []
+        if event["objectRef"].get("name") == node and any(t.get("key") == OOS for t in taints):
+            return event
+    raise AssertionError(f"no audited patch added the taint to {node}")
+
+
+@pytest.mark.timeout(240)
+def test_partitioned_node_is_fenced_then_tainted_then_powered_on_and_kicked_in(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    bmc = cp.bmc()
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    for name in names:
+        annotate_bmc(cp, name, bmc.attach(name))
+    put_secret(cp, namespace, {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()})
+    workloads.create(cp, namespace, workloads.statefulset("db", "db"))
+    before = workloads.wait_all_running(cp, namespace, "db", 3)
+    victim = names[2]
+    healer = asklepios(fencing_env(nodes.prefix, namespace))
+    cp.partition(victim)  # alive, cut off: the probe alone would hold it forever; fencing ends it
+    seen, kicked = first_seen(cp, victim, has_oos, 60, "kickout after fencing")
+    assert '"fenced":true' in kicked["metadata"]["annotations"]["asklepios.io/kickout"]
+    timeline = bmc.timeline(victim)
+    [force_off] = [r for r in timeline if r.kind == "reset" and r.value == "Off"]
+    [off] = [r for r in timeline if r.kind == "power" and r.value == "Off"]
+    tainted_at = audit.when(taint_patch(cp, victim))
+    assert force_off.time < off.time <= tainted_at <= seen + 0.05, (force_off, off, tainted_at, seen)
+    assert not cp.answers(victim)  # the BMC's power Off really stopped the node
+
+    survivors = set(names) - {victim}
+
+    def on_survivors() -> bool:
+        where = workloads.placement(cp, namespace, "db")
+        return len(where) == 3 and set(where.values()) <= survivors
+
+    wait_for(on_survivors, 60, what="db Running on the survivors")
+    assert victim in before.values()
+    wait_for(lambda: events(cp, "PodsReleased", victim), 30, what="PodsReleased")
+    wait_for(lambda: any(r.kind == "power" and r.value == "On" for r in bmc.timeline(victim)), 60, what="power on")
+    first_seen(cp, victim, lambda n: not has_oos(n), 60, "kickin after the node booted")
+    assert healer.metric("asklepios_fencing_total", 'action="off",result="ok"') == 1
+    assert healer.metric("asklepios_fencing_total", 'action="on",result="ok"') == 1
+    assert healer.metric("asklepios_fencing_seconds_count") == 1
+
+
+@pytest.mark.timeout(240)
+def test_fencing_failures_leave_no_taint_and_clear_once_fixed(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    bmc = cp.bmc()
+    wrong, unreachable, missing, *_ = nodes.watched("wrong", "unreachable", "missing", "ok1", "ok2", "ok3")
+    annotate_bmc(cp, wrong, bmc.attach(wrong))
+    annotate_bmc(cp, unreachable, "https://127.0.0.1:1/redfish/v1/Systems/nowhere")  # nothing listens there
+    put_secret(
+        cp,
+        namespace,
+        {
+            "username": bmc.username,
+            "password": bmc.password,
+            f"{wrong}.password": "not-the-password",
+            "ca.crt": bmc.ca_cert.read_text(),
+        },
+    )
+    healer = asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_MAX_UNHEALTHY="100%"))
+    broken = (wrong, unreachable, missing)
+    for name in broken:
+        cp.crash(name)
+    for name in broken:
+        wait_for(lambda n=name: events(cp, "FencingFailed", n), 60, what=f"FencingFailed on {name}")  # type: ignore[misc]
+    assert "401" in events(cp, "FencingFailed", wrong)[0]["message"]
+    assert "asklepios.io/bmc" in events(cp, "FencingFailed", missing)[0]["message"]
+    held = {n: events(cp, "KickoutHeld", n)[0]["message"].split(":")[0] for n in broken}
+    assert held == {wrong: "fencing failed", unreachable: "fencing failed", missing: "no BMC"}
+    assert healer.metric("asklepios_fencing_total", 'action="off",result="failed"') >= 2
+    assert not any(has_oos(cp.node(n)) for n in broken)
+    assert not [e for e in writes_by_asklepios(cp, "patch", "nodes") if e["objectRef"].get("name") in broken
+                and "taints" in str(e.get("requestObject"))]  # fmt: skip
+
+    put_secret(cp, namespace, {f"{wrong}.password": bmc.password})  # the causes fixed
+    annotate_bmc(cp, unreachable, bmc.attach(unreachable))
+    annotate_bmc(cp, missing, bmc.attach(missing))
+    for name in broken:
+        first_seen(cp, name, has_oos, 90, f"kickout of {name} once fixed")
