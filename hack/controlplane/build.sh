@@ -22,13 +22,18 @@ export CGO_ENABLED=0 GOFLAGS=-mod=readonly  # go.mod and go.sum are the pins: ne
 log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # version ldflags so that `kube-apiserver --version` reports the pinned version
-major=${KUBERNETES_VERSION#v}; minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
 build_date=2026-01-01T00:00:00Z  # fixed: reproducible binaries
-k8s_ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
-done
+version_ldflags() {  # version_ldflags <vX.Y.Z>: what the binaries report as their version
+  local major=${1#v} minor
+  minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
+  local flags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$1 -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  echo "$flags"
+}
+k8s_ldflags=$(version_ldflags "$KUBERNETES_VERSION")
 
 build() {  # build <module dir> <package> <binary name> <ldflags>
   local dir=$1 pkg=$2 name=$3 ldflags=$4 start
@@ -49,6 +54,10 @@ kwok_dir=$(module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION")
 total=$(date +%s)
 build "$etcd_dir" go.etcd.io/etcd/server/v3 etcd "-s -w"
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
+if [[ -n ${APISERVER_REPORTING:-} ]]; then  # the same apiserver, linked to report an older version (seconds)
+  build "$k8s_dir" k8s.io/kubernetes/cmd/kube-apiserver "kube-apiserver-${APISERVER_REPORTING%.*}" \
+    "$(version_ldflags "$APISERVER_REPORTING")"
+fi
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$k8s_ldflags"
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$k8s_ldflags"
 build "$kwok_dir" sigs.k8s.io/kwok/cmd/kwok kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"

@@ -19,8 +19,9 @@ from asklepios.config import ConfigError, Settings, load_settings
 from asklepios.core.preflight import Finding, exit_status
 from asklepios.engine.clock import SYSTEM_CLOCK
 from asklepios.engine.controller import run_controller
-from asklepios.engine.preflight import check_version, log_findings, run_checks
+from asklepios.engine.preflight import check_version, run_checks, startup_checks
 from asklepios.engine.status import NodeRow, followed_nodes, node_rows
+from asklepios.engine.statuswatch import StatusWatch
 from asklepios.kube.client import ApiError, KubeClient
 from asklepios.observe.health import Health, serve_http
 from asklepios.observe.log import setup_logging
@@ -37,7 +38,7 @@ async def _run(settings: Settings) -> int:
             return 2
         async with serve_http(health, settings.http_port), anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
-            log_findings([version, *await run_checks(settings, client)])
+            await startup_checks(settings, client, version)
             await run_controller(settings, client, health)
     return 0
 
@@ -69,6 +70,18 @@ async def _status(settings: Settings, output: str) -> list[str]:
     return format_rows(rows)
 
 
+async def _watch_status(settings: Settings) -> None:
+    def draw(header: list[str], rows: list[NodeRow]) -> None:
+        # home the cursor, draw, clear what is left of an earlier, longer screen
+        lines = [*header, "", *format_rows(rows)]
+        sys.stdout.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+        sys.stdout.flush()
+
+    sys.stdout.write("\x1b[2J")
+    async with KubeClient.connect() as client:
+        await StatusWatch(settings, client, SYSTEM_CLOCK, draw).run()
+
+
 def format_rows(rows: list[NodeRow]) -> list[str]:
     """The status table: one line per node, the reason and pods after the countdown."""
     lines = [f"{'NODE':<24} {'READY':<8} {'SINCE':<21} {'STATE':<17} {'NEXT ACTION IN':<15} {'POWER':<6} REASON"]
@@ -89,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the controller (the container's command)")
     status = sub.add_parser("status", help="print each watched node's state and countdown")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="a live view, redrawn on every change (Ctrl-C quits)"
+    )
     sub.add_parser(
         "check",
         help="preflight: check the cluster against the settings, change nothing",
@@ -115,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
-        if args.command == "status":
+        if args.command == "status" and args.watch:
+            anyio.run(_watch_status, settings)
+        elif args.command == "status":
             print("\n".join(anyio.run(_status, settings, args.output)))
         elif args.command == "check":
             findings = anyio.run(_check, settings)

@@ -56,6 +56,7 @@ class _Build:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_releases: run once per supported Kubernetes release")
+    config.addinivalue_line("markers", "needs_all_releases: uses binaries of every release (built first)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -78,7 +79,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(item.get_closest_marker("cluster") for item in session.items):
         return
     wanted = [RELEASES[0]]
-    if any(item.get_closest_marker("both_releases") for item in session.items):
+    if any(item.get_closest_marker(m) for item in session.items for m in ("both_releases", "needs_all_releases")):
         wanted = RELEASES
     capman = session.config.pluginmanager.getplugin("capturemanager")
     try:

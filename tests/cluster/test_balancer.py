@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from asklepios_lab import ControlPlane, workloads
-from tests.cluster.checks import SEL, env, first_seen, has_oos
+from tests.cluster.checks import SEL, env, first_seen, has_oos, writes_by_asklepios
 from tests.cluster.podwatch import PodWatch
 from tests.cluster.runner import AsklepiosFactory, wait_value
 
@@ -56,6 +56,7 @@ def assert_safe_moves(watch: PodWatch, since: float, apps: dict[str, int], repli
             assert replicas - ready[app] <= 1, (app, "more than one pod in flight", snapshot)
 
 
+@pytest.mark.both_releases
 @pytest.mark.timeout(300)
 def test_seed_story_ends_balanced_within_pdbs(
     control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
@@ -85,16 +86,15 @@ def test_seed_story_ends_balanced_within_pdbs(
         kicked_in, _ = first_seen(cp, victim, lambda n: not has_oos(n), 30, "kickin")
         for sts in SEED:
             wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 90, f"{sts} one per node")  # type: ignore[misc]
-        assert healer.metric("asklepios_rebalanced_pods_total") == 2
+        # a move counts once the replacement runs where it should: the next round checks that
+        wait_value(lambda: healer.metric("asklepios_rebalanced_pods_total") == 2, 10, "both moves confirmed")
         assert_safe_moves(watch, kicked_in, {sts: 2 for sts in SEED})
-    moved = healer.find(lambda r: r.get("msg") == "pod moved")
-    assert {r["to_node"] for r in moved} == {victim}
     for sts in SEED:
-        reasons = cp.api.get(
+        [event] = cp.api.get(
             f"/api/v1/namespaces/{namespace}/events",
             query={"fieldSelector": f"involvedObject.name={sts},reason=PodRebalanced"},
         )["items"]
-        assert len(reasons) == 1
+        assert f"to {victim} (target {victim})" in event["message"]  # where the pod really went
 
 
 @pytest.mark.timeout(240)
@@ -119,12 +119,16 @@ def test_unfit_blocked_and_unselected_pods_stay(
     ignored_before = {p["metadata"]["uid"] for p in workloads.pods(cp, namespace, "ignored")}
     healer = asklepios(balancer_env(nodes.prefix, namespace))
     cp.api.patch(f"/api/v1/nodes/{c}", {"spec": {"unschedulable": None}})
-    healer.wait_log(
-        lambda r: "PodDisruptionBudget" in str(r.get("msg")) and r.get("statefulset", "").endswith("/guarded"),
-        30,
-        "eviction refused by the PDB",
-    )
-    healer.wait_log(lambda r: r.get("msg") == "listed", 5, "synced")
+
+    def refused() -> bool:  # the apiserver's own record: Asklepios' eviction answered 429 by the PDB
+        return any(
+            e["objectRef"].get("subresource") == "eviction"
+            and e["objectRef"].get("name", "").startswith("guarded-")
+            and e.get("responseStatus", {}).get("code") == 429
+            for e in writes_by_asklepios(cp, "create", "pods")
+        )
+
+    wait_value(refused, 30, "eviction refused by the PDB")
     assert set(workloads.placement(cp, namespace, "guarded").values()) == {a, b}
     cp.api.patch(
         f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/guarded",
@@ -133,7 +137,7 @@ def test_unfit_blocked_and_unselected_pods_stay(
     wait_value(lambda: one_per_node(cp, namespace, "guarded", [a, b, c]), 60, "guarded moves once the PDB allows")
     assert set(workloads.placement(cp, namespace, "pinned").values()) == {a, b}  # cannot fit on c
     assert {p["metadata"]["uid"] for p in workloads.pods(cp, namespace, "ignored")} == ignored_before
-    assert healer.metric("asklepios_rebalanced_pods_total") == 1
+    wait_value(lambda: healer.metric("asklepios_rebalanced_pods_total") == 1, 10, "the move confirmed")
 
 
 @pytest.mark.timeout(300)
@@ -156,4 +160,4 @@ def test_three_statefulsets_converge_one_move_at_a_time(
         for sts in apps:
             wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 120, f"{sts} one per node")  # type: ignore[misc]
         assert_safe_moves(watch, float(start), {sts: 2 for sts in apps})
-    assert healer.metric("asklepios_rebalanced_pods_total") == 3
+    wait_value(lambda: healer.metric("asklepios_rebalanced_pods_total") == 3, 10, "the moves confirmed")

@@ -283,7 +283,7 @@ def test_kickin_waits_for_pods_stuck_terminating(
     try:
         wait_for(lambda: healer.metric("asklepios_kickin_waiting_nodes") == 1, 20, what="kickin waiting (gauge)")
         assert has_oos(cp.node(name))
-        [row] = [r for r in status_json(cp, nodes.prefix) if r["name"] == name]
+        [row] = [r for r in status_json(cp, nodes.prefix, ASKLEPIOS_KICKIN_SECONDS="2") if r["name"] == name]
         assert (row["state"], row["pods"]) == ("waiting for pods", [f"{namespace}/held"])
         cp.api.patch(path, {"metadata": {"finalizers": None}})
         cp.api.delete(path, grace_seconds=0)  # what the node's kubelet would do once back
@@ -344,10 +344,10 @@ def test_a_pod_stuck_for_good_delays_kickin_at_most_the_pod_wait(
         cp.restore(name)
 
 
-def status_json(cp: ControlPlane, prefix: str) -> list[dict[str, Any]]:
+def status_json(cp: ControlPlane, prefix: str, **settings: str) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-m", "asklepios", "status", "-o", "json"],
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), **env(prefix)},
+        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), **env(prefix, **settings)},
         capture_output=True,
         text=True,
         timeout=30,

@@ -293,7 +293,7 @@ def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
         assert "*" not in rule
         assert rule[1] != "secrets" or rule[3] == ("asklepios-bmc",)  # the fencing Secret only
     subject = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
-    bindings = [("ClusterRoleBinding", "ClusterRole", NAME, None)]
+    bindings: list[tuple[str, str, str, str | None]] = [("ClusterRoleBinding", "ClusterRole", NAME, None)]
     bindings += [("RoleBinding", "Role", name, namespace) for name, namespace in ROLES]
     for kind, ref_kind, ref_name, namespace in bindings:
         [binding] = [m for m in render(directory) if m["kind"] == kind and m["metadata"]["name"] == ref_name]

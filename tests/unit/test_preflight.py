@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -44,7 +45,7 @@ from asklepios.core.preflight import (
     version_finding,
 )
 from asklepios.core.selector import parse_selector
-from asklepios.engine.preflight import needs_of, run_checks
+from asklepios.engine.preflight import log_findings, needs_of, run_checks
 from asklepios.kube.access import parse_label_selector, parse_pod_seen
 from asklepios.kube.client import ApiError, KubeClient, NotFound
 from tests.unit.test_config import silent_apiserver  # noqa: F401 - the fixture
@@ -198,9 +199,12 @@ def test_rbac_findings_name_each_missing_permission() -> None:
     [named] = rbac_findings([Review(secret, allowed=False)])
     assert "get secrets 'asklepios-bmc' in kube-system" in named.message
     assert "all namespaces" not in named.message
-    [unknown] = rbac_findings([Review(secret, allowed=False, error="500: boom")])
+    partly = [Review(n, allowed=i >= 3, error="500: boom" if i < 3 else "") for i, n in enumerate(needs)]
+    [unknown] = rbac_findings(partly)
     assert unknown.status is WARN
-    assert "500: boom" in unknown.message
+    assert unknown.message == "could not review 3 permissions (get nodes, list nodes, watch nodes): 500: boom"
+    [nothing] = rbac_findings([Review(n, allowed=False, error="0: refused") for n in needs])
+    assert nothing.message == f"could not review the {len(needs)} permissions these settings need: 0: refused"
 
 
 # --- nodes and the guard -----------------------------------------------------------------
@@ -259,7 +263,8 @@ def test_guard_warns_when_a_node_left_down_uses_up_the_budget() -> None:
     assert "exclude" in finding.todo
     held = guard_finding(MaxUnhealthy.parse("50%"), [node("a", ready=False), node("b", ready=False), node("c")])
     assert held.status is WARN
-    assert "kickouts are held now: 2 of 3 watched nodes are NotReady" in held.message
+    assert held.message.startswith("kickouts are held now: 2 of 3 watched nodes are NotReady")
+    assert held.message.endswith("not counted): a, b")
     roomy = guard_finding(MaxUnhealthy.parse("2"), [node("a", ready=False), node("b"), node("c"), node("d")])
     assert roomy.status is OK
     assert "(1 NotReady now)" in roomy.message
@@ -589,6 +594,22 @@ async def test_fencing_and_balancer_gathering() -> None:
     assert fencing.status is FAIL
     assert "the BMC of n0 did not answer" in fencing.message
     assert "401 Unauthorized" in fencing.message
+
+
+def test_run_logs_each_warning_and_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    findings = [
+        Finding(OK, "version", "fine"),
+        Finding(WARN, "pods", "3 pods ...", "drop it"),
+        Finding(FAIL, "rbac", "missing: patch nodes", "grant it"),
+    ]
+    with caplog.at_level(logging.INFO, logger="asklepios.check"):
+        log_findings(findings)
+    checks = [r for r in caplog.records if hasattr(r, "check")]
+    assert [(r.levelname, r.check, r.result, r.detail, r.todo) for r in checks] == [  # type: ignore[attr-defined]
+        ("WARNING", "pods", "warning", "3 pods ...", "drop it"),
+        ("ERROR", "rbac", "failure", "missing: patch nodes", "grant it"),
+    ]
+    assert all(r.name == "asklepios.check" for r in caplog.records)
 
 
 def test_findings_are_frozen_values() -> None:

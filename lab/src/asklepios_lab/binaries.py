@@ -113,7 +113,13 @@ def missing(directory: Path | None = None, version: str | None = None) -> list[s
     ``directory`` defaults to ``bin_dir(version)``.
     """
     d = directory or bin_dir(version)
-    return [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    return [b for b in binaries_of(version) if not os.access(d / b, os.X_OK)]
+
+
+def binaries_of(version: str | None = None) -> tuple[str, ...]:
+    """The binaries build.sh makes for a release (1.28 adds an apiserver reporting v1.25)."""
+    reporting = versions(version).get("APISERVER_REPORTING", "")
+    return BINARIES + ((f"kube-apiserver-{reporting.rsplit('.', 1)[0]}",) if reporting else ())
 
 
 def release_of(directory: Path) -> str:

@@ -225,14 +225,25 @@ class Review:
 
 
 def rbac_findings(reviews: Sequence[Review]) -> list[Finding]:
+    """A failure per permission denied; one warning for those that could not be reviewed."""
     out = []
     for review in reviews:
         need = review.need
-        if review.error:
-            out.append(warning(RBAC, f"could not review {need.text}: {review.error}", "run `asklepios check` again"))
-        elif not review.allowed:
+        if not review.error and not review.allowed:
             scope = "" if need.namespace else " (all namespaces)"
             out.append(failure(RBAC, f"missing: {need.text}{scope}, needed for: {need.why}", SEE_RBAC))
+    unknown = [r for r in reviews if r.error]
+    if unknown:
+        which = f"{_plural(len(unknown), 'permission')} ({names(r.need.text for r in unknown)})"
+        if len(unknown) == len(reviews):
+            which = f"the {_plural(len(reviews), 'permission')} these settings need"
+        out.append(
+            warning(
+                RBAC,
+                f"could not review {which}: {unknown[0].error}",
+                "make sure the apiserver answers, then run the check again",
+            )
+        )
     if not out:
         out.append(ok(RBAC, f"all {len(reviews)} permissions these settings need are granted"))
     return out
@@ -284,7 +295,7 @@ def guard_finding(max_unhealthy: MaxUnhealthy, views: Sequence[NodeView]) -> Fin
     if held is not None:
         return warning(
             GUARD,
-            f"{sentence}; kickouts are held now: {held}: {names(down)}",
+            f"kickouts are held now: {held}: {names(down)}",
             "bring the NotReady nodes back, or exclude the ones that stay down (label asklepios.io/exclude=true)",
         )
     if down and len(down) == limit and limit < total:

@@ -62,6 +62,7 @@ from asklepios.kube.secrets import SecretApi
 log = logging.getLogger("asklepios.check")
 SECTION_TIMEOUT = 30.0  # seconds for one check's reads
 BMC_TIMEOUT = 20.0  # seconds for one BMC's answer
+STARTUP_TIMEOUT = 20.0  # seconds `asklepios run` gives the checks before it starts the controller anyway
 CONCURRENCY = 8  # requests in flight at once
 PER_NODE_LIMIT = 50  # up to this many nodes, their pods are listed node by node; beyond, all pods at once
 T = TypeVar("T")
@@ -283,8 +284,8 @@ class Preflight:
             with anyio.move_on_after(BMC_TIMEOUT):
                 try:
                     return PowerSeen(view, power=await fencer.power_state(view))
-                except FencingError as exc:
-                    return PowerSeen(view, error=str(exc))
+                except FencingError as exc:  # sushy appends the BMC's whole error document: keep its first part
+                    return PowerSeen(view, error=str(exc).split(" Extended information:")[0])
             return PowerSeen(view, error=f"no answer within {BMC_TIMEOUT:.0f} s")
 
         seen = await _gather(asked, ask)
@@ -294,6 +295,22 @@ class Preflight:
 async def run_checks(settings: Settings, client: KubeClient, *, bmc: BmcPort | None = None) -> list[Finding]:
     """Every check but the version (see `check_version`), in print order."""
     return await Preflight(settings, client, bmc).run()
+
+
+async def startup_checks(settings: Settings, client: KubeClient, version: Finding) -> None:
+    """`asklepios run`, before the controller starts: the checks, logged; never more than STARTUP_TIMEOUT."""
+    findings: list[Finding] = []
+    with anyio.move_on_after(STARTUP_TIMEOUT):
+        findings = await run_checks(settings, client)
+    if not findings:
+        findings = [
+            warning(
+                "checks",
+                f"the start-up checks did not finish within {STARTUP_TIMEOUT:.0f} s; starting anyway",
+                "run `asklepios check` to see them",
+            )
+        ]
+    log_findings([version, *findings])
 
 
 def log_findings(findings: Sequence[Finding]) -> None:

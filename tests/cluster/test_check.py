@@ -1,0 +1,335 @@
+"""`asklepios check` (and `run`'s start-up check) against the real apiserver, as an operator runs it.
+
+Each test runs `python -m asklepios check` as a process with KUBECONFIG and the
+settings in its environment, and reads its stdout lines and exit status: a green
+cluster as the ServiceAccount bound by k8s/, an identity missing one verb (a fresh
+ServiceAccount with a TokenRequest token), a selector matching nothing, a DaemonSet
+that tolerates everything, a BMC with the wrong password, and a second kube-apiserver
+reporting v1.25.16 (the lab's v1.28.15 apiserver linked with other version ldflags) that
+`run` refuses to start against.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asklepios_lab import ControlPlane, Kube, binaries, wait_for
+from asklepios_lab.api import Api, write_kubeconfig
+from asklepios_lab.procs import Proc, free_port, wait_until
+from tests.cluster.checks import SEL, env
+from tests.cluster.conftest import NodeFactory
+from tests.cluster.runner import AsklepiosFactory
+from tests.cluster.test_install import apply_k8s, rendered
+
+JSON = dict[str, Any]
+OLD_APISERVER = "kube-apiserver-v1.25"  # built with the oldest release (see the module docstring)
+OLDEST = binaries.supported()[-1]
+OLD_VERSION = "v1.25.16"
+
+
+def run_asklepios(
+    command: str, kubeconfig: Path, settings: Mapping[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ASKLEPIOS_")},
+        "KUBECONFIG": str(kubeconfig),
+        "ASKLEPIOS_NAMESPACE": "kube-system",
+        "ASKLEPIOS_LOG_FORMAT": "json",
+        "NO_PROXY": "*",  # the lab's BMC is on 127.0.0.1
+        "no_proxy": "*",
+        **settings,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "asklepios", command],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def check(kubeconfig: Path, settings: Mapping[str, str]) -> tuple[int, list[str]]:
+    done = run_asklepios("check", kubeconfig, settings)
+    print(done.stdout, done.stderr, sep="\n")  # shown when a test fails (and with -s)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, done.stdout.splitlines()
+
+
+def lines_of(lines: list[str], symbol: str, check_name: str = "") -> list[str]:
+    return [line for line in lines if line.startswith(f"{symbol} {check_name}")]
+
+
+@pytest.fixture
+def k8s_rbac(kube: Kube) -> None:
+    """k8s/ applied (RBAC for the ServiceAccount), without its Deployment (fake pods are noise here)."""
+    apply_k8s(kube)
+    kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "--ignore-not-found", "--wait=false")
+
+
+@pytest.mark.timeout(120)
+def test_green_cluster(nodes: NodeFactory, asklepios_kubeconfig: Path, k8s_rbac: None) -> None:
+    names = nodes.watched("a", "b", "c")
+    code, lines = check(asklepios_kubeconfig, env(nodes.prefix))
+    assert code == 0, lines
+    assert [line.split(":")[0] for line in lines] == [
+        "✔ version",
+        "✔ rbac",
+        "✔ nodes",
+        "✔ max-unhealthy",
+        "✔ pods",
+        "✔ node-leases",
+    ], lines
+    assert lines[0].startswith("✔ version: Kubernetes v1.")
+    assert "permissions these settings need are granted" in lines[1]
+    assert f"3 nodes match '{SEL}={nodes.prefix}'" in lines[2]
+    assert "3 watched nodes: kickouts held while more than 1 is NotReady" in lines[3]
+    assert len(names) == 3
+
+
+@pytest.mark.timeout(180)
+def test_a_missing_verb_is_named(
+    control_plane: ControlPlane, nodes: NodeFactory, namespace: str, k8s_rbac: None
+) -> None:
+    """k8s/'s rules minus `patch nodes`, bound to a fresh ServiceAccount: exactly that verb fails."""
+    cp, api = control_plane, control_plane.api
+    nodes.watched("a", "b", "c")
+    account = "limited"
+    api.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": account}})
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    created: list[str] = []
+    try:
+        for manifest in rendered():
+            if manifest["kind"] not in ("ClusterRole", "Role"):
+                continue
+            role = copy.deepcopy(manifest)
+            name = f"{namespace}-{role['metadata']['name']}"[:63]
+            where = role["metadata"].get("namespace")
+            role["metadata"] = {"name": name, **({"namespace": where} if where else {})}
+            for rule in role["rules"]:
+                if rule["resources"] == ["nodes"]:
+                    rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+            binding = {
+                "metadata": dict(role["metadata"]),
+                "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": name},
+            }
+            base = "/apis/rbac.authorization.k8s.io/v1"
+            prefix = f"{base}/namespaces/{where}/" if where else f"{base}/cluster"
+            for plural, body in ((f"{prefix}roles", role), (f"{prefix}rolebindings", binding)):
+                created.append(f"{plural}/{name}")
+                api.create(plural, body)
+        token = api.create(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
+        )["status"]["token"]
+        limited = cp.client(token)
+        try:
+            wait_for(lambda: all(_allowed(limited, **a) for a in PROBES), 30, what="the new bindings in effect")
+        finally:
+            limited.close_all()
+        kubeconfig = cp.kubeconfig_for(token, f"limited-{namespace}")
+        code, lines = check(kubeconfig, env(nodes.prefix))
+    finally:
+        for path in reversed(created):
+            api.delete(path)
+    assert code == 1, lines
+    failures = lines_of(lines, "✘")
+    assert len(failures) == 1, lines
+    assert failures[0].startswith("✘ rbac: missing: patch nodes (all namespaces)"), failures
+    assert "README 'RBAC'" in failures[0]
+    assert not lines_of(lines, "!"), lines
+
+
+# One permission from each of the copied ClusterRole and Roles.
+PROBES = [
+    {"verb": "watch", "resource": "nodes"},
+    {
+        "verb": "update",
+        "group": "coordination.k8s.io",
+        "resource": "leases",
+        "namespace": "kube-system",
+        "name": "asklepios",
+    },
+    {"verb": "list", "group": "coordination.k8s.io", "resource": "leases", "namespace": "kube-node-lease"},
+    {"verb": "get", "resource": "secrets", "namespace": "kube-system", "name": "asklepios-bmc"},
+]
+
+
+def _allowed(client: Api, **attributes: str) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attributes},
+    }
+    return bool(
+        client.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)["status"].get("allowed")
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_selector_matching_nothing_fails(nodes: NodeFactory, asklepios_kubeconfig: Path, k8s_rbac: None) -> None:
+    nodes.watched("a")
+    selector = f"{SEL}={nodes.prefix}-nobody"
+    code, lines = check(asklepios_kubeconfig, env(nodes.prefix, ASKLEPIOS_NODE_SELECTOR=selector))
+    assert code == 1, lines
+    [failure] = lines_of(lines, "✘")
+    assert failure.startswith(f"✘ nodes: no node matches ASKLEPIOS_NODE_SELECTOR='{selector}'"), failure
+    assert "fix ASKLEPIOS_NODE_SELECTOR" in failure
+
+
+@pytest.mark.timeout(120)
+def test_a_catch_all_toleration_is_named_by_owner(
+    control_plane: ControlPlane,
+    nodes: NodeFactory,
+    namespace: str,
+    asklepios_kubeconfig: Path,
+    k8s_rbac: None,
+    asklepios: AsklepiosFactory,
+) -> None:
+    cp = control_plane
+    names = nodes.watched("a", "b", "c")
+    labels = {"app": "agent"}
+    daemonset = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {SEL: nodes.prefix},
+                    "tolerations": [{"operator": "Exists"}],  # everything, the out-of-service taint too
+                    "containers": [{"name": "agent", "image": "registry.local/agent:1"}],
+                },
+            },
+        },
+    }
+    cp.api.create(f"/apis/apps/v1/namespaces/{namespace}/daemonsets", daemonset)
+
+    def placed() -> bool:
+        pods = cp.api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+        return sorted(p["spec"].get("nodeName", "") for p in pods) == sorted(names)
+
+    wait_for(placed, 60, what="one agent pod on each watched node")
+    code, lines = check(asklepios_kubeconfig, env(nodes.prefix))
+    assert code == 0, lines  # a warning only
+    [warning] = lines_of(lines, "!")
+    assert warning.startswith("! pods: 3 pods on watched nodes tolerate the out-of-service taint"), warning
+    assert f"DaemonSet {namespace}/agent: 3 pods" in warning
+
+    # `asklepios run` runs the same checks at start-up and logs the warning once, then heals as usual.
+    healer = asklepios(env(nodes.prefix))  # started: /readyz answered
+    logged = healer.find(lambda r: r.get("logger") == "asklepios.check" and "result" in r)
+    assert [(r["level"], r["check"], r["result"]) for r in logged] == [("warning", "pods", "warning")], logged
+    assert f"DaemonSet {namespace}/agent: 3 pods" in logged[0]["detail"]
+    assert "toleration" in logged[0]["todo"]
+
+
+@pytest.mark.timeout(180)
+def test_fencing_with_a_wrong_password_fails(
+    control_plane: ControlPlane, nodes: NodeFactory, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The BMCs answer with the right password (✔) and refuse the wrong one (✘ with the BMC's error)."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "*")
+    cp = control_plane
+    bmc = cp.bmc()
+    names = nodes.watched("a", "b", "c")
+    for name in names:
+        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
+    secret_path = f"/api/v1/namespaces/{namespace}/secrets"
+
+    def secret(password: str) -> JSON:
+        data = {"username": bmc.username, "password": password, "ca.crt": bmc.ca_cert.read_text()}
+        return {
+            "metadata": {"name": "asklepios-bmc"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+    cp.api.create(secret_path, secret(bmc.password))
+    # The admin identity and the test's namespace: RBAC is not what this test is about.
+    settings = env(nodes.prefix, ASKLEPIOS_FENCING="redfish", ASKLEPIOS_NAMESPACE=namespace)
+    code, lines = check(cp.kubeconfig, settings)
+    assert code == 0, lines
+    [fencing] = lines_of(lines, "✔", "fencing")
+    assert "3 of 3 BMCs asked answered (PowerState: On 3)" in fencing
+
+    cp.api.call("PUT", f"{secret_path}/asklepios-bmc", secret("not-the-password"))
+    code, lines = check(cp.kubeconfig, settings)
+    assert code == 1, lines
+    failures = lines_of(lines, "✘")
+    assert len(failures) == 3, lines
+    for failure, name in zip(failures, sorted(names), strict=True):
+        assert failure.startswith(f"✘ fencing: the BMC of {name} did not answer: {bmc.system_url(name)}"), failure
+        assert "401" in failure or "AccessError" in failure, failure
+        assert "credentials in the Secret" in failure
+
+
+@pytest.fixture
+def old_apiserver(control_plane: ControlPlane) -> Iterator[Path]:
+    """A second kube-apiserver reporting v1.25.16, with the lab's certificates, tokens and flags.
+
+    1.31+ apiservers refuse a version below their emulation floor (1.31), so the binary
+    is the lab's other release, kube-apiserver v1.28.15, linked with v1.25.16 version
+    ldflags. It uses the lab's etcd under a key prefix of its own: a 1.28 apiserver
+    writing into the 1.37 cluster's keys would rewrite its APIServices and FlowSchemas.
+    Returns an admin kubeconfig for it.
+    """
+    cp = control_plane
+    binary = binaries.bin_dir(OLDEST) / OLD_APISERVER  # built by `hack/controlplane/build.sh 1.28`
+    assert binary.is_file(), f"{binary} is missing: run hack/controlplane/build.sh {OLDEST}"
+    port = free_port()
+    argv = [str(binary), "--etcd-prefix=/registry-v1.25"]
+    for arg in cp._apiserver.argv[1:]:
+        if arg.startswith("--audit-"):
+            continue  # one writer per audit log
+        argv.append(f"--secure-port={port}" if arg.startswith("--secure-port=") else arg)
+    proc = Proc("kube-apiserver-v1.25", argv, cp.log_dir / "kube-apiserver-v1.25.log")
+    server = f"https://127.0.0.1:{port}"
+    client = Api(server, cp.admin_token, cp.pki.ca_cert)
+
+    def ready() -> bool:
+        try:
+            status, _ = client.request("GET", "/readyz", timeout=5)
+        except OSError:
+            return False
+        return status == 200
+
+    proc.start()
+    try:
+        wait_until(ready, 90, "the v1.25 kube-apiserver /readyz", interval=0.25, alive=[proc])
+        for name in ("old-a", "old-b", "old-c"):  # something to watch in its own (empty) cluster
+            client.create("/api/v1/nodes", {"metadata": {"name": name, "labels": {SEL: "old"}}})
+        yield write_kubeconfig(
+            cp.workdir / "kubeconfigs" / "old.kubeconfig", server, cp.pki.ca_cert, cp.admin_token, "old"
+        )
+    finally:
+        client.close_all()
+        proc.stop(grace=3.0)
+
+
+@pytest.mark.needs_all_releases
+@pytest.mark.timeout(180)
+def test_an_apiserver_older_than_1_26(old_apiserver: Path) -> None:
+    settings = env("old", ASKLEPIOS_HTTP_PORT="0", ASKLEPIOS_LEADER_ELECTION="false")
+    code, lines = check(old_apiserver, settings)
+    assert code == 1, lines
+    assert lines[0].startswith(f"✘ version: Kubernetes {OLD_VERSION} is too old"), lines
+    assert "upgrade the control plane to 1.28 or later" in lines[0]
+    assert len(lines_of(lines, "✘")) == 1, lines  # nothing else is wrong there
+
+    done = run_asklepios("run", old_apiserver, settings)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"asklepios: Kubernetes {OLD_VERSION} is too old"), line
+    assert done.stdout == ""
