@@ -75,7 +75,7 @@ def test_status_watch_shows_countdowns_holds_and_the_leader(
         assert "ready" in screen.line(victim)
         power_cut(cp, victim, "Unknown")
         cp.set_ready(alive, "False")  # its kubelet still renews its Lease: held at the deadline
-        first = wait_for(lambda: seconds_left(screen.line(victim)), 10, what="a countdown on screen")
+        first: int = wait_for(lambda: seconds_left(screen.line(victim)) or 0, 10, what="a countdown on screen")
         wait_for(lambda: (s := seconds_left(screen.line(victim))) is not None and s < first, 5, what="it ticks")
         assert "counting down" in screen.line(victim)
         first_seen(cp, victim, has_oos, 30, "kickout")
