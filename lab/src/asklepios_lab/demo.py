@@ -3,6 +3,11 @@
 Three control-plane nodes, Burrito's mariadb and rabbitmq StatefulSets, Asklepios with
 the balancer on. One node loses power; the demo prints what happens as it happens:
 NotReady, countdown, kickout, pods moved, node back, kickin, pods balanced again.
+
+`--fencing` tells the partition story instead: a node cut off from the apiserver but
+still running (it answers on its kubelet port) is held, not tainted; with fencing on
+(a real Redfish BMC emulator per node) it is powered off, then tainted, its pods move,
+it is powered on again, boots, and is kicked in.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ SHOWN = {
     "node kicked in",
     "pod moved",
     "kickout held",
+    "ForceOff sent",
+    "BMC confirmed power Off",
+    "pods released",
+    "node powered on",
 }
 
 
@@ -90,6 +99,8 @@ class AsklepiosLog:
                         "from_node",
                         "to_node",
                         "reason",
+                        "detail",
+                        "fenced",
                     )
                     if k in line
                 )
@@ -117,50 +128,63 @@ def balanced(cp: ControlPlane) -> bool:
     return all(sorted(workloads.placement(cp, NAMESPACE, s).values()) == sorted(NODES) for s in STATEFULSETS)
 
 
-def run(kickout: int, kickin: int, workdir: Path) -> None:
-    timeline = Timeline()
-    with ControlPlane(workdir / "cluster", bin_dir=binaries.ensure()) as cp:
-        timeline.say("local control plane up: etcd, kube-apiserver v1.37.2, controller-manager, scheduler")
-        for name in NODES:
-            cp.add_node(name, control_plane=True)
-        timeline.say(f"nodes {', '.join(NODES)} Ready (control-plane, each run by its own kwok)")
-        cp.api.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        wait_for(lambda: cp.api.get_or_none(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"), 60)
-        for sts in STATEFULSETS:
-            workloads.create(cp, NAMESPACE, workloads.statefulset(sts, sts.split("-")[0]))
-        for sts in STATEFULSETS:
-            workloads.wait_all_running(cp, NAMESPACE, sts, 3, timeout=120)
-        timeline.say(
-            f"StatefulSets {NAMESPACE}/mariadb-server and rabbitmq-rabbitmq Running, one pod per node:\n"
-            + pods_table(cp)
-        )
+def start_cluster(cp: ControlPlane, timeline: Timeline) -> None:
+    timeline.say(f"local control plane up: etcd, kube-apiserver {cp.release}, controller-manager, scheduler")
+    for name in NODES:
+        cp.add_node(name, control_plane=True)
+    timeline.say(f"nodes {', '.join(NODES)} Ready (control-plane, each run by its own kwok)")
+    cp.api.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    wait_for(lambda: cp.api.get_or_none(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"), 60)
+    for sts in STATEFULSETS:
+        workloads.create(cp, NAMESPACE, workloads.statefulset(sts, sts.split("-")[0]))
+    for sts in STATEFULSETS:
+        workloads.wait_all_running(cp, NAMESPACE, sts, 3, timeout=120)
+    timeline.say(
+        f"StatefulSets {NAMESPACE}/mariadb-server and rabbitmq-rabbitmq Running, one pod per node:\n" + pods_table(cp)
+    )
 
-        log_path = workdir / "asklepios.log"
+
+class Asklepios:
+    """One `asklepios run` process, narrated from its JSON log."""
+
+    def __init__(self, cp: ControlPlane, workdir: Path, timeline: Timeline, settings: dict[str, str]) -> None:
+        self.log_path = workdir / f"asklepios-{int(time.time() * 1000)}.log"
         env = {
             **os.environ,
             "KUBECONFIG": str(cp.kubeconfig),
-            "ASKLEPIOS_KICKOUT_SECONDS": str(kickout),
-            "ASKLEPIOS_KICKIN_SECONDS": str(kickin),
             "ASKLEPIOS_BALANCER": "true",
             "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
             "ASKLEPIOS_BALANCER_NAMESPACES": NAMESPACE,
             "ASKLEPIOS_LEADER_ELECTION": "false",
             "ASKLEPIOS_HTTP_PORT": str(free_port()),
+            **settings,
         }
-        with log_path.open("wb") as out:
-            asklepios = subprocess.Popen(
-                [sys.executable, "-m", "asklepios", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        log = AsklepiosLog(log_path, timeline)
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "asklepios", "run"], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+        self.log = AsklepiosLog(self.log_path, timeline)
+        until(lambda: b'"listed"' in self.log_path.read_bytes(), 30, "Asklepios synced", self.log)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+
+def run(kickout: int, kickin: int, workdir: Path) -> None:
+    timeline = Timeline()
+    with ControlPlane(workdir / "cluster", bin_dir=binaries.ensure()) as cp:
+        start_cluster(cp, timeline)
+        timing = {"ASKLEPIOS_KICKOUT_SECONDS": str(kickout), "ASKLEPIOS_KICKIN_SECONDS": str(kickin)}
+        asklepios = Asklepios(cp, workdir, timeline, timing)
+        log = asklepios.log
         try:
-            until(lambda: b'"listed"' in log_path.read_bytes(), 30, "Asklepios synced", log)
             timeline.say(
                 f"Asklepios running: kickout {kickout} s, kickin {kickin} s, "
                 "balancer on (application in (mariadb,rabbitmq))"
             )
             victim = "control2"
             cp.crash(victim)
-            timeline.say(f"power cut on {victim} (its kwok SIGKILLed, like `virsh destroy`)")
+            timeline.say(f"power cut on {victim} (its kwok SIGKILLed, like `virsh destroy`: no heartbeat, no answer)")
             until(lambda: ready_status(cp, victim) != "True", 60, "NotReady", log)
             timeline.say(
                 f"{victim} is NotReady ({ready_status(cp, victim)}); its pods are stuck until it is declared dead"
@@ -175,9 +199,7 @@ def run(kickout: int, kickin: int, workdir: Path) -> None:
                 "pods moved",
                 log,
             )
-            timeline.say(
-                f"the control plane force-deleted {victim}'s pods; they run on the survivors:\n{pods_table(cp)}"
-            )
+            timeline.say(f"{victim}'s pods were force-deleted; they run on the survivors:\n{pods_table(cp)}")
             cp.restore(victim, wait_ready=False)
             timeline.say(f"{victim} powered on again (kwok restarted)")
             until(lambda: ready_status(cp, victim) == "True", 60, "Ready", log)
@@ -188,9 +210,76 @@ def run(kickout: int, kickin: int, workdir: Path) -> None:
             log.pump()
             timeline.say(f"balanced again, one pod of each StatefulSet per node:\n{pods_table(cp)}")
         finally:
-            asklepios.send_signal(signal.SIGTERM)
-            asklepios.wait(20)
-    timeline.say(f"done; Asklepios exited {asklepios.returncode}; logs in {workdir}")
+            code = asklepios.stop()
+    timeline.say(f"done; Asklepios exited {code}; logs in {workdir}")
+
+
+class BmcLog:
+    """Narrates the BMC emulator's own records (reset requests, power changes) of one node."""
+
+    def __init__(self, cp: ControlPlane, node: str, timeline: Timeline) -> None:
+        self.cp, self.node, self.timeline, self.seen = cp, node, timeline, 0
+
+    def pump(self) -> None:
+        records = self.cp.bmc().timeline(self.node)
+        for record in records[self.seen :]:
+            what = f"{record.value} requested" if record.kind == "reset" else f"power is {record.value}"
+            self.timeline.say(f"  BMC of {self.node}: {what}")
+        self.seen = len(records)
+
+
+def run_fencing(kickout: int, kickin: int, workdir: Path) -> None:
+    """The partition story: held while the node answers; fenced, tainted, powered on, kicked in."""
+    timeline = Timeline()
+    with ControlPlane(workdir / "cluster", bin_dir=binaries.ensure()) as cp:
+        start_cluster(cp, timeline)
+        bmc = cp.bmc()
+        for name in NODES:
+            cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
+        secret = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+        cp.api.create("/api/v1/namespaces/kube-system/secrets",
+                      {"metadata": {"name": "asklepios-bmc"}, "stringData": secret})  # fmt: skip
+        timeline.say(f"a Redfish BMC per node (sushy-emulator at {bmc.url}), nodes annotated asklepios.io/bmc")
+        timing = {"ASKLEPIOS_KICKOUT_SECONDS": str(kickout), "ASKLEPIOS_KICKIN_SECONDS": str(kickin)}
+        asklepios = Asklepios(cp, workdir, timeline, timing)
+        victim = "control2"
+        power = BmcLog(cp, victim, timeline)
+        try:
+            timeline.say(f"Asklepios running WITHOUT fencing: kickout {kickout} s")
+            cp.partition(victim)
+            timeline.say(f"{victim} cut off from the apiserver (its heartbeat stops; it still runs and answers)")
+            until(lambda: ready_status(cp, victim) != "True", 60, "NotReady", asklepios.log)
+            until(lambda: b"kickout held" in asklepios.log_path.read_bytes(), kickout + 30, "held", asklepios.log)
+            timeline.say(f"{victim} is alive: no out-of-service taint (that would let two pods write one volume)")
+            asklepios.stop()
+            asklepios = Asklepios(cp, workdir, timeline, {**timing, "ASKLEPIOS_FENCING": "redfish"})
+            log = asklepios.log
+            timeline.say("Asklepios restarted WITH fencing (ASKLEPIOS_FENCING=redfish)")
+
+            def step() -> bool:
+                power.pump()
+                return has_oos(cp, victim)
+
+            until(step, 90, "fenced and kicked out", log)
+            timeline.say(f"{victim}: powered off by its BMC, then tainted out-of-service (fenced)")
+            until(lambda: all(len(workloads.placement(cp, NAMESPACE, s)) == 3 for s in STATEFULSETS),
+                  120, "pods moved", log)  # fmt: skip
+            timeline.say(f"{victim}'s pods run on the survivors:\n{pods_table(cp)}")
+
+            def booted() -> bool:
+                power.pump()
+                return ready_status(cp, victim) == "True"
+
+            until(booted, 120, "booted", log)
+            timeline.say(f"{victim} booted after Asklepios powered it on; kicked in after {kickin} s Ready")
+            until(lambda: not has_oos(cp, victim), kickin + 30, "kickin", log)
+            timeline.say(f"{victim} kicked in: taint removed, uncordoned")
+            until(lambda: balanced(cp), 180, "balanced", log)
+            log.pump()
+            timeline.say(f"balanced again:\n{pods_table(cp)}")
+        finally:
+            code = asklepios.stop()
+    timeline.say(f"done; Asklepios exited {code}; logs in {workdir}")
 
 
 def main() -> int:
@@ -198,11 +287,12 @@ def main() -> int:
     parser.add_argument("--kickout", type=int, default=10, help="ASKLEPIOS_KICKOUT_SECONDS (default 10)")
     parser.add_argument("--kickin", type=int, default=10, help="ASKLEPIOS_KICKIN_SECONDS (default 10)")
     parser.add_argument("--workdir", type=Path, help="keep the cluster's files and logs here")
+    parser.add_argument("--fencing", action="store_true", help="the partition story, with a Redfish BMC per node")
     args = parser.parse_args()
     if args.kickout < 1 or args.kickin < 1:
         parser.error("--kickout and --kickin must be >= 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="asklepios-demo-"))
-    run(args.kickout, args.kickin, workdir)
+    (run_fencing if args.fencing else run)(args.kickout, args.kickin, workdir)
     return 0
 
 
