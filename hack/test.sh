@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
 
 bash hack/setup.sh
-if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
-  step "installing buildah and debootstrap (Debian packages) for the image test"
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap crun >/dev/null
+if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null || ! command -v tmux >/dev/null; then
+  step "installing buildah, debootstrap (the image test) and tmux (status --watch test), Debian packages"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap crun tmux >/dev/null
 fi
 bash hack/prometheus.sh >/dev/null  # promtool for the monitoring tests (Debian package, first time only)
 
