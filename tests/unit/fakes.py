@@ -24,7 +24,8 @@ from asklepios.core.node import NodeView
 from asklepios.core.pod import PodRef
 from asklepios.core.records import format_time
 from asklepios.core.selector import LabelSelector
-from asklepios.engine.healer import CORDONED, SELECTED, Healer
+from asklepios.engine.healer import Healer
+from asklepios.engine.nodebook import CORDONED, SELECTED
 from asklepios.kube.client import ApiError, Conflict, NotFound
 from asklepios.kube.events import ObjectRef
 from asklepios.kube.nodes import parse_node

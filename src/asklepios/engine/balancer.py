@@ -57,21 +57,25 @@ class Balancer:
     ledgers: dict[Key, MoveLedger] = attrs.Factory(dict)
     _said: dict[Key, str] = attrs.Factory(dict)  # the last "not now" line logged per StatefulSet
     _wake: anyio.Event | None = None
+    _pending: bool = False
 
     def shard(self) -> PodShard:
         """A Store for one pod reflector (one per namespace, or one for all)."""
         return PodShard(self.pods)
 
     def trigger(self) -> None:
+        """Ask for a round now; one asked for during a round (or before `run`) is not lost."""
+        self._pending = True
         if self._wake is not None:
             self._wake.set()
 
     async def run(self) -> None:
-        self._wake = anyio.Event()
         while True:
-            with anyio.move_on_after(self.settings.resync_seconds):
-                await self._wake.wait()
-            self._wake = anyio.Event()  # a trigger during the round wakes the next one at once
+            self._wake = anyio.Event()
+            if not self._pending:
+                with anyio.move_on_after(self.settings.resync_seconds):
+                    await self._wake.wait()
+            self._pending = False
             await self.round()
 
     async def round(self) -> None:

@@ -20,9 +20,10 @@ from asklepios.engine.balancer import Balancer
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.fencing import Fencer
 from asklepios.engine.gate import AlwaysOpen, WriteGate
-from asklepios.engine.healer import CORDONED, SELECTED, Healer
+from asklepios.engine.healer import Healer
 from asklepios.engine.kickout import Kickout
 from asklepios.engine.leader import LeaderElector, default_identity
+from asklepios.engine.nodebook import CORDONED, SELECTED
 from asklepios.engine.nodepods import NodePodWatches
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import (

@@ -22,7 +22,6 @@ from anyio.abc import TaskGroup
 
 from asklepios.config import Settings
 from asklepios.core.evidence import HoldReason
-from asklepios.core.guard import hold_reason
 from asklepios.core.judge import Action, State, Verdict, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
@@ -30,6 +29,7 @@ from asklepios.core.pod import NodePods
 from asklepios.engine.clock import Clock
 from asklepios.engine.gate import WriteGate
 from asklepios.engine.kickout import Kickout, backoff, node_ref
+from asklepios.engine.nodebook import SELECTED, NodeBook
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, PodWatchPort
 from asklepios.engine.recovery import Recovery
@@ -40,7 +40,6 @@ from asklepios.kube.nodes import marks_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
-SELECTED, CORDONED = "selected", "cordoned"
 WRITE_SLOTS = 16
 
 
@@ -61,13 +60,6 @@ class NodeSource:
         self.healer.delete(self.kind, key)
 
 
-def _older(new: NodeView, old: NodeView) -> bool:
-    try:
-        return int(new.resource_version) < int(old.resource_version)
-    except ValueError:
-        return False
-
-
 @attrs.define(eq=False)
 class Healer:
     settings: Settings
@@ -80,13 +72,9 @@ class Healer:
     events: EventPort
     notes: Notes
     on_kickin: Callable[[str], None] = lambda name: None
-    views: dict[str, NodeView] = attrs.Factory(dict)
+    book: NodeBook = attrs.Factory(NodeBook)
     memory: dict[str, NodeMemory] = attrs.Factory(dict)
-    members: dict[str, set[str]] = attrs.Factory(lambda: {SELECTED: set(), CORDONED: set()})
     wheel: TimerWheel = attrs.field(default=None)
-    _guarded: set[str] = attrs.Factory(set)  # selected, not excluded: what the guard counts
-    _guarded_down: set[str] = attrs.Factory(set)
-    _down: set[str] = attrs.Factory(set)  # selected and NotReady
     _inflight: set[str] = attrs.Factory(set)
     _again: set[str] = attrs.Factory(set)
     _tg: TaskGroup | None = None
@@ -99,9 +87,13 @@ class Healer:
     def source(self, kind: str) -> NodeSource:
         return NodeSource(self, kind)
 
+    @property
+    def views(self) -> dict[str, NodeView]:
+        return self.book.views
+
     # --- the cache (called by the reflectors and with the result of our own writes) -----
     def replace(self, kind: str, items: dict[str, NodeView]) -> None:
-        members = self.members[kind]
+        members = self.book.members[kind]
         gone = members - items.keys()
         members.clear()
         members.update(items)
@@ -111,84 +103,53 @@ class Healer:
             self._cache(view)
         for name in gone:
             self._refollow(name)
-        self._publish_counts()
+        self.book.publish()
 
     def upsert(self, kind: str, key: str, item: NodeView) -> None:
-        self.members[kind].add(key)
+        self.book.members[kind].add(key)
         self._cache(item)
 
     def delete(self, kind: str, key: str) -> None:
-        self.members[kind].discard(key)
+        self.book.members[kind].discard(key)
         self._refollow(key)
 
-    def _followed(self, view: NodeView) -> bool:
-        name = view.name
-        return name in self.members[SELECTED] or (name in self.members[CORDONED] and view.kickout is not None)
-
     def _refollow(self, name: str) -> None:
-        view = self.views.get(name)
-        if view is not None and not self._followed(view):
+        if not self.book.still_followed(name):
             self._forget(name)
 
     def _cache(self, view: NodeView) -> NodeView:
         name = view.name
-        old = self.views.get(name)
-        if old is not None and _older(view, old):
-            return old
-        if not self._followed(view):
-            if old is not None:
+        change = self.book.put(view)
+        if change is None:  # not (or no longer) followed
+            if name in self.book.views:
                 self._forget(name)
             return view
-        self.views[name] = view
+        if change.stale and change.old is not None:
+            return change.old
         if view.kickout is not None:
             self.pods.follow(name)
         else:
             self.pods.unfollow(name)
             self.recovery.forget(name)
-        if self._count(view):
+        if change.guard_moved:
             for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
                 self.schedule(other)  # the guard's count moved: held nodes may go now
         self.schedule(name)
-        if old is not None and old.kickout is not None and view.kickout is None:
+        if change.old is not None and change.old.kickout is not None and view.kickout is None:
             self.on_kickin(name)
         return view
 
     def _forget(self, name: str) -> None:
-        self.views.pop(name, None)
+        self.book.forget(name)
         self.memory.pop(name, None)
         self.notes.forget(name)
         self.wheel.cancel(name)
         self.pods.unfollow(name)
         self.recovery.forget(name)
-        self._uncount(name)
-
-    def _count(self, view: NodeView) -> bool:
-        """Update the guard's and the gauges' counts; True when the guard's count moved."""
-        name, before = view.name, len(self._guarded_down)
-        selected = name in self.members[SELECTED]
-        down = selected and not view.ready.is_ready
-        self._down.add(name) if down else self._down.discard(name)
-        if selected and view.excluded_by is None:
-            self._guarded.add(name)
-            self._guarded_down.add(name) if down else self._guarded_down.discard(name)
-        else:
-            self._guarded.discard(name)
-            self._guarded_down.discard(name)
-        self._publish_counts()
-        return before != len(self._guarded_down)
-
-    def _uncount(self, name: str) -> None:
-        for counted in (self._guarded, self._guarded_down, self._down):
-            counted.discard(name)
-        self._publish_counts()
-
-    def _publish_counts(self) -> None:
-        metrics.WATCHED_NODES.set(len(self.members[SELECTED]))
-        metrics.NOTREADY_NODES.set(len(self._down))
 
     def guard(self) -> str | None:
         """Why new kickouts are held now (only nodes that can be kicked out are counted)."""
-        return hold_reason(self.settings.max_unhealthy, len(self._guarded), len(self._guarded_down))
+        return self.book.guard(self.settings.max_unhealthy)
 
     # --- deciding ---------------------------------------------------------------------
     def judge(self, name: str, view: NodeView | None = None) -> tuple[NodeView, NodeMemory, Verdict]:
