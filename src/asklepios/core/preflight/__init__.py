@@ -1,0 +1,91 @@
+"""`asklepios check`: the preflight rules, pure.
+
+Each rule takes plain values (a version string, node views, pods, permissions and
+whether they are granted) and returns `Finding`s: ok, warning or failure, what was
+found, and what the operator should do about it. Gathering them from the cluster is
+`engine.preflight`'s job, printing them the CLI's.
+"""
+
+from asklepios.core.preflight.access import Need, Review, parse_version, rbac_findings, required_access, version_finding
+from asklepios.core.preflight.cluster import (
+    Budget,
+    PodSeen,
+    balancer_finding,
+    guard_finding,
+    kickable,
+    never_move_finding,
+    node_lease_finding,
+    nodes_finding,
+    tolerates_out_of_service,
+    unprotected_statefulsets,
+)
+from asklepios.core.preflight.fencing import PowerSeen, bmc_findings, fencing_findings, sample
+from asklepios.core.preflight.findings import (
+    BALANCER,
+    BMC_SAMPLE,
+    FENCING,
+    GUARD,
+    LEASE_NAME,
+    LEASES,
+    MAX_NAMES,
+    NODE_LEASE_NAMESPACE,
+    NODES,
+    PODS,
+    RBAC,
+    SEE_RBAC,
+    VERSION,
+    Finding,
+    Status,
+    exit_status,
+    failure,
+    have,
+    names,
+    ok,
+    plural,
+    warning,
+)
+
+__all__ = [
+    "BALANCER",
+    "BMC_SAMPLE",
+    "FENCING",
+    "GUARD",
+    "LEASES",
+    "LEASE_NAME",
+    "MAX_NAMES",
+    "NODES",
+    "NODE_LEASE_NAMESPACE",
+    "PODS",
+    "RBAC",
+    "SEE_RBAC",
+    "VERSION",
+    "Budget",
+    "Finding",
+    "Need",
+    "PodSeen",
+    "PowerSeen",
+    "Review",
+    "Status",
+    "balancer_finding",
+    "bmc_findings",
+    "exit_status",
+    "failure",
+    "fencing_findings",
+    "guard_finding",
+    "have",
+    "kickable",
+    "names",
+    "never_move_finding",
+    "node_lease_finding",
+    "nodes_finding",
+    "ok",
+    "parse_version",
+    "plural",
+    "rbac_findings",
+    "required_access",
+    "sample",
+    "tolerates_out_of_service",
+    "unprotected_statefulsets",
+    "version_finding",
+    "warning",
+]
