@@ -15,6 +15,7 @@ import pytest
 import trio.testing
 from prometheus_client import REGISTRY
 
+from asklepios.core.evidence import HoldReason
 from asklepios.core.pod import PodRef
 from asklepios.core.records import NOTREADY_ANNOTATION, READY_ANNOTATION
 from asklepios.kube.client import ApiError
@@ -62,7 +63,7 @@ async def test_ready_false_with_a_renewed_lease_is_held_kubelet_alive() -> None:
         assert not w.has_taint("b")
         held = [e for e in w.events.emitted if e.reason == "KickoutHeld"]
         assert len(held) == 1 and held[0].message.startswith("kubelet alive") and held[0].warning
-        assert w.healer.holds() == {"b": held and w.healer.holds()["b"]}
+        assert w.healer.holds() == {"b": HoldReason.KUBELET_ALIVE}
         w.leases.stop("b")  # the kubelet dies: the kickout follows once its Lease has expired
         took = await until(lambda: w.has_taint("b"), 60, "kickout once the kubelet is silent")
         assert took <= 40 + w.settings.resync_seconds + 0.5  # the fake's leaseDurationSeconds is 40

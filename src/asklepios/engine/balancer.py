@@ -174,21 +174,28 @@ def _sts_ref(move: Move) -> ObjectRef:
 
 @attrs.define(eq=False)
 class PodShard:
-    """The part of the balancer's pod cache that one reflector keeps."""
+    """The part of the balancer's pod cache that one reflector keeps.
+
+    A reflector watches one namespace or all of them, so the pods it owns are those of
+    the namespaces it has delivered: a relist drops the others of those namespaces, and
+    no set of 50,000 keys is needed to know them. Each pod is filed under its own `key`
+    string (equal to the reflector's), so the cache holds one key string per pod.
+    """
 
     pods: dict[str, PodView]
-    keys: set[str] = attrs.Factory(set)
+    namespaces: set[str] = attrs.Factory(set)
 
     def replace(self, items: dict[str, PodView]) -> None:
-        for key in self.keys - items.keys():
-            self.pods.pop(key, None)
-        self.pods.update(items)
-        self.keys = set(items)
+        self.namespaces.update(pod.namespace for pod in items.values())
+        for key in [k for k, pod in self.pods.items() if pod.namespace in self.namespaces and k not in items]:
+            del self.pods[key]
+        for pod in items.values():
+            self.upsert(pod.key, pod)
 
     def upsert(self, key: str, item: PodView) -> None:
-        self.pods[key] = item
-        self.keys.add(key)
+        self.namespaces.add(item.namespace)
+        self.pods.pop(key, None)  # a dict keeps its first key string; the pod's own one replaces it
+        self.pods[item.key] = item
 
     def delete(self, key: str) -> None:
         self.pods.pop(key, None)
-        self.keys.discard(key)

@@ -7,7 +7,7 @@ kicked in. Each event re-judges that node (`core.judge`) and sets its one timer;
 a timer firing re-judges with the newest view and carries out what is due now.
 The resync re-judges every cached node (no API request), which repairs drift and
 catches anything a missed event would hide. Acting on one node never overlaps
-with acting on the same node; at most 16 nodes are acted on at once.
+with acting on the same node; at most 16 nodes are acted on at once (`dispatch`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from datetime import datetime, timedelta
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup
 
 from asklepios.config import Settings
 from asklepios.core.evidence import HoldReason
-from asklepios.core.judge import Action, State, Verdict, judge
+from asklepios.core.judge import Action, Verdict, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
 from asklepios.core.pod import NodePods
 from asklepios.engine.clock import Clock
+from asklepios.engine.dispatch import Dispatcher
 from asklepios.engine.gate import WriteGate
 from asklepios.engine.kickout import Kickout, backoff, node_ref
 from asklepios.engine.nodebook import SELECTED, NodeBook
@@ -75,10 +75,6 @@ class Healer:
     book: NodeBook = attrs.Factory(NodeBook)
     memory: dict[str, NodeMemory] = attrs.Factory(dict)
     wheel: TimerWheel = attrs.field(default=None)
-    _inflight: set[str] = attrs.Factory(set)
-    _again: set[str] = attrs.Factory(set)
-    _tg: TaskGroup | None = None
-    _slots: anyio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.wheel is None:
@@ -209,38 +205,14 @@ class Healer:
 
     # --- running ----------------------------------------------------------------------
     async def run(self) -> None:
-        self._slots = anyio.CapacityLimiter(WRITE_SLOTS)
         async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self.wheel.run, self._dispatch)
+            tg.start_soon(Dispatcher(self.act, self._after_act, WRITE_SLOTS).run, self.wheel)
             tg.start_soon(self._resync_loop)
 
     async def _resync_loop(self) -> None:
         while True:
             await anyio.sleep(self.settings.resync_seconds)
             self.resync()
-
-    def _dispatch(self, name: str) -> None:
-        if name in self._inflight:
-            self._again.add(name)
-            return
-        assert self._tg is not None
-        self._inflight.add(name)
-        self._tg.start_soon(self._act_loop, name)
-
-    async def _act_loop(self, name: str) -> None:
-        try:
-            while True:
-                self._again.discard(name)
-                assert self._slots is not None
-                async with self._slots:
-                    await self.act(name)
-                if name not in self._again:
-                    return
-        finally:
-            self._inflight.discard(name)
-            self._again.discard(name)
-            self._after_act(name)
 
     def _after_act(self, name: str) -> None:
         """Wait for the next deadline; what is still due now waits for the next event or
@@ -341,9 +313,6 @@ class Healer:
         detail = f": {verdict.detail}" if verdict.detail else ""
         await self.events.emit(node_ref(view), "KickoutHeld", f"{verdict.hold.value}{detail}", warning=True)
 
-    def state_of(self, name: str) -> State | None:
-        notes = self.notes.by_node.get(name)
-        return notes.state if notes else None
-
     def holds(self) -> dict[str, HoldReason]:
+        """The kickouts held by the evidence now, and why."""
         return {n: m.hold for n, m in self.memory.items() if m.hold is not None}
