@@ -38,11 +38,6 @@ class HoldReason(enum.Enum):
     FENCING_FAILED = "fencing failed"
     NO_BMC = "no BMC"
 
-    @property
-    def is_evidence(self) -> bool:
-        """A hold found at the node itself, looked at again on each resync."""
-        return self in (HoldReason.KUBELET_ALIVE, HoldReason.NODE_ANSWERS, HoldReason.FENCING_FAILED, HoldReason.NO_BMC)
-
 
 @attrs.frozen
 class LeaseSeen:
