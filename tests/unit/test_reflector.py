@@ -1,0 +1,80 @@
+"""The reflector on a fake apiserver: a quiet watch is healthy, a 410 relists, errors back off."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import stamina
+
+from asklepios.kube.client import ApiError, Gone
+from asklepios.kube.reflector import Hooks, Reflector
+
+pytestmark = pytest.mark.anyio
+
+
+class QuietApiserver:
+    """Lists nothing; every watch ends at once (its timeout), with nothing to say."""
+
+    def __init__(self, failures: list[ApiError] | None = None) -> None:
+        self.lists = self.watches = 0
+        self.failures = failures or []
+
+    async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()
+        self.lists += 1
+        return {"items": [], "metadata": {"resourceVersion": "7"}}
+
+    @asynccontextmanager
+    async def stream(self, path: str, query: Mapping[str, Any], read_timeout: float) -> AsyncIterator[Any]:
+        await anyio.lowlevel.checkpoint()
+        self.watches += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+        async def nothing() -> AsyncIterator[dict[str, Any]]:
+            return
+            yield {}
+
+        yield nothing()
+
+
+class Store:
+    def replace(self, items: dict[str, object]) -> None: ...
+    def upsert(self, key: str, item: object) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+async def run_until(reflector: Reflector[Any], apiserver: QuietApiserver, watches: int) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reflector.run, Store())
+        with anyio.fail_after(5):
+            while apiserver.watches < watches:  # noqa: ASYNC110 - counts set by plain calls
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_quiet_watch_that_ends_on_time_is_progress_not_staleness() -> None:
+    """A watch the server ends at its timeout, with no event in it, proves the connection works."""
+    apiserver, progress, restarts = QuietApiserver(), list[int](), list[str]()
+    hooks = Hooks(progress=lambda: progress.append(1), restarted=restarts.append)
+    await run_until(Reflector(apiserver, "/api/v1/nodes", dict, hooks=hooks), apiserver, 3)  # type: ignore[arg-type]
+    assert apiserver.lists == 1  # list once, then watch again and again from its resourceVersion
+    assert len(progress) >= 1 + 2 * 2  # the list, then each watch opened and ended
+    assert set(restarts) == {"timeout"}
+
+
+async def test_410_relists_and_errors_are_retried() -> None:
+    stamina.set_testing(True, attempts=10)
+    try:
+        apiserver = QuietApiserver([ApiError(0, "reset"), Gone(410, "too old")])
+        restarts: list[str] = []
+        hooks = Hooks(restarted=restarts.append)
+        await run_until(Reflector(apiserver, "/api/v1/nodes", dict, hooks=hooks), apiserver, 4)  # type: ignore[arg-type]
+    finally:
+        stamina.set_testing(False)
+    assert restarts[:2] == ["error", "gone"]
+    assert apiserver.lists == 2  # the 410 made it list again
