@@ -56,7 +56,7 @@ class Reflector(Generic[T]):
     label_selector: str = ""
     field_selector: str = ""
     watch_timeout: int = 290
-    page_size: int = 500
+    page_size: int = 100  # a page is decoded whole: the allocator keeps that peak as RSS (bench/README.md)
     hooks: Hooks = attrs.Factory(Hooks)
     resource_version: str = ""
 
@@ -97,6 +97,7 @@ class Reflector(Generic[T]):
             if not self.resource_version:
                 await self._relist(store)
             await self._watch(store)
+            self.hooks.progress()  # the server ended the watch on time: the connection was healthy
         except Gone:
             log.info("resourceVersion too old (410 Gone): relisting", extra={"resource": self.path})
             self.resource_version = ""
@@ -131,6 +132,7 @@ class Reflector(Generic[T]):
         }
         # The server ends the watch after `timeout` (a normal restart); silent for longer, it is dead.
         async with self.client.stream(self.path, query, read_timeout=timeout + 30) as events:
+            self.hooks.progress()  # the apiserver answered: a quiet resource sends nothing else for a while
             async for event in events:
                 self._apply(store, event)
                 self.hooks.progress()
