@@ -236,6 +236,21 @@ async def test_a_node_still_answering_after_its_bmc_said_off_is_held() -> None:
         assert failed and "does asklepios.io/bmc name this machine?" in failed[0]
 
 
+async def test_a_power_on_that_fails_is_retried_not_fatal() -> None:
+    w = World(settings(fencing="redfish"))
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
+    w.bmc.on_power = lambda _url, state: setattr(w.bmc, "reachable", state != "Off")  # gone once it is Off
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout after fencing")
+        await until(lambda: "FencingFailed" in w.events.reasons("b"), 30, "power on failed")
+        await anyio.sleep(30)  # the healer is still running (a crash would end this block)
+        w.bmc.reachable = True
+        await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 120, "powered on after all")
+        assert sample("asklepios_fencing_total", action="on", result="failed") >= 1
+
+
 async def test_fencing_failures_hold_without_a_taint_and_retry() -> None:
     w = World(settings(fencing="redfish"))
     w.add("a", "c")

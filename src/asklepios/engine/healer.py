@@ -21,6 +21,7 @@ import attrs
 
 from asklepios.config import Settings
 from asklepios.core.evidence import HoldReason
+from asklepios.core.fencing import FencingError
 from asklepios.core.judge import Action, Verdict, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
@@ -250,7 +251,7 @@ class Healer:
                 view = await self._carry_out(view, memory, verdict)
         except NotFound:
             return
-        except ApiError as exc:
+        except (ApiError, FencingError) as exc:  # a write or a power action failed: back off, try again
             self._failed(name, verdict, exc)
             return
         view, memory, verdict = self.judge(name, view)
