@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
 
 from asklepios.core.fencing import BmcTarget, FencingError
 
+T = TypeVar("T")
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 
@@ -83,10 +85,20 @@ class RedfishBmc:
             raise FencingError(f"{target.system_url}: {reset_type}: {_why(exc)}") from None
 
     async def power_state(self, target: BmcTarget) -> str:
-        return await anyio.to_thread.run_sync(self._power_state, target, abandon_on_cancel=True)
+        return await _in_thread(self._power_state, target)
 
     async def reset(self, target: BmcTarget, reset_type: str) -> None:
-        await anyio.to_thread.run_sync(self._reset, target, reset_type, abandon_on_cancel=True)
+        await _in_thread(self._reset, target, reset_type)
+
+
+async def _in_thread(call: Callable[..., T], *args: Any) -> T:
+    """Run one request in a worker thread; whatever a BMC answers, the controller gets a FencingError."""
+    try:
+        return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True)
+    except FencingError:
+        raise
+    except Exception as exc:  # a BMC's odd answer must never stop the controller
+        raise FencingError(f"{type(exc).__name__}: {exc}"[:300]) from exc
 
 
 def _why(exc: Exception) -> str:
