@@ -78,3 +78,32 @@ async def test_410_relists_and_errors_are_retried() -> None:
         stamina.set_testing(False)
     assert restarts[:2] == ["error", "gone"]
     assert apiserver.lists == 2  # the 410 made it list again
+
+
+async def test_an_object_that_cannot_be_parsed_is_skipped_not_fatal() -> None:
+    class Listing(QuietApiserver):
+        async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+            await anyio.lowlevel.checkpoint()
+            self.lists += 1
+            good, bad = {"metadata": {"name": "good"}}, {"metadata": {"name": "bad"}, "broken": True}
+            return {"items": [good, bad], "metadata": {"resourceVersion": "7"}}
+
+    def parse(obj: dict[str, Any]) -> str:
+        if obj.get("broken"):
+            raise KeyError("status")
+        return str(obj["metadata"]["name"])
+
+    seen: dict[str, object] = {}
+
+    class Keep(Store):
+        def replace(self, items: dict[str, object]) -> None:
+            seen.update(items)
+
+    apiserver = Listing()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Reflector(apiserver, "/api/v1/nodes", parse).run, Keep())  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            while apiserver.watches < 2:  # noqa: ASYNC110 - counts set by plain calls
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert seen == {"good": "good"}

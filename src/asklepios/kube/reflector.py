@@ -75,7 +75,9 @@ class Reflector(Generic[T]):
         while True:
             page = await self.client.request("GET", self.path, query=query, timeout=60)
             for obj in page.get("items", []):
-                items[object_key(obj)] = self.parse(obj)
+                parsed = self._parse(obj)
+                if parsed is not None:
+                    items[object_key(obj)] = parsed
             meta = page.get("metadata", {})
             if not meta.get("continue"):
                 return items, str(meta.get("resourceVersion", ""))
@@ -153,4 +155,15 @@ class Reflector(Generic[T]):
         if kind == "DELETED":
             store.delete(object_key(obj))
         elif kind in ("ADDED", "MODIFIED"):
-            store.upsert(object_key(obj), self.parse(obj))
+            parsed = self._parse(obj)
+            if parsed is not None:
+                store.upsert(object_key(obj), parsed)
+
+    def _parse(self, obj: JSON) -> T | None:
+        """One object the decisions cannot read is logged and skipped, never fatal."""
+        try:
+            return self.parse(obj)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            name = (obj.get("metadata") or {}).get("name")
+            log.error("object skipped: cannot read it", extra={"resource": self.path, "name": name, "error": repr(exc)})
+            return None
