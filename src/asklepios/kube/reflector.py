@@ -165,5 +165,7 @@ class Reflector(Generic[T]):
             return self.parse(obj)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             name = (obj.get("metadata") or {}).get("name")
-            log.error("object skipped: cannot read it", extra={"resource": self.path, "name": name, "error": repr(exc)})
+            log.error(
+                "object skipped: cannot read it", extra={"resource": self.path, "object": name, "error": repr(exc)}
+            )
             return None
