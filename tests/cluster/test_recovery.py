@@ -60,13 +60,19 @@ def test_pods_of_a_tainted_node_are_gone_within_two_seconds(
         last_gone = wait_value(gone, 30, "the victim's StatefulSet pods deleted")
         assert last_gone - tainted <= RELEASED_WITHIN, last_gone - tainted
         wait_for(lambda: events(cp, "PodsReleased", victim), 10, what="PodsReleased")
-    deletes = [e for e in writes_by_asklepios(cp, "delete", "pods") if e["objectRef"]["name"] in mine]
-    assert len(deletes) == len(mine)  # deleted by Asklepios itself, not by the pod GC's next tick
+    tries = [e for e in writes_by_asklepios(cp, "delete", "pods") if e["objectRef"]["name"] in mine]
+    codes = [(e["objectRef"]["name"], (e.get("responseStatus") or {}).get("code")) for e in tries]
+    deletes = [e for e in tries if (e.get("responseStatus") or {}).get("code") == 200]
+    # Deleted by Asklepios itself, not by the pod GC's next tick: one successful delete per pod.
+    # A repeated request (a retry whose first answer was lost) may only have found it gone.
+    assert sorted(e["objectRef"]["name"] for e in deletes) == sorted(mine), codes
+    assert all(code in (200, 404, 409) for _, code in codes), codes
     assert all((e.get("requestObject") or {}).get("gracePeriodSeconds") == 0 for e in deletes)
     agent = cp.api.get(f"/api/v1/namespaces/{namespace}/pods/agent")
     assert "deletionTimestamp" not in agent["metadata"]  # it tolerates the taint: never touched
     assert not [e for e in writes_by_asklepios(cp, "delete", "pods") if e["objectRef"]["name"] == "agent"]
-    assert healer.metric("asklepios_pods_force_deleted_total") == len(mine)
+    if len(tries) == len(mine):  # no request repeated after a lost answer: each one counted
+        assert healer.metric("asklepios_pods_force_deleted_total") == len(mine)
     assert healer.metric("asklepios_recovery_seconds_count") == 1
     cp.restore(victim)
 
