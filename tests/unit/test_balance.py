@@ -27,13 +27,13 @@ def nodes(*names: str, **overrides: NodeView) -> dict[str, NodeView]:
 
 def pod(name: str, node: str, age: int, placement: Placement | None = None, **kw: object) -> PodView:
     kw.setdefault("ready", True)
-    return PodView(
+    return PodView.of(
         namespace="openstack",
         name=name,
         uid=f"uid-{name}",
         node=node,
         owner=STS,
-        created=T0 - timedelta(seconds=age),
+        created=(T0 - timedelta(seconds=age)).timestamp(),
         placement=placement or Placement(tolerations=(TOLERATE_CP,)),
         **kw,  # type: ignore[arg-type]
     )

@@ -4,7 +4,7 @@ the write path's own conflicts, the leader's single-request renewal, and log lin
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -55,7 +55,9 @@ class FakeEvictions:
 
 
 def db_pod(name: str, node: str) -> PodView:
-    return PodView("ns", name, f"uid-{name}", node, STS, created=datetime(2026, 1, 1), ready=True)
+    return PodView.of(
+        "ns", name, f"uid-{name}", node, STS, created=datetime(2026, 1, 1, tzinfo=UTC).timestamp(), ready=True
+    )
 
 
 def balancer_world(**overrides: object) -> tuple[Balancer, FakeEvictions, FakeEvents]:

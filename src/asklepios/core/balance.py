@@ -25,21 +25,48 @@ class OwnerRef:
     uid: str
 
 
+NO_CONSTRAINTS = Placement()
+
+
 @attrs.frozen
 class PodView:
+    """A balancer pod, reduced to what the decisions read; the balancer keeps one per pod.
+
+    At 50,000 pods every field counts: the name is not a string of its own but the tail
+    of `key` ("namespace/name"), the very string that keys the balancer's cache;
+    `created` is a float, not a datetime; namespace, node, owner and placement are
+    shared by many pods (see `asklepios.kube.pods.parse_pod`). Build one with `of`.
+    """
+
+    key: str  # namespace/name
     namespace: str
-    name: str
     uid: str
     node: str  # spec.nodeName, "" while pending
     owner: OwnerRef | None  # the controller ownerReference
-    created: datetime | None = None
-    deleting: bool = False
-    ready: bool = False
-    placement: Placement = attrs.field(factory=Placement)
+    created: float | None = None  # metadata.creationTimestamp, seconds since the epoch (whole seconds)
+    deleting: bool = False  # metadata.deletionTimestamp is set
+    ready: bool = False  # the Ready condition is True
+    placement: Placement = NO_CONSTRAINTS
+
+    @classmethod
+    def of(
+        cls,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        owner: OwnerRef | None,
+        *,
+        created: float | None = None,
+        deleting: bool = False,
+        ready: bool = False,
+        placement: Placement = NO_CONSTRAINTS,
+    ) -> PodView:
+        return cls(f"{namespace}/{name}", namespace, uid, node, owner, created, deleting, ready, placement)
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def name(self) -> str:
+        return self.key[len(self.namespace) + 1 :]
 
 
 @attrs.frozen

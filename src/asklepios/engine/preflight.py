@@ -43,11 +43,13 @@ from asklepios.core.preflight import (
     guard_finding,
     kickable,
     never_move_finding,
+    never_moves,
     node_lease_finding,
     nodes_finding,
     rbac_findings,
     required_access,
     sample,
+    statefulset_sample,
     version_finding,
     warning,
 )
@@ -231,12 +233,17 @@ class Preflight:
             return []
         reads = ClusterReads(self.client)
         names = [v.name for v in targets]
+        where = set(names)
+
+        def keep(pod: PodSeen) -> bool:  # only these count: the rest of a big cluster is not kept
+            return pod.node in where and never_moves(pod)
+
         pods: list[PodSeen] = []
         if len(names) <= PER_NODE_LIMIT:
-            for found in await _gather(names, lambda name: reads.pods(node=name)):
+            for found in await _gather(names, lambda name: reads.pods(node=name, keep=keep)):
                 pods += found
         else:
-            pods = await reads.pods()
+            pods = await reads.pods(keep=keep)
         return [never_move_finding(pods, names)]
 
     async def _leases(self, targets: list[NodeView]) -> list[Finding]:
@@ -249,10 +256,11 @@ class Preflight:
         reads = ClusterReads(self.client)
         selector = str(self.settings.balancer_selector)
         namespaces = list(self.settings.balancer_namespaces) or [""]
-        pods: list[PodSeen] = []
-        for found in await _gather(namespaces, lambda ns: reads.pods(ns, label_selector=selector)):
-            pods += found
         budgets = [b for found in await _gather(namespaces, reads.budgets) for b in found]
+        keep = statefulset_sample(budgets)  # two pods per StatefulSet say what all of them would
+        pods: list[PodSeen] = []
+        for found in await _gather(namespaces, lambda ns: reads.pods(ns, label_selector=selector, keep=keep)):
+            pods += found
         return [balancer_finding(pods, budgets, selector, self.settings.balancer_namespaces)]
 
     async def _fencing(self, targets: list[NodeView]) -> list[Finding]:

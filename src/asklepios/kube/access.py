@@ -8,8 +8,9 @@ bounded pieces.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 import attrs
 
@@ -18,7 +19,8 @@ from asklepios.core.selector import LabelSelector, Requirement
 from asklepios.kube.client import JSON, KubeClient
 from asklepios.kube.pods import parse_pod
 
-PAGE = 500
+PAGE = 100  # items per list request: a page is decoded whole (see Reflector.page_size)
+T = TypeVar("T")
 _OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
 
 
@@ -99,37 +101,51 @@ class ClusterReads:
     def __init__(self, client: KubeClient) -> None:
         self.client = client
 
-    async def _list(self, path: str, query: Mapping[str, str]) -> list[JSON]:
-        items: list[JSON] = []
+    async def _list(self, path: str, query: Mapping[str, str], parse: Callable[[JSON], T | None]) -> list[T]:
+        """The items `parse` makes something of, page by page: a page's JSON is gone before the next."""
+        items: list[T] = []
         page: dict[str, str | int] = {**query, "limit": PAGE}
         while True:
             data = await self.client.request("GET", path, query=page, timeout=60)
-            items += data.get("items") or []
+            items += [item for item in map(parse, data.get("items") or []) if item is not None]
             token = (data.get("metadata") or {}).get("continue")
             if not token:
                 return items
             page["continue"] = token
 
-    async def pods(self, namespace: str = "", *, label_selector: str = "", node: str = "") -> list[PodSeen]:
+    async def pods(
+        self,
+        namespace: str = "",
+        *,
+        label_selector: str = "",
+        node: str = "",
+        keep: Callable[[PodSeen], bool] = lambda pod: True,
+    ) -> list[PodSeen]:
+        """The pods `keep` wants (it sees each pod once, as read): a 50,000-pod read keeps only those."""
         path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
         query = {"labelSelector": label_selector} if label_selector else {}
         if node:
             query["fieldSelector"] = f"spec.nodeName={node}"
-        return [parse_pod_seen(obj) for obj in await self._list(path, query)]
+
+        def parse(obj: JSON) -> PodSeen | None:
+            pod = parse_pod_seen(obj)
+            return pod if keep(pod) else None
+
+        return await self._list(path, query, parse)
 
     async def budgets(self, namespace: str = "") -> list[Budget]:
         where = f"namespaces/{namespace}/" if namespace else ""
-        items = await self._list(f"/apis/policy/v1/{where}poddisruptionbudgets", {})
-        return [
-            Budget(
+
+        def parse(obj: JSON) -> Budget:
+            return Budget(
                 obj["metadata"].get("namespace", ""),
                 obj["metadata"].get("name", ""),
                 parse_label_selector((obj.get("spec") or {}).get("selector")),
             )
-            for obj in items
-        ]
+
+        return await self._list(f"/apis/policy/v1/{where}poddisruptionbudgets", {}, parse)
 
     async def node_leases(self) -> set[str]:
         """The names of the Leases in kube-node-lease (one per node whose kubelet renews it)."""
-        items = await self._list(f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases", {})
-        return {obj["metadata"]["name"] for obj in items}
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        return set(await self._list(path, {}, lambda obj: str(obj["metadata"]["name"])))

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
+
+from asklepios.kube import k8s
 
 JSON = dict[str, Any]
 
@@ -65,7 +65,7 @@ def _error(status: int, body: bytes, retry_after: str | None = None) -> ApiError
 class KubeClient:
     """Requests to one apiserver. Use `async with KubeClient.connect() as kube`."""
 
-    def __init__(self, api: k8s_client.ApiClient, request_timeout: float = 10.0) -> None:
+    def __init__(self, api: k8s.ApiClient, request_timeout: float = 10.0) -> None:
         self._api = api
         self.request_timeout = request_timeout
 
@@ -73,13 +73,13 @@ class KubeClient:
     @asynccontextmanager
     async def connect(cls, kubeconfig: str | None = None) -> AsyncIterator[KubeClient]:
         """Load KUBECONFIG when set (or given), else the in-cluster service account."""
-        configuration = k8s_client.Configuration()
+        configuration = k8s.Configuration()
         path = kubeconfig if kubeconfig is not None else os.environ.get("KUBECONFIG")
         if path:
-            await k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+            await k8s.load_kube_config(config_file=path, client_configuration=configuration)
         else:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        api = k8s_client.ApiClient(configuration)
+            k8s.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        api = k8s.ApiClient(configuration)
         try:
             yield cls(api)
         finally:
@@ -111,7 +111,7 @@ class KubeClient:
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ApiError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        except k8s_client.ApiException as exc:  # raised for connection failures inside the client
+        except k8s.ApiException as exc:  # raised for connection failures inside the client
             raise ApiError(int(exc.status or 0), f"{method} {path}: {exc.reason}") from exc
         return response
 

@@ -122,13 +122,14 @@ def parse_pod(obj: JSON) -> PodView:
     meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
     owner = next((o for o in meta.get("ownerReferences") or () if o.get("controller")), None)
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
-    return PodView(
+    created = parse_time(meta.get("creationTimestamp"))
+    return PodView.of(
         namespace=sys.intern(meta.get("namespace", "")),
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
         node=sys.intern(spec.get("nodeName", "") or ""),
         owner=_shared_owner(owner.get("kind", ""), owner.get("name", ""), owner.get("uid", "")) if owner else None,
-        created=parse_time(meta.get("creationTimestamp")),
+        created=created.timestamp() if created is not None else None,
         deleting=meta.get("deletionTimestamp") is not None,
         ready=ready,
         placement=_shared_placement(spec),

@@ -4,7 +4,7 @@ StatefulSets without a PodDisruptionBudget, node Leases."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 import attrs
@@ -131,10 +131,15 @@ def tolerates_out_of_service(tolerations: Iterable[Toleration]) -> bool:
     return any(t.tolerates(taint.key, taint.value, taint.effect) for t in tolerations)
 
 
+def never_moves(pod: PodSeen) -> bool:
+    """Running and tolerating the out-of-service taint: a kickout never removes it."""
+    return not pod.finished and tolerates_out_of_service(pod.tolerations)
+
+
 def never_move_finding(pods: Iterable[PodSeen], nodes: Iterable[str]) -> Finding:
     """Pods on kickable nodes that the out-of-service taint never removes, by owner."""
     where = set(nodes)
-    staying = [p for p in pods if p.node in where and not p.finished and tolerates_out_of_service(p.tolerations)]
+    staying = [p for p in pods if p.node in where and never_moves(p)]
     if not staying:
         return ok(PODS, "no pod on the watched nodes tolerates the out-of-service taint")
     owners = Counter(p.owner_text for p in staying)
@@ -175,6 +180,27 @@ def unprotected_statefulsets(pods: Iterable[PodSeen], budgets: Sequence[Budget])
             members[f"{pod.namespace}/{pod.owner.name}"].append(pod)
     bare = [sts for sts, ps in members.items() if not all(any(b.selects(p) for b in budgets) for p in ps)]
     return sorted(members), sorted(bare)
+
+
+def statefulset_sample(budgets: Sequence[Budget]) -> Callable[[PodSeen], bool]:
+    """A filter for reading pods page by page: per StatefulSet, its first pod and its first pod
+    no budget selects. `unprotected_statefulsets` of what it keeps is that of all the pods,
+    and a read of 50,000 pods keeps two per StatefulSet instead of all of them."""
+    seen: set[str] = set()
+    bare: set[str] = set()
+
+    def keep(pod: PodSeen) -> bool:
+        if pod.owner is None or pod.owner.kind != "StatefulSet":
+            return False
+        sts = f"{pod.namespace}/{pod.owner.name}"
+        first = sts not in seen
+        seen.add(sts)
+        if sts in bare or any(b.selects(pod) for b in budgets):
+            return first
+        bare.add(sts)
+        return True
+
+    return keep
 
 
 def balancer_finding(

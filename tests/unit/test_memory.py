@@ -1,0 +1,249 @@
+"""What keeps the steady state small: the pod view's layout, the balancer's store, and
+importing only the part of kubernetes-asyncio that Asklepios uses (issue 13.4)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asklepios.core.balance import OwnerRef, PodView
+from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprotected_statefulsets
+from asklepios.engine.balancer import PodShard
+from asklepios.kube.access import ClusterReads, parse_label_selector
+from asklepios.kube.client import KubeClient, NotFound
+from asklepios.kube.pods import parse_pod
+from asklepios.kube.reflector import object_key
+
+STS = OwnerRef("StatefulSet", "db", "uid-sts")
+
+
+def raw_pod(name: str, namespace: str = "openstack", node: str = "n1", uid: str | None = None) -> dict[str, object]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid or f"uid-{name}",
+            "creationTimestamp": "2026-03-26T16:36:05Z",
+            "ownerReferences": [{"kind": "StatefulSet", "name": "db", "uid": "uid-sts", "controller": True}],
+            "labels": {"app": "db", "asklepios.io/balance": "true"},
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "db:1"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def pod(name: str, namespace: str = "a", uid: str = "") -> PodView:
+    return PodView.of(namespace, name, uid or f"uid-{name}", "n1", STS, ready=True)
+
+
+def test_the_pod_view_keeps_one_string_for_its_key_and_name_and_no_datetime() -> None:
+    view = parse_pod(orjson.loads(orjson.dumps(raw_pod("db-0"))))
+    assert (view.key, view.namespace, view.name, view.node) == ("openstack/db-0", "openstack", "db-0", "n1")
+    assert view.created == datetime(2026, 3, 26, 16, 36, 5, tzinfo=UTC).timestamp()
+    assert isinstance(view.created, float)
+    assert view.ready and not view.deleting
+    assert view.owner == STS
+    assert not hasattr(view, "__dict__")  # slotted
+
+
+def test_pods_share_namespace_node_owner_and_placement() -> None:
+    a, b = (parse_pod(orjson.loads(orjson.dumps(raw_pod(f"db-{i}")))) for i in range(2))
+    assert a.namespace is b.namespace
+    assert a.node is b.node
+    assert a.owner is b.owner
+    assert a.placement is b.placement
+
+
+def test_the_store_files_each_pod_under_its_own_key_string() -> None:
+    cache: dict[str, PodView] = {}
+    shard = PodShard(cache)
+    obj = raw_pod("db-0")
+    first = parse_pod(obj)
+    shard.replace({object_key(obj): first})
+    (key,) = cache
+    assert key is first.key  # not the reflector's copy
+    second = parse_pod({**obj, "spec": {"nodeName": "n2"}})
+    shard.upsert(object_key(obj), second)
+    (key,) = cache
+    assert key is second.key and cache[key] is second
+    shard.delete(object_key(obj))
+    assert cache == {}
+
+
+def test_a_relist_drops_only_the_shards_own_pods() -> None:
+    """One shard per namespace share one cache: a relist of `a` leaves `b` alone."""
+    cache: dict[str, PodView] = {}
+    in_a, in_b = PodShard(cache), PodShard(cache)
+    in_a.replace({p.key: p for p in (pod("x"), pod("y"))})
+    in_b.replace({p.key: p for p in (pod("z", "b"),)})
+    in_a.upsert("a/w", pod("w"))
+    in_a.replace({p.key: p for p in (pod("y", uid="new"),)})
+    assert sorted(cache) == ["a/y", "b/z"]
+    assert cache["a/y"].uid == "new"
+    in_b.replace({})
+    assert sorted(cache) == ["a/y"]
+
+
+def test_one_shard_for_all_namespaces_relists_all() -> None:
+    cache: dict[str, PodView] = {}
+    everything = PodShard(cache)
+    everything.replace({p.key: p for p in (pod("x"), pod("y", "b"))})
+    everything.upsert("c/z", pod("z", "c"))
+    everything.replace({p.key: p for p in (pod("y", "b"),)})
+    assert list(cache) == ["b/y"]
+
+
+# --- the start-up checks read big clusters without keeping them ---------------------------
+
+
+@given(
+    pods=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["db", "mq", "web"]), st.sampled_from(["x", "y", "z"])),
+        max_size=30,
+    ),
+    selected=st.lists(st.sampled_from(["x", "y", "z"]), max_size=2, unique=True),
+)
+def test_two_pods_per_statefulset_tell_what_all_of_them_do(
+    pods: list[tuple[str, str, str]], selected: list[str]
+) -> None:
+    seen = [
+        PodSeen(ns, f"{sts}-{i}", owner=OwnerRef("StatefulSet", sts, "u"), labels=MappingProxyType({"tier": tier}))
+        for i, (ns, sts, tier) in enumerate(pods)
+    ]
+    budgets = [Budget("a", f"pdb-{t}", parse_label_selector({"matchLabels": {"tier": t}})) for t in selected]
+    keep = statefulset_sample(budgets)
+    kept = [p for p in seen if keep(p)]
+    assert unprotected_statefulsets(kept, budgets) == unprotected_statefulsets(seen, budgets)
+    assert len(kept) <= 2 * len({(p.namespace, p.owner.name) for p in seen if p.owner})
+
+
+class PagedPods:
+    """`KubeClient.request` for a pod list served in pages of the requested size."""
+
+    def __init__(self, count: int) -> None:
+        self.items = [raw_pod(f"db-{i}", node=f"n{i % 7}") for i in range(count)]
+        self.requests = 0
+
+    async def request(self, method: str, path: str, *, query: Any = None, **_: Any) -> Any:
+        self.requests += 1
+        start, limit = int(query.get("continue", 0)), int(query["limit"])
+        more = start + limit < len(self.items)
+        meta = {"continue": str(start + limit)} if more else {}
+        return {"metadata": meta, "items": self.items[start : start + limit]}
+
+
+@pytest.mark.anyio
+async def test_a_pod_read_keeps_only_what_it_is_asked_to() -> None:
+    api = PagedPods(450)
+    reads = ClusterReads(cast(KubeClient, api))
+    kept = await reads.pods(keep=lambda pod: pod.node == "n3")
+    assert len(kept) == len([i for i in range(450) if i % 7 == 3])
+    assert api.requests == 5  # pages of 100
+    assert len(await reads.pods()) == 450
+
+
+def _python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_asklepios_does_not_import_the_generated_kubernetes_client() -> None:
+    loaded = _python(
+        "import sys, asklepios.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('kubernetes_asyncio', 'jsonschema', 'sushy'))))"
+    )
+    modules = set(eval(loaded))  # noqa: S307 - our own repr of a list of names
+    assert "kubernetes_asyncio.client.api_client" in modules
+    assert "kubernetes_asyncio.config.kube_config" in modules
+    assert not {m for m in modules if m.startswith("kubernetes_asyncio.client.models.")}
+    assert not {m for m in modules if m.startswith("kubernetes_asyncio.client.api.")}
+    assert not {m for m in modules if m.startswith(("kubernetes_asyncio.dynamic", "jsonschema", "sushy"))}
+    assert len(modules) < 20
+
+
+def test_the_rest_of_kubernetes_asyncio_still_imports_on_first_use() -> None:
+    """Another user of kubernetes-asyncio in the process gets the whole library, later."""
+    out = _python(
+        "import asklepios.kube.client\n"
+        "from asklepios.kube import k8s\n"
+        "from kubernetes_asyncio.client import CoreV1Api, V1Pod, ApiClient\n"
+        "import kubernetes_asyncio, kubernetes_asyncio.client.models as models\n"
+        "assert ApiClient is k8s.ApiClient\n"
+        "assert models.V1Pod is V1Pod\n"
+        "print(CoreV1Api.__name__, kubernetes_asyncio.__version__, kubernetes_asyncio.watch.Watch.__name__)"
+    )
+    assert out.startswith("CoreV1Api 36.")
+    assert out.endswith(" Watch")
+
+
+@pytest.fixture
+async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
+    """A tiny apiserver over plain HTTP and the kubeconfig to reach it with a token."""
+    seen: list[str] = []
+
+    async def get_pod(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.match_info["name"] == "gone":
+            return web.json_response({"kind": "Status", "message": 'pods "gone" not found'}, status=404)
+        return web.json_response(raw_pod(request.match_info["name"]))
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        assert request.query["watch"] == "true"
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for name in ("db-0", "db-1"):
+            await response.write(orjson.dumps({"type": "ADDED", "object": raw_pod(name)}) + b"\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", get_pod)
+    app.router.add_get("/api/v1/pods", watch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: secret-token}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+    )
+    try:
+        yield kubeconfig, seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_the_narrow_client_loads_a_kubeconfig_and_talks_to_the_apiserver(
+    apiserver: tuple[Path, list[str]],
+) -> None:
+    kubeconfig, seen = apiserver
+    async with KubeClient.connect(str(kubeconfig)) as kube:
+        pod_json = await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0")
+        assert parse_pod(pod_json).key == "openstack/db-0"
+        with pytest.raises(NotFound):
+            await kube.request("GET", "/api/v1/namespaces/openstack/pods/gone")
+        async with kube.stream("/api/v1/pods", {"watch": "true"}, read_timeout=5) as events:
+            names = [event["object"]["metadata"]["name"] async for event in events]
+    assert names == ["db-0", "db-1"]
+    assert seen == ["Bearer secret-token"] * 2
