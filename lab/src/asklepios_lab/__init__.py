@@ -11,6 +11,9 @@ see exactly what the upstream controllers do when a node loses power.
         cp.restore("n1")
         cp.partition("n1")         # cut off the apiserver, port still answers
         url = cp.bmc().attach("n1")  # a Redfish system: ForceOff crashes the node
+        group = cp.add_nodes_bulk(["b1", "b2"], listeners=True)  # one kwok for both
+        cp.crash("b1")             # one of them: out of its kwok, Lease deleted, port closed
+        cp.restore("b1")
 """
 
 from .api import Api, ApiError

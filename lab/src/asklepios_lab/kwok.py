@@ -31,6 +31,10 @@ READY_OVERRIDE = "lab.asklepios.dev/ready-override"
 GROUP_LABEL = "lab.asklepios.dev/kwok-group"
 """Node label selecting the kwok process of a bulk group (scale mode)."""
 
+POWERED_OFF_LABEL = "lab.asklepios.dev/powered-off-from"
+"""Node label replacing :data:`GROUP_LABEL` while one node of a bulk group is powered off
+(its value: the group). Its kwok no longer selects it, so it no longer renews its Lease."""
+
 _NODE_STATUS = """\
 {{ $now := Now }}
 conditions:

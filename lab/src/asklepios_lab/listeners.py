@@ -63,6 +63,40 @@ class Listeners:
                 self._selector.unregister(sock)
                 sock.close()
 
+    def drop(self, key: str, address: tuple[str, int]) -> bool:
+        """Close the one socket of ``key`` bound to ``address`` (a node of a bulk group).
+
+        Returns whether it was open; the other sockets of ``key`` keep listening.
+        """
+        with self._lock:
+            socks = self._sockets.get(key, [])
+            for sock in socks:
+                if sock.getsockname() == address:
+                    socks.remove(sock)
+                    self._selector.unregister(sock)
+                    sock.close()
+                    return True
+        return False
+
+    def add(self, key: str, address: tuple[str, int]) -> None:
+        """Listen on ``address`` too, as part of ``key`` (no-op if ``key`` is down or has it)."""
+        with self._lock:
+            socks = self._sockets.get(key)
+            if socks is None or any(s.getsockname() == address for s in socks):
+                return
+            _ensure_fd_room(1 + sum(map(len, self._sockets.values())))
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.listen(64)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"kubelet stand-in for {key} on {address}: {exc.strerror}") from exc
+            self._selector.register(sock, selectors.EVENT_READ)
+            socks.append(sock)
+
     def is_up(self, key: str) -> bool:
         with self._lock:
             return key in self._sockets

@@ -10,7 +10,8 @@ InternalIP:``kubelet_port`` answers TCP connects while the node is powered
 
 Scale mode: :meth:`~NodeOps.add_nodes_bulk` puts many nodes under ONE kwok process
 (``--manage-nodes-with-label-selector``), with kubelet-port listeners only on request;
-faults then act on the whole group.
+faults given the group's name act on the whole group, and one node of it can be
+powered off and on alone (see :meth:`~asklepios_lab.faults.FaultOps.crash`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class NodeOps:
     def __init__(self) -> None:
         self._kwoks: dict[str, Proc] = {}  # by node name (single) or group name (bulk)
         self._group_of: dict[str, str] = {}  # bulk node -> group
+        self._cut: set[str] = set()  # bulk nodes powered off on their own (out of their kwok's selector)
         self._ips: dict[str, str] = {}  # node -> InternalIP
         self._listen_on: dict[str, list[tuple[str, int]]] = {}  # node or group -> kubelet ports
         self._bulk_counter = 0
@@ -202,8 +204,9 @@ class NodeOps:
         return group
 
     def _wait_group_ready(self, group: str, proc: Proc, timeout: float) -> None:
+        """Wait until every node of ``group`` that is not powered off on its own is Ready."""
         selector = {"labelSelector": f"{kwok.GROUP_LABEL}={group}"}
-        expected = sum(1 for g in self._group_of.values() if g == group)
+        expected = sum(1 for n, g in self._group_of.items() if g == group and n not in self._cut)
 
         def all_ready() -> bool:
             items = self.api.get("/api/v1/nodes", query=selector)["items"]
@@ -227,13 +230,18 @@ class NodeOps:
                 proc.stop(grace=3.0)
             self.listeners.down(name)
             self._listen_on.pop(name, None)
-        self._group_of.pop(name, None)
+            group = self._group_of.pop(name, None)
+            if group is not None and name in self._ips and group in self._listen_on:
+                address = (self._ips[name], self.kubelet_port)
+                self.listeners.drop(group, address)
+                self._listen_on[group] = [a for a in self._listen_on[group] if a != address]
+            self._cut.discard(name)
         self._ips.pop(name, None)
 
     def remove_group(self, group: str) -> None:
-        """Delete every node of a bulk group and stop its kwok."""
-        self.api.call("DELETE", "/api/v1/nodes",
-                      query={"labelSelector": f"{kwok.GROUP_LABEL}={group}"})  # fmt: skip
+        """Delete every node of a bulk group (those powered off on their own too) and stop its kwok."""
+        for label in (kwok.GROUP_LABEL, kwok.POWERED_OFF_LABEL):
+            self.api.call("DELETE", "/api/v1/nodes", query={"labelSelector": f"{label}={group}"})
         with self._lock:
             proc = self._kwoks.pop(group, None)
             if proc is not None:
@@ -243,12 +251,13 @@ class NodeOps:
         for n in [n for n, g in self._group_of.items() if g == group]:
             del self._group_of[n]
             self._ips.pop(n, None)
+            self._cut.discard(n)
 
     def _kwok_of(self, name: str) -> Proc:
         if name in self._kwoks:
             return self._kwoks[name]
         if name in self._group_of:
-            raise ValueError(f"{name} is in bulk group {self._group_of[name]!r}: use the group")
+            raise ValueError(f"{name} is in bulk group {self._group_of[name]!r}: use the group (or crash/restore)")
         raise KeyError(f"no kwok for {name!r}")
 
     def node_ip(self, name: str) -> str:
@@ -274,6 +283,6 @@ class NodeOps:
             seen[:] = [node]
             return (ready_condition(node) or {}).get("status") == status
 
-        alive = [p for k, p in self._kwoks.items() if k == name and p.running()]
+        alive = [p for k, p in self._kwoks.items() if k in (name, self._group_of.get(name)) and p.running()]
         wait_until(check, timeout, f"node {name} Ready={status}", interval=0.2, alive=alive)
         return seen[0]
