@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from bench import REPO_DIR, lag, load, memory, recovery
+from bench import REPO_DIR, lag, load, memory, podwatch, recovery
+from bench.controller import SOURCE
 from bench.report import write_table
 
 SIZES = (10, 1000, 5000)
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spread", type=float, default=60.0, help="seconds over which NotReady starts spread")
     p.add_argument("--kickout-seconds", type=int, default=5)
     p.add_argument("--kickin-seconds", type=int, default=5)
+    p.add_argument("--restore-after", choices=("released", "taint"), default="released",
+                   help="power a kicked-out node on once its record says released (default), or at once")  # fmt: skip
     p = sub.add_parser("load", help="apiserver requests of Asklepios at N watched nodes")
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--window", type=float, default=180.0, help="steady-state window, seconds")
@@ -42,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profile", action="store_true", help="skip the tracemalloc run of the controller")
     p = sub.add_parser("recovery", help="seed scenario: crash to Running elsewhere, restore to balanced")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--force-delete", choices=("true", "false"), default="true",
+                   help="ASKLEPIOS_FORCE_DELETE of the measured controller")  # fmt: skip
+    p.add_argument("--fencing", action="store_true", help="ASKLEPIOS_FENCING=redfish with the lab's BMC")
+    p = sub.add_parser("podwatch", help="one cluster-wide pod watch vs a watch per kicked-out node")
+    p.add_argument("--nodes", type=int, default=5000)
+    p.add_argument("--pods-per-node", type=int, default=10)
+    p.add_argument("--followed", type=int, nargs="*", default=[1, 20], help="per-node watch counts to measure")
+    p.add_argument("--churn", type=int, default=5000, help="pods patched during each configuration's window")
+    p = sub.add_parser("soak", help="random overlapping faults; invariants from the audit log and watches")
+    p.add_argument("--minutes", type=float, default=3.0, help="how long faults are injected")
+    p.add_argument("--seed", type=int, default=1, help="the fault plan's seed (the same seed replays it)")
     p = sub.add_parser("all", help="every scenario and size, each under the cluster lock")
     p.add_argument("--memory-window", type=float, default=600.0)
     p.add_argument("--only", nargs="*", default=(), help="scenario names to run (default: all)")
@@ -49,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, child in sub.choices.items():
         if name not in ("all", "table"):
             child.add_argument("--keep", action="store_true", help="keep the lab's work directory")
+        if name in ("lag", "load", "recovery", "podwatch"):
+            child.add_argument("--source", default="HEAD",
+                               help="Asklepios to measure: a commit (snapshot of its src/asklepios, default "
+                                    "HEAD) or 'worktree' (src/ as it is now)")  # fmt: skip
     return parser
 
 
@@ -57,7 +75,9 @@ def _all(memory_window: float, only: tuple[str, ...]) -> int:
     flock = shutil.which("flock")
     pieces = [["lag", "--nodes", str(n)] for n in SIZES]
     pieces += [["load", "--nodes", str(n)] for n in SIZES]
-    pieces += [["memory", "--window", str(memory_window)], ["recovery"]]
+    pieces += [["memory", "--window", str(memory_window)]]
+    pieces += [["recovery", "--runs", "10", "--force-delete", v] for v in ("true", "false")]
+    pieces += [["recovery", "--runs", "10", "--fencing"], ["podwatch"]]
     failed = 0
     for piece in pieces:
         if only and piece[0] not in only:
@@ -81,16 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "table":
         write_table()
         return 0
+    if getattr(args, "source", None):
+        SOURCE.select(args.source)
     if args.scenario == "lag":
         lag.run(args.nodes, kickouts=args.kickouts, spread=args.spread, kickout_s=args.kickout_seconds,
-                kickin_s=args.kickin_seconds, keep=args.keep)  # fmt: skip
+                kickin_s=args.kickin_seconds, restore_after=args.restore_after, keep=args.keep)  # fmt: skip
     elif args.scenario == "load":
         load.run(args.nodes, window=args.window, burst=args.burst, keep=args.keep)
     elif args.scenario == "memory":
         memory.run(args.nodes, pods_per_node=args.pods_per_node, window=args.window, burst=args.burst,
                    profiled=not args.no_profile, keep=args.keep)  # fmt: skip
     elif args.scenario == "recovery":
-        recovery.run(runs=args.runs, keep=args.keep)
+        recovery.run(runs=args.runs, force_delete=args.force_delete == "true", fencing=args.fencing, keep=args.keep)
+    elif args.scenario == "podwatch":
+        podwatch.run(args.nodes, pods_per_node=args.pods_per_node, followed=tuple(args.followed), churn=args.churn,
+                     keep=args.keep)  # fmt: skip
+    elif args.scenario == "soak":
+        from bench.soak.runner import run as soak  # noqa: PLC0415 - only the soak needs its modules
+
+        return soak(args.minutes, args.seed, keep=args.keep)
     return 0
 
 

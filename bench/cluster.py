@@ -9,7 +9,9 @@ so the apiserver itself counts what Asklepios asks of it.
 Thousands of nodes are bulk kwok nodes (one kwok process for all of them) with a
 long node Lease (renewed every ``lease_seconds / 4``) and a node-monitor grace
 period above that renewal interval, which is what keeps a 2-core machine able to
-hold 5000 of them.
+hold 5000 of them. One of them dies for real with ``lab.cp.crash(name)`` (out of its
+kwok's selector, Lease deleted, kubelet port closed) and comes back with
+``lab.cp.restore(name)``.
 """
 
 from __future__ import annotations
@@ -68,13 +70,21 @@ class Lab:
             namespace = doc["metadata"].get("namespace", "")
             self.cp.api.create(_RBAC_PATHS[doc["kind"]].format(ns=namespace), doc)
 
-    def add_nodes(self, count: int, prefix: str = "bench", timeout: float = 900.0) -> list[str]:
-        """``count`` Ready bulk nodes labelled as watched (one kwok); returns their names."""
+    def add_nodes(
+        self, count: int, prefix: str = "bench", timeout: float = 900.0, *, listeners: bool = False
+    ) -> list[str]:
+        """``count`` Ready bulk nodes labelled as watched (one kwok); returns their names.
+
+        ``listeners`` opens each node's kubelet port (one socket per node), so a live node
+        answers Asklepios' probe as a real one does; a node powered off with
+        ``cp.crash(name)`` then refuses it.
+        """
         names = [f"{prefix}-{i:05d}" for i in range(count)]
         self.cp.add_nodes_bulk(
             names,
             labels={WATCHED_LABEL: "true"},
             lease_seconds=BULK_LEASE_SECONDS,
+            listeners=listeners,
             timeout=timeout,
         )
         return names

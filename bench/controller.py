@@ -4,15 +4,23 @@
 settings, reads its ``/metrics`` and JSON log, and measures it through ``/proc``
 (resident set size, CPU seconds). :class:`Sampler` records RSS and CPU every
 ``interval`` seconds in a thread, so peaks during a burst are not missed.
+
+:data:`SOURCE` says which Asklepios runs: the work tree's ``src/`` (the default), or
+a snapshot of a commit's ``src/asklepios`` (``git archive``, read-only) put first on
+``PYTHONPATH``, so a measurement is of a known commit even while ``src/`` is being
+edited (``python -m bench lag --source head``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -24,8 +32,46 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import REPO_DIR
+
 JSON = dict[str, Any]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Source:
+    """Where the measured Asklepios comes from: the work tree, or a snapshot of a commit."""
+
+    def __init__(self) -> None:
+        self.commit = ""  # empty: the work tree's src/
+        self.pythonpath: Path | None = None
+
+    def select(self, which: str) -> None:
+        """``worktree``, or ``head`` / any commit-ish: extract its src/asklepios to a temporary directory."""
+        if which == "worktree":
+            self.commit, self.pythonpath = "", None
+            return
+        commit = subprocess.run(["git", "rev-parse", "--short", which], cwd=REPO_DIR, capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        target = Path(tempfile.mkdtemp(prefix=f"asklepios-src-{commit}-"))
+        atexit.register(shutil.rmtree, target, True)
+        archive = subprocess.run(["git", "archive", "--format=tar", commit, "src/asklepios"], cwd=REPO_DIR,
+                                 capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        self.commit, self.pythonpath = commit, target / "src"
+        print(f"[bench] measuring Asklepios {commit} (snapshot in {target})", flush=True)
+
+    def describe(self) -> str:
+        return f"{self.commit} (snapshot)" if self.commit else "work tree"
+
+    def env(self) -> dict[str, str]:
+        """PYTHONPATH for a child process that must import the measured Asklepios."""
+        if self.pythonpath is None:
+            return {}
+        rest = os.environ.get("PYTHONPATH", "")
+        return {"PYTHONPATH": f"{self.pythonpath}{os.pathsep}{rest}" if rest else str(self.pythonpath)}
+
+
+SOURCE = Source()
 
 
 def free_port() -> int:
@@ -51,6 +97,7 @@ class Controller:
             "ASKLEPIOS_HTTP_PORT": str(self.port),
             "ASKLEPIOS_LEADER_ELECTION": "false",
             "ASKLEPIOS_LOG_FORMAT": "json",
+            **SOURCE.env(),
             **env,
         }
         self.argv = list(argv)

@@ -1,23 +1,32 @@
 """Scenario 1, kickout and kickin lag: deadline to taint change, seen in a watch.
 
-N bulk nodes are watched. Nodes are set NotReady (``set_ready(name, "False")``)
-one at a time, ``spread / kickouts`` seconds apart (a node is reused only once its
-previous cycle ended), so deadlines are spread over time. When the bench's own
-streaming watch shows the out-of-service taint, the node is handed back to kwok
-(``clear_ready``), which posts Ready=True; the watch then shows the taint removed.
+N bulk nodes are watched (kubelet ports open). Nodes die one at a time, ``spread /
+kickouts`` seconds apart (a node is reused only once its previous cycle ended), so
+deadlines are spread over time. Each death is a real one for Asklepios' evidence:
+``crash(name)`` (the node leaves its kwok, its Lease is deleted, its kubelet port
+closes), then ``set_ready(name, "False")``, which marks the precise start. When the
+bench's own streaming watch shows the out-of-service taint, the node is powered on
+again (``restore``: back into its kwok, which recreates the Lease and posts
+Ready=True); the watch then shows the taint removed.
 
-Two deadlines are reported for each kickout, because the Ready condition's
-``lastTransitionTime`` has 1-second resolution:
+Asklepios starts a countdown at the later of the Ready condition's
+``lastTransitionTime`` (1-second resolution) and the moment it first saw the NotReady
+period, and writes that start into the node's ``asklepios.io/notready-since``
+annotation (``since``). So two deadlines are reported for each kickout:
 
-* **API deadline** = lastTransitionTime + KICKOUT: what Asklepios can know, so this
-  lag is the controller's own reaction time (watch delivery, timer, PATCH, watch back).
+* **API deadline** = ``since`` of that annotation + KICKOUT: the deadline Asklepios
+  knows, i.e. when its watch delivered the NotReady event + KICKOUT. The lag against
+  it is Asklepios' own reaction: timer, the evidence (a GET of the node's Lease and a
+  TCP connect to its kubelet port), the merge PATCH, and the event travelling back
+  through the apiserver's watch to the bench.
 * **precise deadline** = the instant the bench's status PATCH returned + KICKOUT: what
-  a user with a stopwatch sees. It is up to 1 s *earlier* than the API lag (the
-  timestamp is truncated, so Asklepios acts 0-1 s before the true deadline).
+  a user with a stopwatch sees. It exceeds the API lag by the time the NotReady event
+  took to reach Asklepios.
 
-Kickin likewise: API = max(Ready lastTransitionTime, kickout annotation ``at``) +
-KICKIN; precise = receive time of the Ready=True event + KICKIN. Asklepios' own
-``asklepios_kickout_delay_seconds`` histogram is scraped for a cross-check.
+Kickin likewise: API = ``since`` of ``asklepios.io/ready-since`` + KICKIN (the later of
+Ready's lastTransitionTime, the kickout and Asklepios seeing Ready); precise = receive
+time of the Ready=True event + KICKIN. Asklepios' own ``asklepios_kickout_delay_seconds``
+histogram (deadline to kickout PATCH answered) is scraped for a cross-check.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from bench.watch import NodeTracker, Watch, ready_of
 
 JSON = dict[str, Any]
 PHASE_TIMEOUT = 90.0
+RELEASE_WAIT = 5.0  # restore anyway if the kickout record says nothing of "released" by then
 
 
 @attrs.define
@@ -46,13 +56,19 @@ class Cycle:
     """One kickout and the kickin after it, on one node (epoch seconds)."""
 
     node: str
+    t_crash: float  # crash() called: the node leaves its kwok, Lease deleted, port closed
     t_set: float  # the status PATCH to Ready=False returned
     ltt_notready: float | None
+    since_notready: float | None = None  # asklepios.io/notready-since "since": the countdown's start
+    t_mark: float | None = None  # receive time of that annotation
     t_taint: float | None = None
     record_at: float | None = None  # the kickout annotation's "at"
-    t_clear: float | None = None
+    record_since: float | None = None  # the kickout annotation's "since"
+    t_released: float | None = None  # the kickout record says "released" (its pods are gone)
+    t_restore: float | None = None  # restore() returned
     t_ready: float | None = None  # Ready=True seen in the watch
     ltt_ready: float | None = None
+    since_ready: float | None = None  # asklepios.io/ready-since "since"
     t_untaint: float | None = None
     failed: str = ""
 
@@ -65,7 +81,64 @@ def _targets(names: list[str], kickouts: int) -> list[str]:
     return (names * rounds)[:kickouts]
 
 
-def _drive(lb: Any, tracker: NodeTracker, targets: list[str], spread: float, kickout_s: int) -> list[Cycle]:
+def _since(annotation: str | None) -> float | None:
+    """The ``since`` of a period mark or kickout annotation (JSON), as epoch seconds."""
+    if not annotation:
+        return None
+    try:
+        data = orjson.loads(annotation)
+    except orjson.JSONDecodeError:
+        return None
+    return epoch(data.get("since")) if isinstance(data, dict) else None
+
+
+def _kick_out(cp: Any, node: str) -> Cycle:
+    """A real death, then Ready=False at a known instant."""
+    t_crash = time.time()
+    cp.crash(node)
+    result = cp.set_ready(node, "False")
+    return Cycle(node, t_crash, time.time(), epoch(ready_of(result)[1]))
+
+
+def _follow(cp: Any, tracker: NodeTracker, cyc: Cycle, now: float, kickout_s: int, restore_after: str) -> None:
+    """Advance one cycle from what the watch saw; restore the node once it is kicked out."""
+    node = cyc.node
+    if cyc.t_taint is None:
+        hit = tracker.last(node, "taint_on", after=cyc.t_set)
+        if hit is not None:
+            cyc.t_taint = hit[0]
+            record = orjson.loads(hit[1]) if hit[1] else {}
+            cyc.record_at, cyc.record_since = epoch(record.get("at")), epoch(record.get("since"))
+            mark = tracker.last(node, "notready_mark", after=cyc.t_crash)
+            if mark is not None:
+                cyc.t_mark, cyc.since_notready = mark[0], _since(mark[1])
+        elif now > cyc.t_set + kickout_s + PHASE_TIMEOUT:
+            cyc.failed = "no kickout seen"
+    if cyc.t_taint is not None and cyc.t_restore is None:
+        if restore_after == "released" and cyc.t_released is None and now < cyc.t_taint + RELEASE_WAIT:
+            released = [h for h in tracker.since(node, "kickout_record", cyc.t_taint) if '"released"' in (h[1] or "")]
+            if not released:
+                return
+            cyc.t_released = released[0][0]
+        cp.restore(node, wait_ready=False)
+        cyc.t_restore = time.time()
+    elif cyc.t_taint is not None and cyc.t_restore is not None and cyc.t_untaint is None:
+        off = tracker.last(node, "taint_off", after=cyc.t_taint)
+        if off is not None:
+            cyc.t_untaint = off[0]
+            ready = tracker.last(node, "ready", after=cyc.t_taint)
+            if ready is not None:
+                cyc.t_ready, cyc.ltt_ready = ready[0], epoch(ready[1])
+            mark = tracker.last(node, "ready_mark", after=cyc.t_taint)
+            if mark is not None:
+                cyc.since_ready = _since(mark[1])
+        elif now > cyc.t_restore + PHASE_TIMEOUT:
+            cyc.failed = "no kickin seen"
+
+
+def _drive(
+    lb: Any, tracker: NodeTracker, targets: list[str], spread: float, kickout_s: int, restore_after: str
+) -> list[Cycle]:
     """Run every kickout/kickin cycle; returns them all (finished or failed)."""
     cp = lb.cp
     queue, done = deque(targets), []
@@ -75,29 +148,11 @@ def _drive(lb: Any, tracker: NodeTracker, targets: list[str], spread: float, kic
     while queue or active:
         now = time.time()
         for node, cyc in list(active.items()):
-            if cyc.t_taint is None:
-                hit = tracker.last(node, "taint_on", after=cyc.t_set)
-                if hit is not None:
-                    cyc.t_taint = hit[0]
-                    record = orjson.loads(hit[1]) if hit[1] else {}
-                    cyc.record_at = epoch(record.get("at"))
-                    cp.clear_ready(node, wait_ready=False)
-                    cyc.t_clear = time.time()
-                elif now > cyc.t_set + kickout_s + PHASE_TIMEOUT:
-                    cyc.failed = "no kickout seen"
-            elif cyc.t_untaint is None:
-                off = tracker.last(node, "taint_off", after=cyc.t_taint)
-                if off is not None:
-                    cyc.t_untaint = off[0]
-                    ready = tracker.last(node, "ready", after=cyc.t_taint)
-                    if ready is not None:
-                        cyc.t_ready, cyc.ltt_ready = ready[0], epoch(ready[1])
-                elif cyc.t_clear is not None and now > cyc.t_clear + PHASE_TIMEOUT:
-                    cyc.failed = "no kickin seen"
+            _follow(cp, tracker, cyc, now, kickout_s, restore_after)
             if cyc.t_untaint is not None or cyc.failed:
                 if cyc.failed:
                     print(f"[lag] {node}: {cyc.failed}", flush=True)
-                    cp.clear_ready(node, wait_ready=False)
+                    cp.restore(node, wait_ready=False)
                 done.append(cyc)
                 del active[node]
                 free_at[node] = now + 1.0 + random.random()  # not phase-locked to whole seconds
@@ -105,31 +160,35 @@ def _drive(lb: Any, tracker: NodeTracker, targets: list[str], spread: float, kic
             node = queue[0]
             if node not in active and now >= free_at.get(node, 0.0):
                 queue.popleft()
-                result = cp.set_ready(node, "False")
-                t_set = time.time()
-                active[node] = Cycle(node, t_set, epoch(ready_of(result)[1]))
+                active[node] = _kick_out(cp, node)
                 issued += 1
                 if issued % 50 == 0:
-                    print(f"[lag] {issued}/{len(targets)} set NotReady, {len(done)} cycles done", flush=True)
+                    print(f"[lag] {issued}/{len(targets)} powered off, {len(done)} cycles done", flush=True)
         time.sleep(0.01)
     return done
 
 
 def _lags(cycles: list[Cycle], kickout_s: int, kickin_s: int) -> JSON:
     ok = [c for c in cycles if not c.failed]
-    out_api = [c.t_taint - (c.ltt_notready + kickout_s) for c in ok if c.t_taint and c.ltt_notready]
+    out_api = [c.t_taint - (c.since_notready + kickout_s) for c in ok if c.t_taint and c.since_notready]
     out_precise = [c.t_taint - (c.t_set + kickout_s) for c in ok if c.t_taint]
-    in_api = [
-        c.t_untaint - (max(c.ltt_ready, c.record_at) + kickin_s)
-        for c in ok
-        if c.t_untaint and c.ltt_ready and c.record_at
-    ]
+    in_api = [c.t_untaint - (c.since_ready + kickin_s) for c in ok if c.t_untaint and c.since_ready]
     in_precise = [c.t_untaint - (c.t_ready + kickin_s) for c in ok if c.t_untaint and c.t_ready]
     return {
         "kickout_lag_api_s": distribution(out_api),
         "kickout_lag_precise_s": distribution(out_precise),
         "kickin_lag_api_s": distribution(in_api),
         "kickin_lag_precise_s": distribution(in_precise),
+        # what the API deadline is made of, against the precise one
+        "notready_seen_after_s": distribution([c.since_notready - c.t_set for c in ok if c.since_notready]),
+        "notready_mark_seen_after_s": distribution([c.t_mark - c.t_set for c in ok if c.t_mark]),
+        "condition_truncation_s": distribution([c.t_set - c.ltt_notready for c in ok if c.ltt_notready]),
+        "kickout_record_since_matches_mark": sum(
+            1 for c in ok if c.record_since and c.since_notready and abs(c.record_since - c.since_notready) < 1e-3
+        ),
+        "taint_to_released_s": distribution([c.t_released - c.t_taint for c in ok if c.t_released and c.t_taint]),
+        "restore_to_ready_s": distribution([c.t_ready - c.t_restore for c in ok if c.t_ready and c.t_restore]),
+        "ready_seen_after_s": distribution([c.since_ready - c.t_ready for c in ok if c.since_ready and c.t_ready]),
         "failed_cycles": len(cycles) - len(ok),
     }
 
@@ -141,12 +200,13 @@ def run(
     spread: float = 60.0,
     kickout_s: int = 5,
     kickin_s: int = 5,
+    restore_after: str = "released",
     keep: bool = False,
 ) -> Path:
     steps = Steps()
     with lab(keep=keep) as lb:
         steps.done("control plane up")
-        names = lb.add_nodes(nodes)
+        names = lb.add_nodes(nodes, listeners=True)
         steps.done(f"{nodes} bulk nodes Ready")
         tracker = NodeTracker()
         watch = Watch(lb.cp.api, "/api/v1/nodes", tracker.handle, {"labelSelector": f"{WATCHED_LABEL}=true"})
@@ -168,7 +228,7 @@ def run(
             time.sleep(2)
             rss_synced = ctl.rss_bytes() / 2**20
             steps.done("asklepios synced")
-            cycles = _drive(lb, tracker, _targets(names, kickouts), spread, kickout_s)
+            cycles = _drive(lb, tracker, _targets(names, kickouts), spread, kickout_s, restore_after)
             steps.done(f"{len(cycles)} kickout/kickin cycles")
             metrics = ctl.metrics()
             warnings = ctl.warnings()
@@ -191,6 +251,9 @@ def run(
             "p99_s": histogram_quantile(buckets, 0.99),
             "buckets": {str(k): v for k, v in sorted(buckets.items())},
         },
+        "asklepios_kickouts_total": metrics.get("asklepios_kickouts_total"),
+        "asklepios_kickins_total": metrics.get("asklepios_kickins_total"),
+        "asklepios_kickouts_held": {k: v for k, v in metrics.items() if k.startswith("asklepios_kickouts_held_total")},
         "sync_seconds": synced_at - ctl.started_at,
         "rss_synced_mib": rss_synced,
         "rss_end_mib": rss_end,
@@ -200,6 +263,8 @@ def run(
         "asklepios_warnings": warnings,
     }
     params = {"nodes": nodes, "kickouts": kickouts, "spread_s": spread, "kickout_s": kickout_s,
-              "kickin_s": kickin_s}  # fmt: skip
+              "kickin_s": kickin_s, "death": "crash (out of kwok, Lease deleted, port closed) + set_ready False",
+              "kubelet_ports": True, "restore_after": restore_after}  # fmt: skip
     raw = {"cycles": [attrs.asdict(c) for c in cycles]}
-    return write_result(f"lag-{nodes}", "lag", params=params, summary=summary, raw=raw, steps=steps)
+    name = f"lag-{nodes}" if restore_after == "released" else f"lag-{nodes}-restore-at-{restore_after}"
+    return write_result(name, "lag", params=params, summary=summary, raw=raw, steps=steps)

@@ -8,10 +8,12 @@ window by ``requestReceivedTimestamp``.
 
 * **steady state**: nothing failing, for ``window`` seconds after the start-up list
   and watches are open. Asklepios runs with leader election on, as in production,
-  so the Lease renewals (GET + UPDATE every 2 s) are part of the figure.
-* **burst**: ``burst`` nodes set NotReady at once, until all are kicked out; then
-  all handed back, until all are kicked in. Requests in each phase (Lease traffic
-  excluded) divided by the number of nodes give requests per kickout / kickin.
+  so its leader Lease renewals (one UPDATE every 2 s) are part of the figure.
+* **burst**: ``burst`` nodes die at once (``crash``: out of their kwok, Lease deleted,
+  kubelet port closed; then ``set_ready(name, "False")``), until all are kicked out;
+  then all are powered on again (``restore``), until all are kicked in. Requests in
+  each phase, without the leader Lease's renewals (the node Lease GETs of the death
+  verdict stay in), divided by the number of nodes give requests per kickout / kickin.
 
 The original Asklepios polled: about 3N+1 requests per 10-second round, i.e.
 6(3N+1) per minute. That figure is *computed* and shown beside the measured one.
@@ -40,8 +42,11 @@ def polling_reference_per_minute(nodes: int) -> int:
     return 6 * (3 * nodes + 1)
 
 
+LEADER_LEASE = ("kube-system", "asklepios")
+
+
 def read_audit(path: Path) -> list[JSON]:
-    """One record per request (first stage seen): t, verb, what, code."""
+    """One record per request (first stage seen): t, verb, what, code, namespace, name."""
     seen: dict[str, JSON] = {}
     for line in path.read_bytes().splitlines():
         event = orjson.loads(line)
@@ -57,28 +62,53 @@ def read_audit(path: Path) -> list[JSON]:
             "verb": event["verb"],
             "what": what,
             "code": (event.get("responseStatus") or {}).get("code"),
+            "ns": ref.get("namespace", ""),
+            "name": ref.get("name", ""),
         }
     return sorted(seen.values(), key=lambda r: float(r["t"]))
 
 
+def is_leader_lease(record: JSON) -> bool:
+    return bool(record["what"] == "leases" and (record["ns"], record["name"]) == LEADER_LEASE)
+
+
+def label(record: JSON) -> str:
+    """``verb resource``; Leases told apart: the leader's own, and nodes' (kube-node-lease)."""
+    what = record["what"]
+    if what == "leases":
+        what = "leases (leader)" if is_leader_lease(record) else f"leases ({record['ns']})"
+    return f"{record['verb']} {what}"
+
+
 def count(records: list[JSON], start: float, end: float, *, leases: bool = True) -> dict[str, int]:
-    """Requests received in [start, end) by ``verb resource``."""
-    counter = Counter(
-        f"{r['verb']} {r['what']}" for r in records if start <= r["t"] < end and (leases or r["what"] != "leases")
-    )
+    """Requests received in [start, end) by ``verb resource``; ``leases=False`` leaves out the leader Lease."""
+    counter = Counter(label(r) for r in records if start <= r["t"] < end and (leases or not is_leader_lease(r)))
     return dict(sorted(counter.items()))
 
 
+def codes(records: list[JSON], start: float, end: float) -> dict[str, int]:
+    """Response codes of the requests received in [start, end) (leader Lease left out), by ``verb resource code``."""
+    counter = Counter(f"{label(r)} {r['code']}" for r in records if start <= r["t"] < end and not is_leader_lease(r))
+    return dict(sorted(counter.items()))
+
+
+def _die(lb: Lab, node: str) -> None:
+    lb.cp.crash(node)
+    lb.cp.set_ready(node, "False")
+
+
 def _burst(lb: Lab, tracker: NodeTracker, nodes: list[str], ready: bool) -> tuple[float, float]:
-    """Flip ``nodes`` at once; wait for all taints to go on (or off). Returns (start, end)."""
+    """Power ``nodes`` off (or on) at once; wait for all taints to go on (or off). Returns (start, end)."""
     start = time.time()
     with ThreadPoolExecutor(8) as pool:
         if ready:
-            list(pool.map(lambda n: lb.cp.clear_ready(n, wait_ready=False), nodes))
+            list(pool.map(lambda n: lb.cp.restore(n, wait_ready=False), nodes))
         else:
-            list(pool.map(lambda n: lb.cp.set_ready(n, "False"), nodes))
+            list(pool.map(lambda n: _die(lb, n), nodes))
     want = not ready
-    tracker.wait(lambda: all(tracker.tainted.get(n, False) == want for n in nodes), 180)
+    if not tracker.wait(lambda: all(tracker.tainted.get(n, False) == want for n in nodes), 180):
+        missing = [n for n in nodes if tracker.tainted.get(n, False) != want]
+        print(f"[load] not {'kicked in' if ready else 'kicked out'} within 180 s: {missing[:10]}", flush=True)
     time.sleep(3)  # the Event POST follows the PATCH
     return start, time.time()
 
@@ -87,7 +117,7 @@ def run(nodes: int, *, window: float = 180.0, burst: int = 100, keep: bool = Fal
     steps = Steps()
     with lab(audit=True, keep=keep) as lb:
         steps.done("control plane up")
-        names = lb.add_nodes(nodes)
+        names = lb.add_nodes(nodes, listeners=True)
         steps.done(f"{nodes} bulk nodes Ready")
         tracker = NodeTracker()
         watch = Watch(lb.cp.api, "/api/v1/nodes", tracker.handle, {"labelSelector": f"{WATCHED_LABEL}=true"})
@@ -136,22 +166,34 @@ def run(nodes: int, *, window: float = 180.0, burst: int = 100, keep: bool = Fal
         "steady_window_s": t1 - t0,
         "steady_requests": sum(steady.values()),
         "steady_per_minute": sum(steady.values()) / minutes,
-        "steady_per_minute_without_leases": sum(v for k, v in steady.items() if "leases" not in k) / minutes,
+        "steady_per_minute_without_leases": sum(v for k, v in steady.items() if "(leader)" not in k) / minutes,
         "steady_by_request_per_minute": {k: v / minutes for k, v in steady.items()},
+        "steady_leader_lease_per_minute": {k: v / minutes for k, v in steady.items() if "(leader)" in k},
         "burst_nodes": len(chosen),
         "per_kickout": sum(kickout.values()) / len(chosen),
         "per_kickin": sum(kickin.values()) / len(chosen),
         "kickout_phase": kickout,
         "kickin_phase": kickin,
+        "per_kickout_by_request": {k: v / len(chosen) for k, v in kickout.items()},
+        "per_kickin_by_request": {k: v / len(chosen) for k, v in kickin.items()},
+        "kickout_phase_codes": codes(records, out_start, out_end),
+        "kickin_phase_codes": codes(records, in_start, in_end),
+        "kickout_phase_s": out_end - out_start,
+        "kickin_phase_s": in_end - in_start,
+        "kicked_out": sum(1 for n in chosen if tracker.last(n, "taint_on", out_start) is not None),
+        "kicked_in": sum(1 for n in chosen if tracker.last(n, "taint_off", in_start) is not None),
         "startup_first_30s": count(records, started, started + 30),
         "whole_run": count(records, 0, float("inf")),
         "polling_reference_per_minute_computed": polling_reference_per_minute(nodes),
         "asklepios_watch_restarts": {k: v for k, v in metrics.items() if k.startswith("asklepios_watch_restarts")},
+        "asklepios_kickouts_held": {k: v for k, v in metrics.items() if k.startswith("asklepios_kickouts_held_total")},
         "asklepios_warnings": warnings,
     }
-    params = {"nodes": nodes, "window_s": window, "burst": burst, "leader_election": True}
+    params = {"nodes": nodes, "window_s": window, "burst": burst, "leader_election": True, "kubelet_ports": True,
+              "death": "crash (out of kwok, Lease deleted, port closed) + set_ready False"}  # fmt: skip
     notes = [
         "watches are counted once, when they open (audit stage ResponseStarted)",
+        "per kickout / per kickin leave out the leader Lease's renewals; node Lease GETs (kube-node-lease) stay in",
         "polling_reference_per_minute_computed = 6 * (3N + 1): computed, not measured",
     ]
     return write_result(

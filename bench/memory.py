@@ -9,18 +9,34 @@ which is the steady state. kwok then marks them Running.
 
 Phases measured on the controller process (``/proc``, sampled every second):
 initial sync (start until both lists are in and 10 s passed), a steady window, and
-a burst of ``burst`` nodes set NotReady at once with the guard off (their kickouts
-make the control plane evict the pods there, which the StatefulSets recreate).
+a burst of ``burst`` nodes powered off with the guard off (the lab's ``crash``: their
+kwok stops renewing their Leases, node-lifecycle marks them Unknown after its grace
+period, Asklepios kicks them out, and the control plane evicts the pods there, which
+the StatefulSets recreate), in two waves: ``FIRST_WAVE`` nodes at once, then the rest
+(see FIRST_WAVE). Between the steady window and the burst, a second controller runs
+under ``tracemalloc`` (``bench.tracemem``) to show what the synced RSS is made of.
+On a lab without ``crash`` for single
+bulk nodes the burst falls back to ``set_ready(False)``, which Asklepios now holds
+(their Leases are still renewed): then it measures held kickouts, not deaths.
 The bench also parses the same pods and nodes with Asklepios' own parsers under
-``tracemalloc``, which sizes the caches apart from the interpreter and libraries.
+``tracemalloc``, which sizes the caches apart from the interpreter and libraries, and
+measures what importing Asklepios costs (``bench.tracemem --imports``).
+
+``ASKLEPIOS_BENCH_MEMORY_BASELINE=<commit>[,<commit>...]`` also runs those commits'
+Asklepios (a ``git archive`` snapshot of ``src/asklepios`` on ``PYTHONPATH``) against the
+same cluster before the measured one, each up to its sync and a minute after: a
+before/after on one lab, one machine, one load.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -29,18 +45,27 @@ from typing import Any
 
 import orjson
 
+from asklepios.engine.balancer import PodShard
 from asklepios.kube.nodes import parse_node
 from asklepios.kube.pods import parse_pod
+from asklepios.kube.reflector import object_key
 from asklepios_lab import Api
+from bench import REPO_DIR
 from bench.cluster import WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler
 from bench.results import Steps, write_result
+from bench.tracemem import import_costs
 from bench.watch import NodeTracker, Watch
 
 JSON = dict[str, Any]
 NAMESPACE = "bench-pods"
 REPLICAS = 100
 SCHEDULER = "bench-binder"
+BASELINE_ENV = "ASKLEPIOS_BENCH_MEMORY_BASELINE"
+# The burst comes in two waves: Asklepios follows each kicked-out node with its own pod
+# watch, one pooled connection each, and kubernetes-asyncio's pool holds 100 connections;
+# beyond that, its other requests (Lease reads, the kickout PATCH) wait for a watch to end.
+FIRST_WAVE = 90
 
 
 def statefulset(name: str, replicas: int) -> JSON:
@@ -143,10 +168,11 @@ def _size_caches(api: Api) -> JSON:
 
     The list pages are fetched as bytes first; decoding happens under tracing, page by
     page, and each page is dropped after parsing, as the reflector does: what stays is
-    the cache, including the strings it shares with the decoded JSON.
+    the cache, including the strings it shares with the decoded JSON. Pods go through the
+    balancer's own store (`PodShard`), nodes are keyed as the reflector keys them.
     """
     result: JSON = {}
-    for what, path, parse in (("nodes", "/api/v1/nodes", parse_node), ("pods", "/api/v1/pods", parse_pod)):
+    for what, path in (("nodes", "/api/v1/nodes"), ("pods", "/api/v1/pods")):
         pages: list[bytes] = []
         query = {"limit": "500"}
         while True:
@@ -162,9 +188,13 @@ def _size_caches(api: Api) -> JSON:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         cache: dict[str, Any] = {}
+        shard = PodShard(cache)
         for body in pages:
             for o in orjson.loads(body)["items"]:
-                cache[f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}"] = parse(o)
+                if what == "pods":
+                    shard.upsert(object_key(o), parse_pod(o))
+                else:
+                    cache[object_key(o)] = parse_node(o)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
@@ -203,6 +233,69 @@ def _profile(lb: Lab, env: dict[str, str]) -> JSON:
     return report
 
 
+def _snapshot(commit: str) -> tuple[str, Path]:
+    """(short commit, directory to put on PYTHONPATH) of a read-only copy of its src/asklepios."""
+    short = subprocess.run(["git", "rev-parse", "--short", commit], cwd=REPO_DIR, capture_output=True, text=True,
+                           check=True).stdout.strip()  # fmt: skip
+    target = Path(tempfile.mkdtemp(prefix=f"asklepios-baseline-{short}-"))
+    archive = subprocess.run(["git", "archive", "--format=tar", short, "src/asklepios"], cwd=REPO_DIR,
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return short, target
+
+
+def _baseline(lb: Lab, env: dict[str, str], commit: str, steady: float = 60.0) -> JSON:
+    """Another commit's Asklepios on the same cluster: RSS and CPU up to its sync, and a minute after."""
+    short, target = _snapshot(commit)
+    log_path = lb.workdir / "logs" / f"asklepios-baseline-{short}.log"
+    ctl = Controller(lb.kubeconfig, {**env, "PYTHONPATH": str(target / "src")}, log_path).start()
+    sampler = Sampler(ctl, interval=1.0)
+    sampler.start()
+    try:
+        ctl.wait_ready(600)
+        listed_at = _pods_listed(ctl, 600)
+        time.sleep(10)
+        sync_end = time.time()
+        time.sleep(steady)
+        steady_end = time.time()
+    finally:
+        sampler.stop()
+        ctl.stop()
+        shutil.rmtree(target, ignore_errors=True)
+    return {
+        "commit": short,
+        "pods_listed_after_s": listed_at - ctl.started_at,
+        "phases": {
+            "initial sync (start to lists in +10 s)": sampler.window(ctl.started_at, sync_end),
+            f"steady ({steady:.0f} s)": sampler.window(sync_end, steady_end),
+        },
+        "samples": sampler.samples,
+    }
+
+
+def _kicked_out(tracker: NodeTracker, chosen: list[str], since: float, timeout: float) -> JSON:
+    """Wait until every node of ``chosen`` carries the out-of-service taint, at most ``timeout``."""
+    done = tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in chosen), timeout)
+    with tracker.lock:
+        count = sum(1 for n in chosen if tracker.tainted.get(n, False))
+    return {"nodes": len(chosen), "kicked_out": count, "all": done, "after_s": time.time() - since}
+
+
+def _power_off(lb: Lab, chosen: list[str]) -> str:
+    """Take ``chosen`` down at once: a power cut if the lab can cut single bulk nodes, else NotReady."""
+    crash = hasattr(lb.cp, "crash") and hasattr(lb.cp, "powered_off")
+
+    def act(name: str) -> None:
+        if crash:
+            lb.cp.crash(name)
+        else:
+            lb.cp.set_ready(name, "False")
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(act, chosen))
+    return "crash" if crash else "set_ready False"
+
+
 def _setup(lb: Lab, nodes: int, pods: int, steps: Steps) -> tuple[list[str], int]:
     names = lb.add_nodes(nodes, timeout=1800)
     steps.done(f"{nodes} bulk nodes Ready")
@@ -226,7 +319,10 @@ def run(
     keep: bool = False,
 ) -> Path:
     steps = Steps()
+    load_start = os.getloadavg()
     pods = nodes * pods_per_node // REPLICAS * REPLICAS
+    baseline_commits = [c for c in os.environ.get(BASELINE_ENV, "").split(",") if c]
+    baselines: list[JSON] = []
     with lab(keep=keep) as lb:
         steps.done("control plane up")
         names, repaired = _setup(lb, nodes, pods, steps)
@@ -240,6 +336,9 @@ def run(
             "ASKLEPIOS_KICKOUT_SECONDS": "10",
             "ASKLEPIOS_KICKIN_SECONDS": "10",
         }
+        for commit in baseline_commits:
+            baselines.append(_baseline(lb, env, commit))
+            steps.done(f"baseline {baselines[-1]['commit']}: synced, +60 s")
         ctl = Controller(lb.kubeconfig, env, lb.workdir / "logs" / "asklepios.log").start()
         sampler = Sampler(ctl, interval=1.0)
         sampler.start()
@@ -252,14 +351,23 @@ def run(
             time.sleep(window)
             steady_end = time.time()
             steps.done(f"steady window {window:.0f} s")
+            # Before the burst: a synced cluster with no kicked-out node, as after the sync.
+            profile = _profile(lb, env) if profiled else {}
+            steps.done("controller under tracemalloc")
+            burst_start = time.time()
             chosen = names[:: max(1, nodes // burst)][:burst]
-            with ThreadPoolExecutor(12) as pool:
-                list(pool.map(lambda n: lb.cp.set_ready(n, "False"), chosen))
-            tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in chosen), 600)
-            all_out = time.time()
+            first, rest = chosen[:FIRST_WAVE], chosen[FIRST_WAVE:]
+            how = _power_off(lb, first)
+            waves = [_kicked_out(tracker, first, burst_start, 600)]
             time.sleep(30)
-            burst_end = time.time()
-            steps.done(f"burst: {len(chosen)} NotReady at once, all kicked out, +30 s")
+            first_end = burst_end = time.time()
+            steps.done(f"burst, wave 1: {len(first)} nodes down at once ({how}), kicked out, +30 s")
+            if rest:
+                _power_off(lb, rest)
+                waves.append(_kicked_out(tracker, chosen, first_end, 600))
+                time.sleep(30)
+                burst_end = time.time()
+                steps.done(f"burst, wave 2: {len(rest)} more down ({len(chosen)} in all), kicked out or 600 s, +30 s")
             peak = ctl.peak_rss_bytes() / 2**20
             metrics = ctl.metrics()
             warnings = ctl.warnings()
@@ -269,8 +377,9 @@ def run(
             watch.stop()
         caches = _size_caches(lb.cp.api)
         steps.done("cache sizing (tracemalloc)")
-        profile = _profile(lb, env) if profiled else {}
-        steps.done("controller under tracemalloc")
+    imports = import_costs()
+    steps.done("import costs")
+    down = "powered off" if how == "crash" else "set NotReady"
     summary = {
         "nodes": nodes,
         "pods": pods,
@@ -278,24 +387,39 @@ def run(
         "phases": {
             "initial sync (start to lists in +10 s)": sampler.window(ctl.started_at, sync_end),
             f"steady ({window:.0f} s)": sampler.window(sync_end, steady_end),
-            f"burst ({len(chosen)} nodes NotReady at once, to all kicked out +30 s)": sampler.window(
-                steady_end, burst_end
+            f"burst, wave 1 ({len(first)} nodes {down} at once, to all kicked out +30 s)": sampler.window(
+                burst_start, first_end
+            ),
+            **(
+                {
+                    f"burst, wave 2 (+{len(rest)} nodes, {len(chosen)} down, to all kicked out or 600 s, +30 s)": (
+                        sampler.window(first_end, burst_end)
+                    )
+                }
+                if rest
+                else {}
             ),
         },
+        "burst_waves": waves,
+        "burst_how": how,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "nodes_synced_after_s": ready_at - ctl.started_at,
         "pods_listed_after_s": listed_at - ctl.started_at,
-        "burst_all_kicked_out_after_s": all_out - steady_end,
         "peak_rss_mib_vmhwm": peak,
         "kickouts": metrics.get("asklepios_kickouts_total"),
         "asklepios_watch_restarts": {k: v for k, v in metrics.items() if k.startswith("asklepios_watch_restarts")},
         "asklepios_warnings": warnings,
         "cache_sizes_tracemalloc": caches,
+        "import_costs": imports,
+        "baselines": [{k: v for k, v in b.items() if k != "samples"} for b in baselines],
         "controller_tracemalloc": {
             k: v for k, v in profile.items() if not k.startswith("by_line") and k != "by_traceback"
         },
     }
     params = {"nodes": nodes, "pods": pods, "replicas_per_statefulset": REPLICAS, "window_s": window,
-              "burst": burst}  # fmt: skip
-    raw = {"samples": sampler.samples, "tracemalloc": profile}
+              "burst": burst, "baselines": baseline_commits}  # fmt: skip
+    raw = {"samples": sampler.samples, "tracemalloc": profile,
+           "baseline_samples": {b["commit"]: b["samples"] for b in baselines}}  # fmt: skip
     name = "memory" if nodes == 5000 else f"memory-{nodes}"
     return write_result(name, "memory", params=params, summary=summary, raw=raw, steps=steps)

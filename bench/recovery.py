@@ -4,25 +4,34 @@ Three control-plane nodes (one kwok each, lab defaults: node Lease 4 s, node-mon
 grace 5 s) run the ``mariadb-server`` and ``rabbitmq-rabbitmq`` StatefulSets, 3
 replicas each, preferred pod anti-affinity, tolerating not-ready/unreachable for 2 s.
 Asklepios runs with KICKOUT=KICKIN=10 s and the balancer on (selector
-``application in (mariadb,rabbitmq)``). Each run crashes one node (SIGKILL of its
-kwok) and, once every pod runs elsewhere, restores it. Phase ends are receive times
-of the bench's own node and pod watches:
+``application in (mariadb,rabbitmq)``), ASKLEPIOS_FORCE_DELETE as asked, and
+optionally fencing through the lab's Redfish BMC. Each run crashes one node (SIGKILL
+of its kwok, kubelet port closed: its BMC still says On, as for a hung machine) and,
+once every pod runs elsewhere, restores it (with fencing, Asklepios powers it on
+through the BMC itself). Phase ends are receive times of the bench's node and pod
+watches, and the BMC's own notifications:
 
-crash -> NotReady (node-monitor grace) -> tainted (kickout) -> old pods gone (the pod
-garbage collector force-deletes them; it scans every 20 s) -> replacements Running;
-restore -> Ready -> untainted (kickin) -> balanced (one pod per node per StatefulSet).
+crash -> NotReady (node-monitor grace) -> tainted (kickout: countdown from when
+Asklepios saw NotReady, then the evidence: Lease GET, TCP probe, with fencing
+ForceOff and the wait for PowerState Off) -> old pods gone (Asklepios' force delete,
+or the pod garbage collector's 20 s scan without it) -> replacements Running;
+restore (or BMC power On) -> Ready -> untainted (kickin) -> balanced (one pod per
+node per StatefulSet).
 """
 
 from __future__ import annotations
 
-import statistics
+import base64
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from asklepios_lab import BmcRecord
 from bench.cluster import lab
 from bench.controller import Controller
-from bench.results import Steps, write_result
+from bench.results import Steps, epoch, percentile, write_result
 from bench.watch import NodeTracker, PodTracker, Watch
 
 JSON = dict[str, Any]
@@ -30,6 +39,14 @@ NAMESPACE = "bench-seed"
 STATEFULSETS = {"mariadb-server": "mariadb", "rabbitmq-rabbitmq": "rabbitmq"}
 CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 TIMEOUT = 120.0
+KICKOUT_S = 10
+GRACE_S = 5.0
+FENCING_SECRET = "asklepios-bmc"  # noqa: S105 - the Secret's name, not a password
+LOGGED = (
+    "node kicked out", "node kicked in", "pod moved", "pod force-deleted", "pods released", "ForceOff sent",
+    "BMC confirmed power Off", "node powered on", "eviction refused by a PodDisruptionBudget; will retry",
+    "waiting for every replica to be Ready",
+)  # fmt: skip
 
 
 def statefulset(name: str, application: str) -> JSON:
@@ -90,38 +107,122 @@ def _need(value: float | None, what: str, victim: str) -> float:
     return value
 
 
-def _one_run(cp: Any, nodes: NodeTracker, pods: PodTracker, victim: str, marks: list[JSON]) -> dict[str, float]:
+def _bmc_time(records: list[BmcRecord], kind: str, value: str, after: float) -> float | None:
+    return next((r.time for r in records if r.kind == kind and r.value == value and r.time >= after), None)
+
+
+def _since(annotation: str | None) -> float | None:
+    data = orjson.loads(annotation) if annotation else None
+    return epoch(data.get("since")) if isinstance(data, dict) else None
+
+
+def _moves_open(ctl: Controller) -> int:
+    """Evictions of the balancer whose outcome it has not decided yet (from its log)."""
+    counts = {"pod evicted": 0, "pod moved": 0, "rebalance failed": 0}
+    for line in ctl.logs():
+        msg = line.get("msg")
+        if msg in counts:
+            counts[str(msg)] += 1
+    return counts["pod evicted"] - counts["pod moved"] - counts["rebalance failed"]
+
+
+def _settle(ctl: Controller, timeout: float = 30.0) -> float:
+    """Wait until the balancer has judged its moves (it does at its next round), so the next crash
+    cannot be blamed on this run's move; returns how long that took."""
+    started = time.monotonic()
+    while _moves_open(ctl) > 0 and time.monotonic() - started < timeout:
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _one_run(
+    cp: Any, nodes: NodeTracker, pods: PodTracker, victim: str, marks: list[JSON], *, fencing: bool
+) -> dict[str, float]:
     with pods.lock:
         old = {uid for uid, p in pods.pods.items() if p["node"] == victim}
     t_crash = time.time()
     cp.crash(victim)
     t_notready = _need(nodes.wait_for(victim, "notready", t_crash, TIMEOUT), "NotReady", victim)
     t_taint = _need(nodes.wait_for(victim, "taint_on", t_crash, TIMEOUT), "kickout", victim)
+    mark = nodes.last(victim, "notready_mark", t_crash)
+    deadline = (_since(mark[1]) or t_notready) + KICKOUT_S if mark else t_notready + KICKOUT_S
     _need(pods.wait(lambda: old <= pods.gone.keys(), TIMEOUT), "old pods gone", victim)
     t_gone = max(pods.gone[uid] for uid in old)
     t_running = _need(pods.wait(lambda: _running_without(pods, victim), TIMEOUT), "Running", victim)
-    t_restore = time.time()
-    cp.restore(victim, wait_ready=False)
+    bmc: list[BmcRecord] = cp.bmc().timeline(victim) if fencing else []
+    if fencing:  # Asklepios powers it on through the BMC once its pods are gone
+        wait_until = time.monotonic() + TIMEOUT
+        while _bmc_time(bmc, "power", "On", t_crash) is None and time.monotonic() < wait_until:
+            time.sleep(0.1)
+            bmc = cp.bmc().timeline(victim)
+        t_restore = _need(_bmc_time(bmc, "power", "On", t_crash), "BMC power On", victim)
+    else:
+        t_restore = time.time()
+        cp.restore(victim, wait_ready=False)
     t_ready = _need(nodes.wait_for(victim, "ready", t_restore, TIMEOUT), "Ready", victim)
     t_untaint = _need(nodes.wait_for(victim, "taint_off", t_restore, TIMEOUT), "kickin", victim)
     t_balanced = _need(pods.wait(lambda: _balanced(pods), TIMEOUT), "balanced", victim)
-    marks.append({"victim": victim, "crash": t_crash, "notready": t_notready, "tainted": t_taint,
-                  "gone": t_gone, "running": t_running, "restore": t_restore, "ready": t_ready,
-                  "untainted": t_untaint, "balanced": t_balanced})  # fmt: skip
-    return {
+    if fencing:
+        bmc = cp.bmc().timeline(victim)
+    mark_t = {"crash": t_crash, "notready": t_notready, "deadline": deadline, "tainted": t_taint, "gone": t_gone,
+              "running": t_running, "restore": t_restore, "ready": t_ready, "untainted": t_untaint,
+              "balanced": t_balanced}  # fmt: skip
+    phases = {
         "crash -> NotReady (node-monitor grace)": t_notready - t_crash,
         "NotReady -> tainted (kickout)": t_taint - t_notready,
-        "tainted -> old pods gone (pod GC force-delete)": t_gone - t_taint,
+        "kickout deadline -> tainted (evidence, PATCH, watch)": t_taint - deadline,
+        "tainted -> old pods gone": t_gone - t_taint,
         "old pods gone -> replacements Running (reschedule, start)": t_running - t_gone,
         "crash -> all Running elsewhere (total)": t_running - t_crash,
+    }
+    if fencing:
+        force_off = _need(_bmc_time(bmc, "reset", "Off", t_crash), "ForceOff", victim)
+        off = _need(_bmc_time(bmc, "power", "Off", t_crash), "power Off", victim)
+        on_request = _need(_bmc_time(bmc, "reset", "On", t_crash), "power On request", victim)
+        mark_t.update({"force_off": force_off, "off": off, "on_request": on_request})
+        phases.update({
+            "fencing: kickout deadline -> ForceOff sent": force_off - deadline,
+            "fencing: ForceOff -> BMC reports Off (emulator applies it)": off - force_off,
+            "fencing: BMC Off -> tainted": t_taint - off,
+            "fencing: old pods gone -> power On sent": on_request - t_gone,
+            "fencing: power On sent -> BMC reports On": t_restore - on_request,
+        })  # fmt: skip
+    phases.update({
         "restore -> Ready (kwok restarts, takes the Lease)": t_ready - t_restore,
         "Ready -> untainted (kickin)": t_untaint - t_ready,
         "untainted -> balanced (balancer evictions)": t_balanced - t_untaint,
         "restore -> balanced (total)": t_balanced - t_restore,
+    })  # fmt: skip
+    marks.append({"victim": victim, **mark_t})
+    return phases
+
+
+def _fencing_setup(lb: Any, names: list[str]) -> dict[str, str]:
+    """Every node gets a Redfish system of the lab's BMC; the Secret Asklepios reads; its settings."""
+    cp = lb.cp
+    bmc = cp.bmc()
+    for name in names:
+        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
+    data = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+    secret = {
+        "metadata": {"name": FENCING_SECRET, "namespace": "kube-system"},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    cp.api.create("/api/v1/namespaces/kube-system/secrets", secret)
+    return {
+        "ASKLEPIOS_FENCING": "redfish",
+        "ASKLEPIOS_FENCING_SECRET": FENCING_SECRET,
+        "ASKLEPIOS_NAMESPACE": "kube-system",
     }
 
 
-def run(*, runs: int = 5, keep: bool = False) -> Path:
+def scenario_name(force_delete: bool, fencing: bool) -> str:
+    if fencing:
+        return "recovery-fencing" if force_delete else "recovery-fencing-no-force-delete"
+    return "recovery-force-delete" if force_delete else "recovery-no-force-delete"
+
+
+def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, keep: bool = False) -> Path:
     steps = Steps()
     with lab(bulk=False, keep=keep) as lb:
         cp = lb.cp
@@ -134,14 +235,18 @@ def run(*, runs: int = 5, keep: bool = False) -> Path:
             cp.api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(name, app))
         if pod_tracker.wait(lambda: _balanced(pod_tracker), TIMEOUT) is None:
             raise TimeoutError("StatefulSets not Running one pod per node")
-        steps.done("control plane, 3 nodes, StatefulSets Running")
+        extra = _fencing_setup(lb, names) if fencing else {}
+        steps.done("control plane, 3 nodes, StatefulSets Running" + (", BMC" if fencing else ""))
         ctl = Controller(
             lb.kubeconfig,
             {
-                "ASKLEPIOS_KICKOUT_SECONDS": "10",
-                "ASKLEPIOS_KICKIN_SECONDS": "10",
+                "ASKLEPIOS_KICKOUT_SECONDS": str(KICKOUT_S),
+                "ASKLEPIOS_KICKIN_SECONDS": str(KICKOUT_S),
                 "ASKLEPIOS_BALANCER": "true",
                 "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
+                "ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR": "600",  # 10 runs move each StatefulSet 10 times
+                "ASKLEPIOS_FORCE_DELETE": str(force_delete).lower(),
+                **extra,
             },
             lb.workdir / "logs" / "asklepios.log",
         ).start()
@@ -151,16 +256,18 @@ def run(*, runs: int = 5, keep: bool = False) -> Path:
             ctl.wait_ready(60)
             for i in range(runs):
                 victim = names[i % len(names)]
-                results.append(_one_run(cp, node_tracker, pod_tracker, victim, marks))
+                results.append(_one_run(cp, node_tracker, pod_tracker, victim, marks, fencing=fencing))
+                marks[-1]["balancer_settled_after_s"] = _settle(ctl)
                 steps.done(f"run {i + 1} ({victim})")
                 time.sleep(3)
             metrics = ctl.metrics()
             warnings = ctl.warnings()
             log = [
-                {k: v for k, v in line.items() if k in ("ts", "msg", "node", "pod", "to_node", "from_node")}
+                {k: v for k, v in line.items()
+                 if k in ("ts", "msg", "node", "pod", "to_node", "from_node", "evidence", "late_seconds",
+                          "fencing_seconds")}
                 for line in ctl.logs()
-                if line.get("msg") in ("node kicked out", "node kicked in", "pod moved", "eviction refused "
-                                       "by a PodDisruptionBudget; will retry", "waiting for every replica to be Ready")
+                if line.get("msg") in LOGGED
             ]  # fmt: skip
         finally:
             ctl.stop()
@@ -168,22 +275,38 @@ def run(*, runs: int = 5, keep: bool = False) -> Path:
             pod_watch.stop()
     phases = {
         phase: {
-            "median": statistics.median(r[phase] for r in results),
-            "max": max(r[phase] for r in results),
-            "min": min(r[phase] for r in results),
-            "values": [r[phase] for r in results],
+            "p50": percentile(values, 50),
+            "p99": percentile(values, 99),
+            "max": max(values),
+            "min": min(values),
+            "values": values,
         }
         for phase in results[0]
+        for values in [[r[phase] for r in results]]
     }
+    total = "crash -> all Running elsewhere (total)"
+    goal = GRACE_S + KICKOUT_S + 2.0
     summary = {
         "runs": len(results),
+        "force_delete": force_delete,
+        "fencing": fencing,
         "phases": phases,
+        "goal_crash_to_running_s": goal,
+        "runs_within_goal": sum(1 for r in results if r[total] <= goal),
         "kickouts": metrics.get("asklepios_kickouts_total"),
         "kickins": metrics.get("asklepios_kickins_total"),
         "rebalanced_pods": metrics.get("asklepios_rebalanced_pods_total"),
+        "rebalance_failures": metrics.get("asklepios_rebalance_failures_total"),
+        "pods_force_deleted": metrics.get("asklepios_pods_force_deleted_total"),
+        "fencing_seconds_sum": metrics.get("asklepios_fencing_seconds_sum"),
+        "fencing_seconds_count": metrics.get("asklepios_fencing_seconds_count"),
+        "kickout_delay_sum": metrics.get("asklepios_kickout_delay_seconds_sum"),
+        "kickout_delay_count": metrics.get("asklepios_kickout_delay_seconds_count"),
         "asklepios_warnings": warnings,
     }
-    params = {"runs": runs, "kickout_s": 10, "kickin_s": 10, "toleration_s": 2, "node_monitor_grace_s": 5,
-              "node_lease_s": 4}  # fmt: skip
+    params = {"runs": runs, "kickout_s": KICKOUT_S, "kickin_s": KICKOUT_S, "toleration_s": 2,
+              "node_monitor_grace_s": GRACE_S, "node_lease_s": 4, "force_delete": force_delete, "fencing": fencing,
+              "balancer_max_moves_per_hour": 600}  # fmt: skip
     raw = {"runs": results, "marks": marks, "asklepios_log": log}
-    return write_result("recovery", "recovery", params=params, summary=summary, raw=raw, steps=steps)
+    return write_result(scenario_name(force_delete, fencing), "recovery", params=params, summary=summary, raw=raw,
+                        steps=steps)  # fmt: skip

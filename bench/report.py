@@ -32,51 +32,76 @@ def quad(d: JSON | None) -> str:
     return " / ".join(num(d.get(k)) for k in ("p50", "p95", "p99", "max"))
 
 
+def tri(d: JSON | None, digits: int = 2) -> str:
+    """'p50 / p99 / max' of a distribution."""
+    if not d or not d.get("count"):
+        return "-"
+    return " / ".join(num(d.get(k), digits) for k in ("p50", "p99", "max"))
+
+
 def table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def _lag(docs: list[JSON]) -> list[str]:
-    header = ["watched nodes", "kickouts", "kickout lag, API deadline (s)",
+    header = ["run", "watched nodes", "kickouts", "kickout lag, API deadline (s)",
               "kickout lag, precise deadline (s)", "kickin lag, API deadline (s)",
-              "kickin lag, precise deadline (s)",
-              "Asklepios histogram mean / p99 (s)", "RSS after sync (MiB)"]  # fmt: skip
+              "kickin lag, precise deadline (s)", "Asklepios histogram mean / p99 (s)",
+              "RSS after sync (MiB)", "failed cycles"]  # fmt: skip
     rows = []
-    for d in sorted(docs, key=lambda d: d["params"]["nodes"]):
+    for d in sorted(docs, key=lambda d: (d["params"]["nodes"], d["scenario"])):
         s = d["summary"]
         h = s["asklepios_histogram"]
         rows.append([
-            num(s["watched_nodes"]), num(s["kickouts"]), quad(s["kickout_lag_api_s"]),
-            quad(s["kickout_lag_precise_s"]), quad(s["kickin_lag_api_s"]), quad(s["kickin_lag_precise_s"]),
+            d["scenario"], num(s["watched_nodes"]), num(s["kickouts"]), tri(s["kickout_lag_api_s"], 3),
+            tri(s["kickout_lag_precise_s"], 3), tri(s["kickin_lag_api_s"], 3), tri(s["kickin_lag_precise_s"], 3),
             f"{num(h['mean_s'], 3)} / {num(h['p99_s'], 3)}", num(s["rss_synced_mib"], 0),
+            num(s.get("failed_cycles", 0)),
         ])  # fmt: skip
-    title = ["## Kickout and kickin lag", "", "Each lag cell: p50 / p95 / p99 / max."]
-    return [*title, "", *table(header, rows)]
+    parts = [
+        ("NotReady PATCH returned -> Asklepios' countdown start (s)", "notready_seen_after_s"),
+        ("NotReady PATCH returned -> notready-since mark seen (s)", "notready_mark_seen_after_s"),
+        ("Ready seen by the bench -> Asklepios' Ready period start (s)", "ready_seen_after_s"),
+        ("taint seen -> kickout record says released (s)", "taint_to_released_s"),
+        ("restore -> Ready=True seen (s)", "restore_to_ready_s"),
+    ]
+    detail = [[d["scenario"], *[tri(d["summary"].get(key), 3) for _, key in parts]]
+              for d in sorted(docs, key=lambda d: (d["params"]["nodes"], d["scenario"]))]  # fmt: skip
+    title = ["## Kickout and kickin lag", "", "Each lag cell: p50 / p99 / max, seconds."]
+    return [*title, "", *table(header, rows), "", "What the deadlines are made of (p50 / p99 / max):", "",
+            *table(["run", *[p for p, _ in parts]], detail)]  # fmt: skip
 
 
 def _load(docs: list[JSON]) -> list[str]:
-    header = ["watched nodes", "steady requests/min (measured)", "of which Lease", "without Lease",
+    header = ["watched nodes", "steady requests/min (measured)", "of which leader Lease", "without leader Lease",
               "original's polling, requests/min (COMPUTED 6(3N+1), not measured)",
-              "requests per kickout", "requests per kickin", "steady window (s)"]  # fmt: skip
+              "requests per kickout", "requests per kickin", "burst nodes", "steady window (s)"]  # fmt: skip
+    ordered = sorted(docs, key=lambda d: d["params"]["nodes"])
     rows = []
-    for d in sorted(docs, key=lambda d: d["params"]["nodes"]):
+    for d in ordered:
         s = d["summary"]
         lease = s["steady_per_minute"] - s["steady_per_minute_without_leases"]
         rows.append([
             num(s["watched_nodes"]), num(s["steady_per_minute"], 1), num(lease, 1),
             num(s["steady_per_minute_without_leases"], 1), num(s["polling_reference_per_minute_computed"]),
-            num(s["per_kickout"]), num(s["per_kickin"]), num(s["steady_window_s"], 0),
+            num(s["per_kickout"]), num(s["per_kickin"]), num(s["burst_nodes"]), num(s["steady_window_s"], 0),
         ])  # fmt: skip
+    out = ["## Apiserver load", "", *table(header, rows), ""]
     kinds = sorted({k for d in docs for k in d["summary"]["steady_by_request_per_minute"]})
-    detail = [
-        [num(d["summary"]["watched_nodes"])]
-        + [num(d["summary"]["steady_by_request_per_minute"].get(k, 0.0), 1) for k in kinds]
-        for d in sorted(docs, key=lambda d: d["params"]["nodes"])
-    ]
-    return ["## Apiserver load", "", *table(header, rows), "",
-            "Steady state, requests/min by verb and resource:", "",
-            *table(["watched nodes", *kinds], detail)]  # fmt: skip
+    detail = [[num(d["summary"]["watched_nodes"])]
+              + [num(d["summary"]["steady_by_request_per_minute"].get(k, 0.0), 1) for k in kinds]
+              for d in ordered]  # fmt: skip
+    out += ["Steady state, requests/min by verb and resource:", "", *table(["watched nodes", *kinds], detail), ""]
+    for phase, key in (("kickout", "per_kickout_by_request"), ("kickin", "per_kickin_by_request")):
+        if not all(key in d["summary"] for d in docs):
+            continue
+        kinds = sorted({k for d in docs for k in d["summary"][key]})
+        detail = [[num(d["summary"]["watched_nodes"])] + [num(d["summary"][key].get(k, 0.0)) for k in kinds]
+                  for d in ordered]  # fmt: skip
+        out += [f"Requests per {phase}, by verb and resource (burst phase / nodes; leader Lease left out):", "",
+                *table(["watched nodes", *kinds], detail), ""]  # fmt: skip
+    return out
 
 
 def _memory(docs: list[JSON]) -> list[str]:
@@ -120,15 +145,75 @@ def _site(where: list[str]) -> str:
     return place + (f" `{code}`".replace("|", "\\|") if code else "")
 
 
+RECOVERY_ORDER = ("recovery-force-delete", "recovery-no-force-delete", "recovery-fencing")
+
+
 def _recovery(docs: list[JSON]) -> list[str]:
-    out = ["## Recovery (seed scenario)", ""]
+    docs = sorted(docs, key=lambda d: (RECOVERY_ORDER.index(d["scenario"]) if d["scenario"] in RECOVERY_ORDER
+                                       else len(RECOVERY_ORDER), d["scenario"]))  # fmt: skip
+    phases: list[str] = []
+    for d in docs:
+        phases += [p for p in d["summary"]["phases"] if p not in phases]
+    header = ["phase (s)"] + [f"{_recovery_label(d)}: p50 / p99 / max" for d in docs]
+    rows = []
+    for phase in phases:
+        row = [phase]
+        for d in docs:
+            v = d["summary"]["phases"].get(phase)
+            row.append(" / ".join(num(v.get(k)) for k in ("p50", "p99", "max")) if v else "-")
+        rows.append(row)
+    goal = [
+        f"{_recovery_label(d)}: {d['summary'].get('runs_within_goal', '-')} of {d['summary']['runs']} runs"
+        f" <= {num(d['summary'].get('goal_crash_to_running_s'), 0)} s (grace + kickout + 2 s)"
+        for d in docs if "goal_crash_to_running_s" in d["summary"]
+    ]  # fmt: skip
+    out = ["## Recovery (seed scenario)", "", *table(header, rows), ""]
+    if goal:
+        out += ["Crash -> all Running elsewhere within the goal: " + "; ".join(goal) + ".", ""]
+    return out
+
+
+def _recovery_label(d: JSON) -> str:
+    s = d["summary"]
+    if "force_delete" not in s:
+        return f"{d['scenario']} ({s['runs']} runs)"
+    what = "fencing (redfish)" if s.get("fencing") else "no fencing"
+    return f"force delete {'on' if s['force_delete'] else 'off'}, {what} ({s['runs']} runs)"
+
+
+def _podwatch(docs: list[JSON]) -> list[str]:
+    out = ["## Pod watch: one per kicked-out node vs one cluster-wide", ""]
     for d in docs:
         s = d["summary"]
-        out.append(f"{s['runs']} runs ({d['scenario']}), seconds:")
-        out.append("")
-        rows = [[phase, num(v["median"]), num(v["max"]), num(v["min"])] for phase, v in s["phases"].items()]
-        out += table(["phase", "median (s)", "max (s)", "min (s)"], rows)
-        out.append("")
+        direct = s["direct_lists"]
+        cw, one = direct["cluster_wide"], direct["one_node"]
+        out += [f"{num(s['nodes'])} nodes, {num(s['pods'])} pods ({d['scenario']}). The bench's own paged lists "
+                f"(pages of 500, as the reflector): all pods {num(cw['bytes'] / 2**20, 1)} MiB in "
+                f"{num(cw['seconds_median'])} s (apiserver CPU {num(cw['apiserver_cpu_s_median'])} s); one node's "
+                f"{num(one['items_median'], 0)} pods {num(one['bytes_median'] / 1024, 1)} KiB in "
+                f"{num(one['seconds_median'], 3)} s (apiserver CPU {num(one['apiserver_cpu_s_median'], 3)} s).",
+                ""]  # fmt: skip
+        header = ["watch", "pods held", "list to synced (s)", "RSS after sync (MiB)", "RSS peak (MiB)",
+                  "child CPU to sync (s)", "apiserver CPU during sync, minus idle (s)",
+                  f"events received in churn ({num(s['configurations'][0]['churn_pods'])} pods patched)",
+                  "child CPU in churn (s)", "apiserver CPU in churn, minus idle (s)",
+                  f"child CPU idle {num(s['configurations'][0]['idle_window_s'], 0)} s"]  # fmt: skip
+        rows = []
+        for c in s["configurations"]:
+            if c["mode"] == "cluster":
+                name = "one cluster-wide (Reflector, parse_pod_ref)"
+            elif c["followed_nodes"]:
+                name = f"per node x{c['followed_nodes']} (NodePodWatches)"
+            else:
+                name = "none (baseline process)"
+            rows.append([
+                name, num(c["pods_held"]), num(c["list_s_child"]), num(c["rss_synced_mib"], 1),
+                num(c["rss_peak_mib"], 1), num(c["child_cpu_s_to_sync"]),
+                num(c["cpu_s_during_sync_minus_idle"]["kube-apiserver"]), num(c["events_received"]),
+                num(c["child_cpu_s_churn"]), num(c["cpu_s_during_churn_minus_idle"]["kube-apiserver"]),
+                num(c["child_cpu_s_idle"]),
+            ])  # fmt: skip
+        out += [*table(header, rows), ""]
     return out
 
 
@@ -137,6 +222,7 @@ RENDER: dict[str, Callable[[list[JSON]], list[str]]] = {
     "load": _load,
     "memory": _memory,
     "recovery": _recovery,
+    "podwatch": _podwatch,
 }
 
 
@@ -148,16 +234,26 @@ def render(docs: list[JSON]) -> str:
         mine = [d for d in docs if d["kind"] == kind]
         if mine:
             out += [*fn(mine), ""]
-    out += ["## Runs", ""]
+    out += ["## Runs", "",
+            "Load: the machine's 1-minute load average at the start and at the end of the run, and the share of "
+            "both CPUs busy over the run (the machine is shared with other work).", ""]  # fmt: skip
     rows = [[d["scenario"], d["finished"], d.get("asklepios_commit", "-"), num(d["timing"]["total_s"], 0),
-             ", ".join(f"{k} {v:.0f}" for k, v in d["timing"]["steps_s"].items())]
+             _load_cell(d), ", ".join(f"{k} {v:.0f}" for k, v in d["timing"]["steps_s"].items())]
             for d in docs]  # fmt: skip
-    out += table(["scenario", "finished (UTC)", "Asklepios commit", "wall time (s)", "steps (s)"], rows)
+    out += table(["scenario", "finished (UTC)", "Asklepios commit", "wall time (s)", "load start -> end (CPUs busy)",
+                  "steps (s)"], rows)  # fmt: skip
     if docs:
         m = docs[-1]["machine"]
         out += ["", f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
                     f"Python {m['python']}, Linux {m['kernel']}."]  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def _load_cell(d: JSON) -> str:
+    load = d.get("load_average")
+    if not load:
+        return "-"
+    return f"{num(load['start'][0])} -> {num(load['end'][0])} ({num(load.get('cpus_busy_percent'), 0)} %)"
 
 
 def load_results() -> list[JSON]:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from bench import REPO_DIR, RESULTS_DIR
+from bench.controller import SOURCE
 from bench.report import write_table
 
 JSON = dict[str, Any]
@@ -97,27 +98,61 @@ def machine() -> JSON:
     }
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - idle, total
+
+
 class Steps:
-    """Wall-clock durations of the named steps of a run, in order."""
+    """Wall-clock durations of the named steps of a run, in order, and how busy the machine was.
+
+    The machine is shared: the 1-minute load average is taken at the start, after each
+    step and at the end, and the share of all CPUs busy over the run (/proc/stat), so
+    contention from other work shows in the result file.
+    """
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self._last = self.started
         self.steps: dict[str, float] = {}
+        self.load_start = os.getloadavg()
+        self._cpu_start = _cpu_ticks()
+        self.load_after: dict[str, float] = {}
 
     def done(self, name: str) -> float:
         now = time.monotonic()
         self.steps[name] = round(now - self._last, 1)
         self._last = now
-        print(f"[bench] {name}: {self.steps[name]:.1f} s", flush=True)
+        self.load_after[name] = round(os.getloadavg()[0], 2)
+        print(f"[bench] {name}: {self.steps[name]:.1f} s (load {self.load_after[name]:.2f})", flush=True)
         return self.steps[name]
 
     def as_json(self) -> JSON:
         return {"steps_s": self.steps, "total_s": round(time.monotonic() - self.started, 1)}
 
+    def load_json(self) -> JSON:
+        """Load averages (1, 5, 15 min) at start and end, 1-min after each step, CPU busy share."""
+        busy0, total0 = self._cpu_start
+        busy1, total1 = _cpu_ticks()
+        return {
+            "start": [round(x, 2) for x in self.load_start],
+            "end": [round(x, 2) for x in os.getloadavg()],
+            "after_step_1min": self.load_after,
+            "cpus_busy_percent": round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1),
+        }
+
 
 def source_commit() -> str:
-    """The commit the measured Asklepios was built from (read-only git), "+dirty" if src/ differs."""
+    """The commit the measured Asklepios was built from (read-only git), "+dirty" if src/ differs.
+
+    When the bench runs Asklepios from a snapshot of a commit (bench.controller.SOURCE),
+    that commit, clean.
+    """
+    if SOURCE.commit:
+        return SOURCE.describe()
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
@@ -159,6 +194,7 @@ def write_result(
         "asklepios_commit": source_commit(),
         "params": params,
         "timing": steps.as_json(),
+        "load_average": steps.load_json(),
         "notes": list(notes),
         "summary": summary,
         "raw": raw,

@@ -6,7 +6,9 @@ every event with ``time.time()`` the moment its line arrives, so lags are measur
 against what a client of the apiserver sees, not against a polling interval.
 :class:`NodeTracker` and :class:`PodTracker` turn those events into timestamped
 transitions: Ready flips, the out-of-service taint appearing and going, pods
-becoming Ready or disappearing.
+becoming Ready or disappearing, and the period marks Asklepios writes
+(``asklepios.io/notready-since``, ``asklepios.io/ready-since``: the start of the
+countdown it runs, as it knows it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from asklepios_lab import Api
 JSON = dict[str, Any]
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 KICKOUT_ANNOTATION = "asklepios.io/kickout"
+MARK_ANNOTATIONS = {
+    "notready_mark": "asklepios.io/notready-since",
+    "ready_mark": "asklepios.io/ready-since",
+    "kickout_record": KICKOUT_ANNOTATION,
+}
 Handler = Callable[[float, str, JSON], None]
 
 
@@ -127,13 +134,17 @@ class NodeTracker:
 
     ``history[name]`` is a list of ``(t, what, detail)`` with ``what`` one of
     ``notready``, ``ready`` (detail: lastTransitionTime) and ``taint_on`` (detail: the
-    kickout annotation), ``taint_off``. Nodes are assumed Ready and untainted at start.
+    kickout annotation), ``taint_off``, and ``notready_mark`` / ``ready_mark`` /
+    ``kickout_record`` (detail: the annotation's JSON) whenever one of Asklepios' period
+    marks or its kickout record appears or changes.
+    Nodes are assumed Ready and untainted at start.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.ready: dict[str, bool] = {}
         self.tainted: dict[str, bool] = {}
+        self.marks: dict[tuple[str, str], str | None] = {}  # (node, notready_mark|ready_mark) -> annotation
         self.history: dict[str, list[tuple[float, str, str | None]]] = {}
 
     def handle(self, t: float, kind: str, obj: JSON) -> None:
@@ -150,6 +161,13 @@ class NodeTracker:
                 annotation = (obj["metadata"].get("annotations") or {}).get(KICKOUT_ANNOTATION)
                 log.append((t, "taint_on" if tainted else "taint_off", annotation))
             self.ready[name], self.tainted[name] = ready, tainted
+            annotations = obj["metadata"].get("annotations") or {}
+            for what, key in MARK_ANNOTATIONS.items():
+                value = annotations.get(key)
+                if value != self.marks.get((name, what)):
+                    if value:
+                        log.append((t, what, value))
+                    self.marks[(name, what)] = value
             self.lock.notify_all()
 
     def last(self, name: str, what: str, after: float = 0.0) -> tuple[float, str | None] | None:
@@ -159,6 +177,11 @@ class NodeTracker:
                 if w == what and t >= after:
                     return t, detail
         return None
+
+    def since(self, name: str, what: str, after: float = 0.0) -> list[tuple[float, str | None]]:
+        """Every ``what`` transition of ``name`` at or after ``after``, oldest first."""
+        with self.lock:
+            return [(t, detail) for t, w, detail in self.history.get(name, ()) if w == what and t >= after]
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (without polling the apiserver) until ``predicate()`` holds under the lock."""
