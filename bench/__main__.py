@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench import REPO_DIR, lag, load, memory, podwatch, recovery
 from bench.controller import SOURCE
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("soak", help="random overlapping faults; invariants from the audit log and watches")
     p.add_argument("--minutes", type=float, default=3.0, help="how long faults are injected")
     p.add_argument("--seed", type=int, default=1, help="the fault plan's seed (the same seed replays it)")
+    p.add_argument(
+        "--results-dir", type=Path, default=None, help="where the JSON and SOAK.md go (default: bench/results)"
+    )
     p = sub.add_parser("all", help="every scenario and size, each under the cluster lock")
     p.add_argument("--memory-window", type=float, default=600.0)
     p.add_argument("--only", nargs="*", default=(), help="scenario names to run (default: all)")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "soak":
         from bench.soak.runner import run as soak  # noqa: PLC0415 - only the soak needs its modules
 
-        return soak(args.minutes, args.seed, keep=args.keep)
+        return soak(args.minutes, args.seed, keep=args.keep, results_dir=args.results_dir)
     return 0
 
 

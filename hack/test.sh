@@ -4,7 +4,10 @@
 # test (unit + cluster). Exits non-zero on the first failure.
 #
 #   hack/test.sh                 # everything
-#   hack/test.sh -k seed         # extra arguments go to pytest
+#   hack/test.sh -k seed         # extra arguments go to pytest (and skip the soak)
+#
+# After pytest, a full run ends with the 3-minute soak (seed 1): random overlapping
+# faults, the invariants checked from the audit log; any violation fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -22,3 +25,7 @@ step "ruff format --check"; ruff format --check .
 step "mypy";                mypy
 step "lint-imports";        lint-imports
 step "pytest";              pytest -p no:cacheprovider "$@"
+if [ "$#" -eq 0 ]; then
+  step "soak: 3 minutes, seed 1 (results in a temporary directory)"
+  python -m bench soak --minutes 3 --seed 1 --results-dir "$(mktemp -d -t asklepios-ci-soak-XXXX)"
+fi

@@ -14,6 +14,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,6 @@ from bench.soak.model import History, Params
 
 JSON = dict[str, Any]
 MIB = 1024 * 1024
-SOAK_MD = RESULTS_DIR / "SOAK.md"
 
 
 def _faults(history: History) -> dict[str, dict[str, int]]:
@@ -282,21 +282,22 @@ def _rss_line(rss: JSON) -> str:
     )
 
 
-def emit(doc: JSON, history: History, results: Sequence[CheckResult]) -> None:
+def emit(doc: JSON, history: History, results: Sequence[CheckResult], into: Path = RESULTS_DIR) -> None:
     """Write the JSON, append the section to SOAK.md, print the table (and, on failure, the replay)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{doc['scenario']}.json"
+    into.mkdir(parents=True, exist_ok=True)
+    path = into / f"{doc['scenario']}.json"
+    soak_md = into / "SOAK.md"
     path.write_bytes(orjson.dumps(_clean(doc), option=orjson.OPT_INDENT_2))
     section = markdown(doc)
-    if not SOAK_MD.exists():
-        SOAK_MD.write_text(
+    if not soak_md.exists():
+        soak_md.write_text(
             "# Soak results\n\nOne section per run of `python -m bench soak --minutes N --seed S`, appended by\n"
             "each run (the method: bench/soak/runner.py, bench/soak/invariants.py, bench/soak/faults.py).\n"
         )
-    with SOAK_MD.open("a") as f:
+    with soak_md.open("a") as f:
         f.write("\n" + "\n".join(section) + "\n")
     print("\n".join(section), flush=True)
-    print(f"[soak] wrote {path} and appended to {SOAK_MD}", flush=True)
+    print(f"[soak] wrote {path} and appended to {soak_md}", flush=True)
     if not doc["summary"]["passed"]:
         seed, minutes = doc["params"]["seed"], doc["params"]["minutes"]
         print(f"\n[soak] VIOLATIONS. Replay: python -m bench soak --minutes {minutes:g} --seed {seed}", flush=True)

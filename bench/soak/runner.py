@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from asklepios_lab import Bmc, StaticToken, audit, binaries, wait_for, workloads
-from bench import REPO_DIR
+from bench import REPO_DIR, RESULTS_DIR
 from bench.soak import report
 from bench.soak.faults import Injector, Planned, bmc_view, plan
 from bench.soak.invariants import check_all
@@ -366,7 +366,7 @@ def _dump(history: History, path: Path) -> None:
     path.write_bytes(orjson.dumps(history, default=default))
 
 
-def run(minutes: float, seed: int, *, keep: bool = False) -> int:
+def run(minutes: float, seed: int, *, keep: bool = False, results_dir: Path | None = None) -> int:
     """One soak; 0 when every invariant held, 1 otherwise."""
     wall = time.monotonic()
     faults = plan(seed, minutes * 60)
@@ -396,7 +396,7 @@ def run(minutes: float, seed: int, *, keep: bool = False) -> int:
         doc = report.build(history, results, faults, soak.rss, minutes=minutes, seed=seed, timing=timing,
                            settings=SETTINGS, workdir=str(workdir), source=soak.source_digest)  # fmt: skip
         failed = not doc["summary"]["passed"]
-        report.emit(doc, history, results)
+        report.emit(doc, history, results, results_dir or RESULTS_DIR)
         if failed:
             _dump(history, workdir / "history.json")
     finally:
