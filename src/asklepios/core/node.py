@@ -58,6 +58,7 @@ class Taint:
         return out
 
 
+UNSCHEDULABLE_TAINT_KEY = "node.kubernetes.io/unschedulable"  # node-lifecycle's mirror of a cordon
 OUT_OF_SERVICE_TAINT = Taint(OUT_OF_SERVICE_TAINT_KEY, OUT_OF_SERVICE_TAINT_VALUE, "NoExecute")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -84,6 +85,21 @@ class NodeView:
     @property
     def has_out_of_service_taint(self) -> bool:
         return any(t.key == OUT_OF_SERVICE_TAINT_KEY and t.effect == "NoExecute" for t in self.taints)
+
+    @property
+    def takes_new_pods(self) -> bool:
+        """Ready, not cordoned, not kicked out, and without the control plane's cordon taint.
+
+        node-lifecycle mirrors a cordon as the taint `node.kubernetes.io/unschedulable`
+        and removes it only after the uncordon: until then the scheduler keeps new pods
+        off the node, so a pod evicted towards it would land elsewhere.
+        """
+        return (
+            self.ready.is_ready
+            and not self.unschedulable
+            and self.kickout is None
+            and not any(t.key in (OUT_OF_SERVICE_TAINT_KEY, UNSCHEDULABLE_TAINT_KEY) for t in self.taints)
+        )
 
     @property
     def excluded_by(self) -> str | None:

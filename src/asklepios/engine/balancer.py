@@ -1,8 +1,10 @@
 """The balancer: move a doubled-up StatefulSet pod back to a node that has none.
 
 Fed by its own pod reflector (server-side selector ASKLEPIOS_BALANCER_SELECTOR,
-optionally one per namespace). Runs a round when a node is kicked in (triggered
-from the node cache, so the round sees the kickin) and on every resync tick; a
+optionally one per namespace). Runs a round when a node may take new pods again
+(a kickin, once node-lifecycle has also removed its cordon taint
+`node.kubernetes.io/unschedulable`; triggered from the node cache, so the round
+sees it) and on every resync tick; a
 trigger that arrives during a round is not lost. A StatefulSet is touched only
 while all its replicas are Ready; one of its pods is evicted (Eviction API, so
 PodDisruptionBudgets hold: a 429 waits for the next round). The move is then

@@ -188,7 +188,7 @@ def _start_balancer(
         gate=gate,
         clock=clock,
     )
-    healer.on_kickin = lambda _node: balancer.trigger()
+    healer.on_schedulable = lambda _node: balancer.trigger()  # a kicked-in node may take its pods back
     health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)
     paths = [f"/api/v1/namespaces/{ns}/pods" for ns in settings.balancer_namespaces] or ["/api/v1/pods"]
     for path in paths:

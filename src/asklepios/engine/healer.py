@@ -72,7 +72,7 @@ class Healer:
     pods: PodWatchPort
     events: EventPort
     notes: Notes
-    on_kickin: Callable[[str], None] = lambda name: None
+    on_schedulable: Callable[[str], None] = lambda name: None  # a node may take new pods again
     book: NodeBook = attrs.Factory(NodeBook)
     memory: dict[str, NodeMemory] = attrs.Factory(dict)
     wheel: TimerWheel = attrs.field(default=None)
@@ -132,8 +132,8 @@ class Healer:
             for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
                 self.schedule(other)  # the guard's count moved: held nodes may go now
         self.schedule(name)
-        if change.old is not None and change.old.kickout is not None and view.kickout is None:
-            self.on_kickin(name)
+        if change.old is not None and view.takes_new_pods and not change.old.takes_new_pods:
+            self.on_schedulable(name)  # kicked in (and the cordon's taint gone), uncordoned, Ready again
         return view
 
     def _forget(self, name: str) -> None:
