@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
+import anyio
 import orjson
 import pytest
 from aiohttp import web
@@ -192,6 +193,7 @@ def test_the_rest_of_kubernetes_asyncio_still_imports_on_first_use() -> None:
 async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
     """A tiny apiserver over plain HTTP and the kubeconfig to reach it with a token."""
     seen: list[str] = []
+    release = anyio.Event()  # ends the held watches at teardown
 
     async def get_pod(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization", ""))
@@ -208,9 +210,18 @@ async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
         await response.write_eof()
         return response
 
+    async def held_watch(request: web.Request) -> web.StreamResponse:
+        """A watch that stays open and quiet, as the pod watch of a kicked-out node does."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        seen.append("held")
+        await release.wait()
+        return response
+
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", get_pod)
     app.router.add_get("/api/v1/pods", watch)
+    app.router.add_get("/api/v1/held", held_watch)
     runner = web.AppRunner(app)
     await runner.setup()
     sock = socket.socket()
@@ -230,6 +241,7 @@ current-context: x
     try:
         yield kubeconfig, seen
     finally:
+        release.set()
         await runner.cleanup()
 
 
@@ -247,3 +259,28 @@ async def test_the_narrow_client_loads_a_kubeconfig_and_talks_to_the_apiserver(
             names = [event["object"]["metadata"]["name"] async for event in events]
     assert names == ["db-0", "db-1"]
     assert seen == ["Bearer secret-token"] * 2
+
+
+@pytest.mark.anyio
+async def test_requests_never_wait_behind_watches(apiserver: tuple[Path, list[str]]) -> None:
+    """A mass outage: more open watches (one per kicked-out node) than a pool of 100 holds.
+
+    The Lease renewal and the kickout PATCHes must still go out at once; in one shared
+    pool they waited until a watch ended (found by bench/memory.py's 500-node burst)."""
+    kubeconfig, seen = apiserver
+    watches = 120
+
+    async def hold(kube: KubeClient) -> None:
+        async with kube.stream("/api/v1/held", {"watch": "true"}, read_timeout=60) as events:
+            async for _ in events:
+                pass  # pragma: no cover - the server never sends anything
+
+    async with KubeClient.connect(str(kubeconfig)) as kube, anyio.create_task_group() as tg:
+        for _ in range(watches):
+            tg.start_soon(hold, kube)
+        with anyio.fail_after(30):
+            while seen.count("held") < watches:  # noqa: ASYNC110 - the server's handlers fill `seen`
+                await anyio.sleep(0.05)
+        pod_json = await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0", timeout=5)
+        assert parse_pod(pod_json).key == "openstack/db-0"
+        tg.cancel_scope.cancel()

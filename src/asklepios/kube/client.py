@@ -65,8 +65,11 @@ def _error(status: int, body: bytes, retry_after: str | None = None) -> ApiError
 class KubeClient:
     """Requests to one apiserver. Use `async with KubeClient.connect() as kube`."""
 
-    def __init__(self, api: k8s.ApiClient, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, api: k8s.ApiClient, request_timeout: float = 10.0, watch_api: k8s.ApiClient | None = None
+    ) -> None:
         self._api = api
+        self._watch_api = watch_api or api
         self.request_timeout = request_timeout
 
     @classmethod
@@ -79,10 +82,18 @@ class KubeClient:
             await k8s.load_kube_config(config_file=path, client_configuration=configuration)
         else:
             k8s.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # Two connection pools. A watch holds its connection for minutes, and Asklepios
+        # keeps one per kicked-out node: in one pool of 100 (kubernetes-asyncio's
+        # default), a mass outage would leave the Lease renewal and the kickout PATCHes
+        # waiting for a watch to end. Requests keep the bounded pool; watches get their
+        # own, unbounded (their number is bounded by the guard: the nodes kicked out).
         api = k8s.ApiClient(configuration)
+        configuration.connection_pool_maxsize = 0  # aiohttp: no limit
+        watch_api = k8s.ApiClient(configuration)
         try:
-            yield cls(api)
+            yield cls(api, watch_api=watch_api)
         finally:
+            await watch_api.close()
             await api.close()
 
     @property
@@ -91,6 +102,7 @@ class KubeClient:
 
     async def _send(
         self,
+        api: k8s.ApiClient,
         method: str,
         path: str,
         query: Mapping[str, str | int] | None,
@@ -99,7 +111,7 @@ class KubeClient:
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         try:
-            response: aiohttp.ClientResponse = await self._api.call_api(
+            response: aiohttp.ClientResponse = await api.call_api(
                 path,
                 method,
                 query_params=list((query or {}).items()),
@@ -127,7 +139,7 @@ class KubeClient:
     ) -> JSON:
         """Send one request and return the decoded JSON body; raise ApiError on failure."""
         limit = aiohttp.ClientTimeout(total=timeout or self.request_timeout)
-        response = await self._send(method, path, query, body, content_type, limit)
+        response = await self._send(self._api, method, path, query, body, content_type, limit)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -145,7 +157,7 @@ class KubeClient:
     ) -> AsyncIterator[AsyncIterator[JSON]]:
         """A watch: yields decoded events; a silent connection fails after `read_timeout`."""
         limit = aiohttp.ClientTimeout(total=None, connect=self.request_timeout, sock_read=read_timeout)
-        response = await self._send("GET", path, query, None, "application/json", limit)
+        response = await self._send(self._watch_api, "GET", path, query, None, "application/json", limit)
         try:
             if response.status != 200:
                 raise _error(response.status, await response.read())
