@@ -24,6 +24,7 @@ from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprot
 from asklepios.engine.balancer import PodShard
 from asklepios.kube.access import ClusterReads, parse_label_selector
 from asklepios.kube.client import KubeClient, NotFound
+from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import parse_pod
 from asklepios.kube.reflector import object_key
 
@@ -218,7 +219,18 @@ async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
         await release.wait()
         return response
 
+    async def list_nodes(request: web.Request) -> web.Response:
+        """250 nodes, paged as the apiserver pages them (`limit` and `continue`)."""
+        start = int(request.query.get("continue") or 0)
+        limit = int(request.query.get("limit") or 250)
+        names = [f"n{i:03d}" for i in range(start, min(250, start + limit))]
+        seen.append(f"nodes page of {len(names)}")
+        meta = {"continue": str(start + limit)} if start + limit < 250 else {}
+        items = [{"metadata": {"name": n, "uid": f"uid-{n}", "resourceVersion": "7"}} for n in names]
+        return web.json_response({"kind": "NodeList", "metadata": meta, "items": items})
+
     app = web.Application()
+    app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", get_pod)
     app.router.add_get("/api/v1/pods", watch)
     app.router.add_get("/api/v1/held", held_watch)
@@ -284,3 +296,14 @@ async def test_requests_never_wait_behind_watches(apiserver: tuple[Path, list[st
         pod_json = await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0", timeout=5)
         assert parse_pod(pod_json).key == "openstack/db-0"
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_the_node_list_of_check_and_status_is_paged(apiserver: tuple[Path, list[str]]) -> None:
+    """`asklepios check` at start-up listed 5,000 nodes in one response: ~90 MiB decoded at once
+    (bench/memory.py's start-up peak). Pages of 100 keep it small and still see every node."""
+    kubeconfig, seen = apiserver
+    async with KubeClient.connect(str(kubeconfig)) as kube:
+        views = await NodeApi(kube).list("")
+    assert [v.name for v in views] == [f"n{i:03d}" for i in range(250)]
+    assert [s for s in seen if s.startswith("nodes")] == ["nodes page of 100"] * 2 + ["nodes page of 50"]
