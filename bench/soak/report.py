@@ -134,6 +134,7 @@ def build(
     settings: Mapping[str, str],
     workdir: str,
     source: str = "",
+    commit: str = "",
 ) -> JSON:
     tl = Timelines(history)
     violations = [v for r in results for v in r.violations]
@@ -167,7 +168,7 @@ def build(
         "kind": "soak",
         "finished": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
-        "asklepios_commit": source_commit(),
+        "asklepios_commit": commit or source_commit(),
         "asklepios_source_sha256": source,
         "params": {
             "minutes": minutes,

@@ -37,6 +37,7 @@ import orjson
 
 from asklepios_lab import Bmc, StaticToken, audit, binaries, wait_for, workloads
 from bench import REPO_DIR, RESULTS_DIR
+from bench.results import source_commit
 from bench.soak import report
 from bench.soak.faults import Injector, Planned, bmc_view, plan
 from bench.soak.invariants import check_all
@@ -117,6 +118,7 @@ class Soak:
         )
         self.source = workdir / "source"
         self.source_digest = snapshot_source(self.source)
+        self.source_commit = source_commit()  # of the snapshot: HEAD may move during the run
         python_path = os.pathsep.join(p for p in (str(self.source), os.environ.get("PYTHONPATH", "")) if p)
         env = {**SETTINGS, "PYTHONPATH": python_path}
         self.replicas = Replicas(self.cp, identities, env, workdir / "logs")
@@ -394,7 +396,8 @@ def run(minutes: float, seed: int, *, keep: bool = False, results_dir: Path | No
         timing = {**soak.timing, "setup": setup_s, "drain": settle_s, "checks": check_s,
                   "total": time.monotonic() - wall}  # fmt: skip
         doc = report.build(history, results, faults, soak.rss, minutes=minutes, seed=seed, timing=timing,
-                           settings=SETTINGS, workdir=str(workdir), source=soak.source_digest)  # fmt: skip
+                           settings=SETTINGS, workdir=str(workdir), source=soak.source_digest,
+                           commit=soak.source_commit)  # fmt: skip
         failed = not doc["summary"]["passed"]
         report.emit(doc, history, results, results_dir or RESULTS_DIR)
         if failed:
