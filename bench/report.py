@@ -257,9 +257,9 @@ def _load_cell(d: JSON) -> str:
 
 
 def load_results() -> list[JSON]:
-    """Every result file, sorted by scenario name."""
+    """Every result file but the soaks' (they have SOAK.md), sorted by scenario name."""
     docs = [orjson.loads(p.read_bytes()) for p in sorted(RESULTS_DIR.glob("*.json"))]
-    return [d for d in docs if isinstance(d, dict) and "kind" in d]
+    return [d for d in docs if isinstance(d, dict) and "kind" in d and d["kind"] != "soak"]
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
