@@ -66,12 +66,20 @@ def power_cut(cp: ControlPlane, name: str, status: str = "False") -> float:
     return parse_time(ready(cp.set_ready(name, status))["lastTransitionTime"])
 
 
-def writes_by_asklepios(cp: ControlPlane, verb: str | None = None, resource: str | None = None) -> list[JSON]:
-    """Asklepios' own write requests, from the apiserver's audit log."""
+def writes_by_asklepios(
+    cp: ControlPlane, verb: str | None = None, resource: str | None = None, namespace: str | None = None
+) -> list[JSON]:
+    """Asklepios' own write requests, from the apiserver's audit log.
+
+    The control plane is shared by the session's tests, and every Asklepios runs as the
+    same identity: give the test's `namespace` for namespaced objects (a `db-0` is
+    force-deleted by several tests)."""
     found = []
     for event in cp.audit(UNDER_TEST_USER):
         ref = event.get("objectRef") or {}
         if event["verb"] in ("get", "list", "watch"):
+            continue
+        if namespace is not None and ref.get("namespace") != namespace:
             continue
         if (verb is None or event["verb"] == verb) and (resource is None or ref.get("resource") == resource):
             found.append(event)

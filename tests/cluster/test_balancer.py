@@ -125,7 +125,7 @@ def test_unfit_blocked_and_unselected_pods_stay(
             e["objectRef"].get("subresource") == "eviction"
             and e["objectRef"].get("name", "").startswith("guarded-")
             and e.get("responseStatus", {}).get("code") == 429
-            for e in writes_by_asklepios(cp, "create", "pods")
+            for e in writes_by_asklepios(cp, "create", "pods", namespace)
         )
 
     wait_value(refused, 30, "eviction refused by the PDB")

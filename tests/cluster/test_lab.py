@@ -190,9 +190,13 @@ def test_compact_etcd_without_watch_cache_makes_old_watch_gone(tmp_path: Path) -
 
 _CHILD = textwrap.dedent(
     """
-    import json, sys, time
+    import json, signal, sys, time
     from pathlib import Path
     from asklepios_lab import ControlPlane
+
+    # A shell that starts the test run in the background (`cmd &` without job control)
+    # makes it ignore SIGINT, and children inherit that: Ctrl-C must still mean Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     workdir, pid_file = Path(sys.argv[1]), Path(sys.argv[2])
     with ControlPlane(workdir, bin_dir=Path(sys.argv[3])) as cp:
