@@ -111,7 +111,7 @@ def test_a_kicked_out_node_that_leaves_the_selector_is_still_kicked_in(
     _, back = first_seen(cp, name, lambda n: not has_oos(n), 40, "kickin outside the selector")
     assert not back["spec"].get("unschedulable")
     assert "asklepios.io/kickout" not in (back["metadata"].get("annotations") or {})
-    assert events(cp, "NodeKickedIn", name)
+    wait_for(lambda: events(cp, "NodeKickedIn", name), 10, what="NodeKickedIn (emitted after the write)")
 
 
 @pytest.mark.timeout(300)
