@@ -8,19 +8,16 @@ bounded pieces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import TypeVar
 
 import attrs
 
 from asklepios.core.preflight import NODE_LEASE_NAMESPACE, Budget, Need, PodSeen
 from asklepios.core.selector import LabelSelector, Requirement
-from asklepios.kube.client import JSON, KubeClient
+from asklepios.kube.client import JSON, KubeClient, list_items
 from asklepios.kube.pods import parse_pod
 
-PAGE = 100  # items per list request: a page is decoded whole (see Reflector.page_size)
-T = TypeVar("T")
 _OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}
 
 
@@ -101,18 +98,6 @@ class ClusterReads:
     def __init__(self, client: KubeClient) -> None:
         self.client = client
 
-    async def _list(self, path: str, query: Mapping[str, str], parse: Callable[[JSON], T | None]) -> list[T]:
-        """The items `parse` makes something of, page by page: a page's JSON is gone before the next."""
-        items: list[T] = []
-        page: dict[str, str | int] = {**query, "limit": PAGE}
-        while True:
-            data = await self.client.request("GET", path, query=page, timeout=60)
-            items += [item for item in map(parse, data.get("items") or []) if item is not None]
-            token = (data.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            page["continue"] = token
-
     async def pods(
         self,
         namespace: str = "",
@@ -131,7 +116,7 @@ class ClusterReads:
             pod = parse_pod_seen(obj)
             return pod if keep(pod) else None
 
-        return await self._list(path, query, parse)
+        return await list_items(self.client, path, query, parse)
 
     async def budgets(self, namespace: str = "") -> list[Budget]:
         where = f"namespaces/{namespace}/" if namespace else ""
@@ -143,9 +128,9 @@ class ClusterReads:
                 parse_label_selector((obj.get("spec") or {}).get("selector")),
             )
 
-        return await self._list(f"/apis/policy/v1/{where}poddisruptionbudgets", {}, parse)
+        return await list_items(self.client, f"/apis/policy/v1/{where}poddisruptionbudgets", {}, parse)
 
     async def node_leases(self) -> set[str]:
         """The names of the Leases in kube-node-lease (one per node whose kubelet renews it)."""
         path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
-        return set(await self._list(path, {}, lambda obj: str(obj["metadata"]["name"])))
+        return set(await list_items(self.client, path, {}, lambda obj: str(obj["metadata"]["name"])))

@@ -9,9 +9,9 @@ with orjson, which keeps big lists fast and lets us see status codes (409, 410,
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -19,6 +19,8 @@ import orjson
 from asklepios.kube import k8s
 
 JSON = dict[str, Any]
+T = TypeVar("T")
+LIST_PAGE = 100  # items per list request: a page is decoded whole (see Reflector.page_size)
 
 
 class ApiError(Exception):
@@ -178,3 +180,24 @@ async def _events(response: aiohttp.ClientResponse, path: str) -> AsyncIterator[
                     yield orjson.loads(line)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise ApiError(0, f"watch {path}: {type(exc).__name__}: {exc}") from exc
+
+
+class Requests(Protocol):
+    async def request(
+        self, method: str, path: str, *, query: Mapping[str, str | int] | None = ..., timeout: float | None = ...
+    ) -> JSON: ...
+
+
+async def list_items(
+    client: Requests, path: str, query: Mapping[str, str | int], parse: Callable[[JSON], T | None]
+) -> list[T]:
+    """A paged list: what `parse` makes of each item (None drops it); a page's JSON is gone before the next."""
+    items: list[T] = []
+    page: dict[str, str | int] = {**query, "limit": LIST_PAGE}
+    while True:
+        data = await client.request("GET", path, query=page, timeout=60)
+        items += [item for item in map(parse, data.get("items") or []) if item is not None]
+        token = (data.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+        page["continue"] = token
