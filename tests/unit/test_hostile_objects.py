@@ -100,7 +100,7 @@ async def test_one_hostile_node_among_good_ones_is_skipped_and_counted() -> None
     apiserver = Listing()
     reflector = Reflector(apiserver, "/api/v1/nodes", parse_node, hooks=Hooks(skipped=lambda: skipped.append(1)))  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reflector.run, Keep())
+        tg.start_soon(reflector.run, Keep())  # type: ignore[arg-type]
         with anyio.fail_after(5):
             while apiserver.watches < 2:  # noqa: ASYNC110 - counts set by plain calls
                 await anyio.sleep(0.01)
