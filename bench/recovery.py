@@ -204,6 +204,7 @@ def _fencing_setup(lb: Any, names: list[str]) -> dict[str, str]:
     for name in names:
         cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
     data = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+    data |= {f"{name}.url": bmc.attach(name) for name in names}  # the Secret inventory
     secret = {
         "metadata": {"name": FENCING_SECRET, "namespace": "kube-system"},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
