@@ -247,6 +247,8 @@ class ControlPlane(FaultOps):
             self._bmc = None
         for node in list(self._skewed):
             self._stop_skew(node)
+        for node in list(self._node_apis):
+            self._close_node_api(node)
         stop_many([*self._kwoks.values(), *reversed(self.control_procs)])
         self._kwoks.clear()
         if self._listeners is not None:

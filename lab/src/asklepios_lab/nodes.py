@@ -247,7 +247,7 @@ class NodeOps:
                 self._listen_on[group] = [a for a in self._listen_on[group] if a != address]
             self._cut.pop(name, None)
         self._ips.pop(name, None)
-        self._node_apis.pop(name, None)
+        self._close_node_api(name)
 
     def remove_group(self, group: str) -> None:
         """Delete every node of a bulk group (those powered off on their own too) and stop its kwok."""
@@ -266,7 +266,7 @@ class NodeOps:
             del self._group_of[n]
             self._ips.pop(n, None)
             self._cut.pop(n, None)
-            self._node_apis.pop(n, None)
+            self._close_node_api(n)
 
     def _kwok_of(self, name: str) -> Proc:
         if name in self._kwoks:
@@ -300,6 +300,11 @@ class NodeOps:
                 cert, key = identities.node_client_cert(self.pki, name)
                 api = self._node_apis[name] = Api(self.server, None, self.pki.ca_cert, client_cert=(cert, key))
             return api
+
+    def _close_node_api(self, name: str) -> None:
+        api = self._node_apis.pop(name, None)
+        if api is not None:
+            api.close_all()
 
     def node_kubeconfig(self, name: str) -> Path:
         """A kubeconfig authenticating as node ``name`` (see :meth:`as_node`), for kubectl."""
