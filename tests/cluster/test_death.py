@@ -89,9 +89,11 @@ def test_a_partitioned_node_is_held_while_it_answers(
     with PodWatch(cp, namespace) as watch:
         cp.partition(victim)  # cut off from the apiserver, still running: its kubelet port answers
         wait_node(cp, victim, lambda n: ready(n)["status"] == "Unknown", 30, "Unknown")
-        never_tainted(cp, victim, 3 * KICKOUT + RESYNC)
-        [held] = events(cp, "KickoutHeld", victim)
-        assert held["message"] == f"node answers: answers on {cp.node_ip(victim)}:10250 accepted", held["message"]
+        never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert f"node answers: answers on {cp.node_ip(victim)}:10250 accepted" in held, held
+        # before it: at most the Lease not yet watched for its 4 s on Asklepios' clock (kickout 3 s < 4 s)
+        assert all(m.startswith("kubelet alive") for m in held if not m.startswith("node answers")), held
         assert cp.answers(victim)
         untouched(watch, mine)
         cp.crash(victim)  # and now it is really off
@@ -119,8 +121,9 @@ def test_a_stopped_kubelet_whose_kernel_refuses_is_never_tainted(
         wait_node(cp, victim, lambda n: ready(n)["status"] == "Unknown", 30, "Unknown")
         assert cp.port_state(victim) == "refused"
         never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
-        [held] = events(cp, "KickoutHeld", victim)
-        assert held["message"] == f"node answers: answers on {cp.node_ip(victim)}:10250 refused", held["message"]
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert f"node answers: answers on {cp.node_ip(victim)}:10250 refused" in held, held
+        assert all(m.startswith("kubelet alive") for m in held if not m.startswith("node answers")), held
         untouched(watch, mine)
         cp.crash(victim)  # and now the machine is off: nothing answers any more
         assert cp.port_state(victim) == "silent"
@@ -140,8 +143,8 @@ def test_a_kubelet_a_minute_behind_is_never_tainted_even_after_a_restart(
         cp.set_ready(victim, "False")
         first = asklepios(settings)
         never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
-        [held] = events(cp, "KickoutHeld", victim)
-        assert held["message"].startswith("kubelet alive"), held["message"]
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert held and all(m.startswith("kubelet alive") for m in held), held
         first.stop()  # the deadline is long past now: the restarted one has no earlier look to compare with
         asklepios(settings)
         never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
