@@ -17,7 +17,7 @@ holds: the kubelet talks to the apiserver, so the normal eviction works there.
 A node that answers but whose kubelet is silent is alive and cut off: without
 fencing that holds; with fencing it is exactly what fencing is for, so it is
 powered off, and the probe is asked again once the BMC says Off (a node that still
-answers then is not the machine its `asklepios.io/bmc` names).
+answers then is not the machine its `<node>.url` in the fencing Secret names).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class HoldReason(enum.Enum):
     NODE_ANSWERS = "node answers"
     FENCING_FAILED = "fencing failed"
     NO_BMC = "no BMC"
+    BMC_MISMATCH = "BMC mismatch"
 
 
 @attrs.frozen
@@ -61,9 +62,10 @@ class FenceOutcome:
     """What the BMC said: power Off confirmed, or why not."""
 
     off: bool
-    reason: HoldReason | None = None  # FENCING_FAILED or NO_BMC when not off
+    reason: HoldReason | None = None  # FENCING_FAILED, NO_BMC or BMC_MISMATCH when not off
     error: str = ""
     seconds: float = 0.0  # ForceOff sent to Off confirmed (0 when it already was Off)
+    found_off: bool = False  # the BMC already said Off before any ForceOff: none was sent
 
 
 @attrs.frozen
@@ -114,6 +116,6 @@ def death_verdict(
     if not fence.off:
         return DeathVerdict(dead=False, hold=fence.reason or HoldReason.FENCING_FAILED, detail=fence.error)
     if answers:
-        detail = f"still {answers} after its BMC reported power Off: does asklepios.io/bmc name this machine?"
+        detail = f"still {answers} after its BMC reported power Off: does its url in the fencing Secret name it?"
         return DeathVerdict(dead=False, hold=HoldReason.NODE_ANSWERS, detail=detail)
     return DeathVerdict(dead=True, fenced=True, detail="kubelet silent, BMC confirmed power Off, no answer")

@@ -77,7 +77,8 @@ class NodeView:
     unschedulable: bool = False
     taints: tuple[Taint, ...] = ()
     addresses: tuple[str, ...] = ()  # InternalIP addresses, probed before a kickout
-    bmc: str = ""  # the asklepios.io/bmc annotation: the node's Redfish System URL
+    system_uuid: str = ""  # status.nodeInfo.systemUUID: the machine's SMBIOS UUID, as the node reports it
+    bmc_annotation: bool = False  # carries asklepios.io/bmc, no longer read: `check` warns
     kickout: KickoutRecord | None = None
     notready_mark: PeriodMark | None = None
     ready_mark: PeriodMark | None = None

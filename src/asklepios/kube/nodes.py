@@ -61,7 +61,8 @@ def parse_node(obj: JSON) -> NodeView:
             Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", "")) for t in spec.get("taints") or ()
         ),
         addresses=addresses,
-        bmc=str(annotations.get(BMC_ANNOTATION, "")),
+        system_uuid=str((status.get("nodeInfo") or {}).get("systemUUID") or "")[:100],  # node-written: bounded
+        bmc_annotation=BMC_ANNOTATION in annotations,
         kickout=KickoutRecord.decode(kickout) if kickout is not None else None,
         notready_mark=PeriodMark.decode(notready) if notready else None,
         ready_mark=PeriodMark.decode(ready_mark) if ready_mark else None,
