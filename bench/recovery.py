@@ -201,9 +201,7 @@ def _fencing_setup(lb: Any, names: list[str]) -> dict[str, str]:
     """Every node gets a Redfish system of the lab's BMC; the Secret Asklepios reads; its settings."""
     cp = lb.cp
     bmc = cp.bmc()
-    for name in names:
-        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
-    data = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+    data = bmc.inventory(names)  # <node>.url for each, the credentials and ca.crt
     secret = {
         "metadata": {"name": FENCING_SECRET, "namespace": "kube-system"},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},

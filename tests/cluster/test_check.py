@@ -245,12 +245,10 @@ def test_fencing_with_a_wrong_password_fails(
     cp = control_plane
     bmc = cp.bmc()
     names = nodes.watched("a", "b", "c")
-    for name in names:
-        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
     secret_path = f"/api/v1/namespaces/{namespace}/secrets"
 
     def secret(password: str) -> JSON:
-        data = {"username": bmc.username, "password": password, "ca.crt": bmc.ca_cert.read_text()}
+        data = {**bmc.inventory(names), "password": password}
         return {
             "metadata": {"name": "asklepios-bmc"},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},

@@ -234,12 +234,10 @@ def run_fencing(kickout: int, kickin: int, workdir: Path) -> None:
     with ControlPlane(workdir / "cluster", bin_dir=binaries.ensure()) as cp:
         start_cluster(cp, timeline)
         bmc = cp.bmc()
-        for name in NODES:
-            cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
-        secret = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+        secret = bmc.inventory(NODES)  # <node>.url for each, the credentials and ca.crt
         cp.api.create("/api/v1/namespaces/kube-system/secrets",
                       {"metadata": {"name": "asklepios-bmc"}, "stringData": secret})  # fmt: skip
-        timeline.say(f"a Redfish BMC per node (sushy-emulator at {bmc.url}), nodes annotated asklepios.io/bmc")
+        timeline.say(f"a Redfish BMC per node (sushy-emulator at {bmc.url}), each node's URL in the Secret")
         timing = {"ASKLEPIOS_KICKOUT_SECONDS": str(kickout), "ASKLEPIOS_KICKIN_SECONDS": str(kickin)}
         asklepios = Asklepios(cp, workdir, timeline, timing)
         victim = "control2"
