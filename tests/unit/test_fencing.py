@@ -28,6 +28,7 @@ from asklepios.core.fencing import (
 )
 from asklepios.core.node import NodeView
 from asklepios.engine.fencing import Fencer
+from asklepios.kube.nodes import parse_node
 from tests.unit.fakes import FakeBmc, FakeCredentials, LoopClock
 from tests.unit.world import World, running, settings, until
 
@@ -189,3 +190,18 @@ async def test_the_healer_holds_a_mismatch_without_a_taint_until_the_row_is_fixe
         w.credentials.data["b.url"] = URL + "b"
         await until(lambda: w.has_taint("b"), 90, "kickout once the row names b's machine")
         assert [(url, what) for _, url, what in w.bmc.log if what == "ForceOff"] == [(URL + "b", "ForceOff")]
+
+
+def test_a_node_reports_its_system_uuid_and_a_leftover_annotation_is_only_a_flag() -> None:
+    url = URL + "other"
+    view = parse_node(
+        {
+            "metadata": {"name": "n", "annotations": {"asklepios.io/bmc": url}},
+            "status": {"nodeInfo": {"systemUUID": SWAPPED[1]}},
+        }
+    )
+    assert (view.system_uuid, view.bmc_annotation) == (SWAPPED[1], True)
+    assert url not in repr(view)  # the URL itself is not kept: nothing can read it
+    for info in ({"systemUUID": 7}, ["x"], None, {"systemUUID": "u" * 10_000}):
+        odd = parse_node({"metadata": {"name": "n"}, "status": {"nodeInfo": info}})
+        assert len(odd.system_uuid) <= 100 and not odd.bmc_annotation
