@@ -245,12 +245,10 @@ def test_fencing_with_a_wrong_password_fails(
     cp = control_plane
     bmc = cp.bmc()
     names = nodes.watched("a", "b", "c")
-    for name in names:
-        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
     secret_path = f"/api/v1/namespaces/{namespace}/secrets"
 
     def secret(password: str) -> JSON:
-        data = {"username": bmc.username, "password": password, "ca.crt": bmc.ca_cert.read_text()}
+        data = {**bmc.inventory(names), "password": password}
         return {
             "metadata": {"name": "asklepios-bmc"},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
@@ -273,6 +271,39 @@ def test_fencing_with_a_wrong_password_fails(
         assert failure.startswith(f"✘ fencing: the BMC of {name} did not answer: {bmc.system_url(name)}"), failure
         assert "401" in failure or "AccessError" in failure, failure
         assert "credentials in the Secret" in failure
+
+
+@pytest.mark.timeout(180)
+def test_the_inventory_is_checked_against_the_nodes(
+    control_plane: ControlPlane, nodes: NodeFactory, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row naming another machine's BMC (its UUID differs), a node without a row, an http URL: ✘;
+    a leftover asklepios.io/bmc annotation: !; each line says what to do."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "*")
+    cp = control_plane
+    bmc = cp.bmc()
+    a, b, c, d, e = nodes.watched("a", "b", "c", "d", "e")
+    inventory = bmc.inventory([a, b, c])
+    inventory[f"{a}.url"] = inventory[f"{b}.url"]  # a's row names b's BMC
+    inventory[f"{e}.url"] = inventory[f"{c}.url"].replace("https://", "http://")
+    cp.api.create(
+        f"/api/v1/namespaces/{namespace}/secrets", {"metadata": {"name": "asklepios-bmc"}, "stringData": inventory}
+    )
+    cp.api.patch(f"/api/v1/nodes/{c}", {"metadata": {"annotations": {"asklepios.io/bmc": inventory[f"{c}.url"]}}})
+    settings = env(nodes.prefix, ASKLEPIOS_FENCING="redfish", ASKLEPIOS_NAMESPACE=namespace)
+    code, lines = check(cp.kubeconfig, settings)
+    assert code == 1, lines
+    failures = lines_of(lines, "✘", "fencing")
+    [missing] = [f for f in failures if "no NODE.url" in f]
+    assert f"1 of 5 watched nodes has no NODE.url in the Secret {namespace}/asklepios-bmc" in missing
+    assert f"(no BMC): {d} → add each node's Redfish System URL: kubectl -n {namespace} patch secret" in missing
+    [http] = [f for f in failures if "bad URLs" in f]
+    assert f"{e}.url='http://" in http
+    [other] = [f for f in failures if "names another machine" in f]
+    assert f"reports System UUID {bmc.system_uuid(b)}, but {a} reports systemUUID {bmc.system_uuid(a)}" in other
+    [leftover] = lines_of(lines, "!", "fencing: 1 node still has the asklepios.io/bmc annotation")
+    assert f"fencing Secret): {c} → put each URL into the fencing Secret as NODE.url" in leftover
 
 
 @pytest.fixture

@@ -84,6 +84,7 @@ def test_force_off_crashes_the_node_and_on_restores_it(
     assert bmc.attach(node) == url  # one system per node, for good
     system = _redfish(bmc).get_system(url.removeprefix(bmc.url))
     assert system.power_state == sushy.POWER_STATE_ON
+    assert system.uuid == bmc.system_uuid(node) == _system_uuid(cp, node)  # the node runs on that machine
 
     requested = time.time()
     system.reset_system(sushy.RESET_FORCE_OFF)
@@ -108,6 +109,29 @@ def test_force_off_crashes_the_node_and_on_restores_it(
     assert [(r.kind, r.value) for r in bmc.timeline(node)[2:]] == [("reset", "On"), ("power", "On")]
     assert bmc.timeline(node)[-1].time <= seen_on
     assert bmc.power_state(node) == "On"
+    assert _system_uuid(cp, node) == system.uuid  # the kubelet's restart kept it
+
+
+def _system_uuid(cp: ControlPlane, node: str) -> str:
+    return str(cp.node(node)["status"]["nodeInfo"]["systemUUID"])
+
+
+def test_a_node_may_report_its_system_uuid_in_smbios_byte_order(
+    control_plane: ControlPlane, nodes: NodeFactory, bmc: Bmc
+) -> None:
+    node = nodes.add()
+    url = bmc.attach(node, swapped=True)
+    system = _redfish(bmc).get_system(url.removeprefix(bmc.url))
+    reported = _system_uuid(control_plane, node)
+    first, second, third, rest = system.uuid.split("-", 3)
+    assert reported.split("-", 3) == [
+        bytes.fromhex(first)[::-1].hex(), bytes.fromhex(second)[::-1].hex(), bytes.fromhex(third)[::-1].hex(), rest
+    ]  # fmt: skip
+    assert reported != system.uuid
+    data = bmc.inventory([node])
+    assert data[f"{node}.url"] == url
+    assert (data["username"], data["password"]) == (bmc.username, bmc.password)
+    assert data["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
 
 
 def test_wrong_password_gets_401(nodes: NodeFactory, bmc: Bmc) -> None:

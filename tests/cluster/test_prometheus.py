@@ -293,9 +293,7 @@ def test_alerts_fire_and_every_panel_has_data_on_a_real_prometheus(
     hosts = [nodes.add(s, labels={SEL: nodes.prefix, "db": "yes"}) for s in ("control1", "control2", "control3")]
     [held] = nodes.watched("compute1")
     bmc = cp.bmc()
-    for name in [*hosts, held]:
-        cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
-    credentials = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+    credentials = bmc.inventory([*hosts, held])
     cp.api.create(
         f"/api/v1/namespaces/{namespace}/secrets", {"metadata": {"name": BMC_SECRET}, "stringData": credentials}
     )

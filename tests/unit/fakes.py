@@ -308,6 +308,7 @@ class FakeBmc:
     never_off: set[str] = attrs.Factory(set)  # System URLs that accept ForceOff but never turn Off
     log: list[tuple[datetime, str, str]] = attrs.Factory(list)  # (when, url, what)
     on_power: Callable[[str, str], None] = lambda url, state: None  # the machine follows its power
+    uuids: dict[str, str] = attrs.Factory(dict)  # System URL -> its UUID; "" (none reported) when absent
 
     def _check(self, target: BmcTarget) -> None:
         if not self.reachable:
@@ -325,6 +326,11 @@ class FakeBmc:
             self.on_power(url, self.power[url])
         return self.power.get(url, "On")
 
+    async def system_uuid(self, target: BmcTarget) -> str:
+        await anyio.lowlevel.checkpoint()
+        self._check(target)
+        return self.uuids.get(target.system_url, "")
+
     async def reset(self, target: BmcTarget, reset_type: str) -> None:
         await anyio.lowlevel.checkpoint()
         self._check(target)
@@ -339,10 +345,15 @@ class FakeBmc:
 
 @attrs.define(eq=False)
 class FakeCredentials:
+    """The fencing Secret: the inventory (`<node>.url`) and credentials; counts its reads."""
+
     data: dict[str, str] = attrs.Factory(lambda: {"username": "admin", "password": "secret"})
+    where: str = "Secret kube-system/asklepios-bmc"
+    reads: int = 0
 
     async def secret(self) -> dict[str, str]:
         await anyio.lowlevel.checkpoint()
+        self.reads += 1
         return dict(self.data)
 
 

@@ -193,9 +193,8 @@ async def test_a_kicked_out_node_that_leaves_the_selector_is_kicked_in() -> None
 
 async def test_fencing_powers_off_before_the_taint_and_on_after_the_pods_left() -> None:
     w = World(settings(fencing="redfish"))
-    w.add("a", "c")
-    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
-    url = "https://127.0.0.1:8443/redfish/v1/Systems/b"
+    w.add("a", "b", "c")
+    url = w.credentials.data["b.url"] = "https://127.0.0.1:8443/redfish/v1/Systems/b"
     async with running(w):
         w.power_cut("b")
         await until(lambda: w.has_taint("b"), 120, "kickout after fencing")
@@ -215,8 +214,8 @@ async def test_a_partitioned_node_is_fenced_and_the_probe_asked_again() -> None:
     """With fencing, "alive but cut off" is what fencing is for; after Off nothing may answer."""
     w = World(settings(fencing="redfish"))
     url = "https://127.0.0.1:8443/redfish/v1/Systems/b"
-    w.add("a", "c")
-    w.add("b", annotations={"asklepios.io/bmc": url})
+    w.add("a", "b", "c")
+    w.credentials.data["b.url"] = url
     address = w.cluster.view("b").addresses[0]
     w.probe.answering_addresses.add(address)
     w.bmc.on_power = lambda _url, state: w.probe.answering_addresses.discard(address) if state == "Off" else None
@@ -227,10 +226,10 @@ async def test_a_partitioned_node_is_fenced_and_the_probe_asked_again() -> None:
 
 
 async def test_a_node_still_answering_after_its_bmc_said_off_is_held() -> None:
-    """The annotation names another machine: the BMC says Off, the node answers. No taint."""
+    """The Secret's row names another machine: the BMC says Off, the node answers. No taint."""
     w = World(settings(fencing="redfish"))
-    w.add("a", "c")
-    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/other"})
+    w.add("a", "b", "c")
+    w.credentials.data["b.url"] = "https://127.0.0.1:8443/redfish/v1/Systems/other"
     w.probe.answering_addresses.add(w.cluster.view("b").addresses[0])
     async with running(w):
         w.power_cut("b")
@@ -243,8 +242,8 @@ async def test_a_node_still_answering_after_its_bmc_said_off_is_held() -> None:
 
 async def test_a_power_on_that_fails_is_retried_not_fatal() -> None:
     w = World(settings(fencing="redfish"))
-    w.add("a", "c")
-    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
+    w.add("a", "b", "c")
+    w.credentials.data["b.url"] = "https://127.0.0.1:8443/redfish/v1/Systems/b"
     w.bmc.on_power = lambda _url, state: setattr(w.bmc, "reachable", state != "Off")  # gone once it is Off
     async with running(w):
         w.power_cut("b")
@@ -258,8 +257,8 @@ async def test_a_power_on_that_fails_is_retried_not_fatal() -> None:
 
 async def test_fencing_failures_hold_without_a_taint_and_retry() -> None:
     w = World(settings(fencing="redfish"))
-    w.add("a", "c")
-    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/b"})
+    w.add("a", "b", "c")
+    w.credentials.data["b.url"] = "https://127.0.0.1:8443/redfish/v1/Systems/b"
     w.credentials.data["password"] = "wrong"
     async with running(w):
         w.power_cut("b")
@@ -274,18 +273,20 @@ async def test_fencing_failures_hold_without_a_taint_and_retry() -> None:
         assert took <= 60 + w.bmc.delay + 2  # backoff capped at 60 s
 
 
-async def test_no_bmc_annotation_holds() -> None:
+async def test_no_url_in_the_secret_holds_whatever_the_annotation_says() -> None:
     w = World(settings(fencing="redfish"))
-    w.add("a", "b", "c")
+    w.add("a", "c")
+    w.add("b", annotations={"asklepios.io/bmc": "https://127.0.0.1:8443/redfish/v1/Systems/a"})  # never read
     async with running(w):
         w.power_cut("b")
         await anyio.sleep(80)
         assert not w.has_taint("b")
-        assert any(e.message.startswith("no BMC") for e in w.events.emitted if e.reason == "KickoutHeld")
-        w.cluster.edit(
-            "b", {"metadata": {"annotations": {"asklepios.io/bmc": "https://127.0.0.1:1/redfish/v1/Systems/b"}}}
-        )
-        await until(lambda: w.has_taint("b"), 80, "kickout once annotated")
+        assert w.bmc.log == []  # not even asked: the annotation names no BMC for Asklepios
+        held = [e.message for e in w.events.emitted if e.reason == "KickoutHeld"]
+        assert held and held[0].startswith("no BMC")
+        assert "Secret kube-system/asklepios-bmc has no key b.url" in held[0]
+        w.credentials.data["b.url"] = "https://127.0.0.1:1/redfish/v1/Systems/b"
+        await until(lambda: w.has_taint("b"), 80, "kickout once the Secret has b.url")
 
 
 async def test_terminating_pods_are_force_deleted_unless_they_tolerate_the_taint() -> None:

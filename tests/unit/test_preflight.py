@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from asklepios.core.preflight import (
     PowerSeen,
     Review,
     Status,
+    annotation_finding,
     balancer_finding,
     bmc_findings,
     exit_status,
@@ -216,10 +218,19 @@ def test_rbac_findings_name_each_missing_permission() -> None:
 # --- nodes and the guard -----------------------------------------------------------------
 
 
-def node(name: str, *, ready: bool = True, excluded: bool = False, bmc: str = "", skip: bool = False) -> NodeView:
+def node(
+    name: str,
+    *,
+    ready: bool = True,
+    excluded: bool = False,
+    skip: bool = False,
+    uuid: str = "",
+    annotated: bool = False,
+) -> NodeView:
     labels = MappingProxyType({"asklepios.io/exclude": "true"} if excluded else {})
     taints = (Taint("node.kubernetes.io/asklepios", "skip", "NoExecute"),) if skip else ()
-    return NodeView(name, labels=labels, ready=ReadyStatus.TRUE if ready else ReadyStatus.FALSE, taints=taints, bmc=bmc)
+    status = ReadyStatus.TRUE if ready else ReadyStatus.FALSE
+    return NodeView(name, labels=labels, ready=status, taints=taints, system_uuid=uuid, bmc_annotation=annotated)
 
 
 def test_no_node_matches_the_selector() -> None:
@@ -412,37 +423,71 @@ def test_label_selector_operators() -> None:
 URL = "https://bmc.example/redfish/v1/Systems/1"
 
 
-def test_fencing_annotations_urls_and_credentials() -> None:
-    views = [node(f"n{i}", bmc=URL) for i in range(3)] + [node(f"m{i}") for i in range(12)]
-    views.append(node("bad", bmc="http://bmc/redfish/v1/Systems/1"))
-    findings, usable = fencing_findings(views, {"username": "u", "password": "p"}, "", "kube-system/asklepios-bmc")
+def test_fencing_inventory_urls_and_credentials() -> None:
+    views = [node(f"n{i}") for i in range(3)] + [node(f"m{i}") for i in range(12)] + [node("bad")]
+    inventory = {f"n{i}.url": f"{URL}{i}" for i in range(3)} | {"bad.url": "http://bmc/redfish/v1/Systems/1"}
+    secret = {"username": "u", "password": "p", **inventory}
+    findings, usable = fencing_findings(views, secret, "", "kube-system/asklepios-bmc")
     missing, bad = findings
     assert missing.status is FAIL
-    assert "12 of 16 watched nodes have no asklepios.io/bmc annotation" in missing.message
+    assert "12 of 16 watched nodes have no NODE.url in the Secret kube-system/asklepios-bmc" in missing.message
+    assert "(no BMC)" in missing.message
     assert missing.message.endswith("and 2 more")
-    assert "kubectl annotate node" in missing.todo
-    assert "bad: asklepios.io/bmc='http://bmc/redfish/v1/Systems/1'" in bad.message
+    assert "kubectl -n kube-system patch secret asklepios-bmc" in missing.todo
+    assert '"NODE.url":"https://<bmc>/redfish/v1/Systems/<id>"' in missing.todo
+    assert "bad.url='http://bmc/redfish/v1/Systems/1' is not https://" in bad.message
     assert [v.name for v in usable] == ["n0", "n1", "n2"]
 
     no_secret, usable = fencing_findings(views[:3], None, "Secret kube-system/x not found", "kube-system/x")
     assert [f.message for f in no_secret] == ["Secret kube-system/x not found"]
+    assert "NODE.url" in no_secret[0].todo
     assert usable == []
-    per_node = {"n0.username": "u", "n0.password": "p"}
+    per_node = {"n0.username": "u", "n0.password": "p", **inventory}
     [lacking], usable = fencing_findings(views[:3], per_node, "", "kube-system/x")
     assert "no credentials for n1, n2" in lacking.message
     assert [v.name for v in usable] == ["n0"]
 
 
+def test_a_leftover_bmc_annotation_is_a_warning() -> None:
+    assert annotation_finding([node("a"), node("b")]) is None
+    found = annotation_finding([node("a", annotated=True), node("b"), node("c", annotated=True)])
+    assert found is not None and found.status is WARN
+    assert "2 nodes still have the asklepios.io/bmc annotation, which Asklepios no longer reads" in found.message
+    assert found.message.endswith(": a, c")
+    assert "NODE.url" in found.todo and "asklepios.io/bmc-" in found.todo
+
+
+UUID_A = "00112233-4455-6677-8899-aabbccddeeff"
+UUID_B = "10112233-4455-6677-8899-aabbccddeeff"
+
+
 def test_bmc_answers() -> None:
-    a, b, c = node("a", bmc=URL), node("b", bmc=URL), node("c", bmc=URL, ready=False)
-    [fine] = bmc_findings([PowerSeen(a, "On"), PowerSeen(c, "Off")], 7, "ns/s", insecure=False)
+    a, b, c = node("a", uuid=UUID_A), node("b"), node("c", ready=False)
+    seen = [PowerSeen(a, "On", uuid=UUID_A.upper(), url=URL), PowerSeen(c, "Off", uuid=UUID_B)]
+    fine, unchecked = bmc_findings(seen, 7, "ns/s", insecure=False)
     assert fine.status is OK
-    assert fine.message == "2 of 7 BMCs asked answered (PowerState: Off 1, On 1)"
+    assert (
+        fine.message
+        == "2 of 7 BMCs asked answered (PowerState: Off 1, On 1); System UUID of the node's own machine: 1 of 2"
+    )
+    assert unchecked.status is WARN and "1 of the BMCs asked could not be checked" in unchecked.message
     wrong = bmc_findings([PowerSeen(a, error="HTTP 401 Unauthorized"), PowerSeen(b, "Off")], 2, "ns/s", insecure=True)
     assert [f.status for f in wrong] == [FAIL, FAIL, WARN]
     assert "the BMC of a did not answer: HTTP 401 Unauthorized" in wrong[0].message
-    assert "b is Ready but its BMC says PowerState Off" in wrong[1].message
+    assert "b is Ready but its BMC says PowerState Off: b.url points at another machine?" in wrong[1].message
     assert "INSECURE" in wrong[2].message
+
+
+def test_a_bmc_of_another_machine_is_a_failure() -> None:
+    a = node("a", uuid=UUID_A)
+    [other] = bmc_findings([PowerSeen(a, "On", uuid=UUID_B, url=URL)], 1, "ns/s", insecure=False)
+    assert other.status is FAIL
+    assert f"the BMC at {URL} reports System UUID {UUID_B}, but a reports systemUUID {UUID_A}" in other.message
+    assert "a.url in the fencing Secret names another machine" in other.message
+    assert "fix a.url in the Secret ns/s" in other.todo
+    swapped = "33221100-5544-7766-8899-aabbccddeeff"
+    [fine] = bmc_findings([PowerSeen(a, "On", uuid=swapped, url=URL)], 1, "ns/s", insecure=False)
+    assert fine.status is OK and fine.message.endswith("1 of 1")
 
 
 def test_sample_is_spread_and_small() -> None:
@@ -549,6 +594,7 @@ class FakeBmc:
     def __init__(self, answers: dict[str, str | FencingError]) -> None:
         self.answers = answers
         self.asked: list[str] = []
+        self.uuids: dict[str, str] = {}
 
     async def power_state(self, target: BmcTarget) -> str:
         self.asked.append(target.system_url)
@@ -560,6 +606,9 @@ class FakeBmc:
     async def reset(self, target: BmcTarget, reset_type: str) -> None:
         raise AssertionError("a check must never reset a BMC")
 
+    async def system_uuid(self, target: BmcTarget) -> str:
+        return self.uuids.get(target.system_url, "")
+
 
 @pytest.mark.anyio
 async def test_fencing_and_balancer_gathering() -> None:
@@ -567,11 +616,14 @@ async def test_fencing_and_balancer_gathering() -> None:
     nodes = []
     for i in range(8):
         item = node_json(f"n{i}", role="cp")
-        item["metadata"]["annotations"] = {"asklepios.io/bmc": f"https://bmc/redfish/v1/Systems/{i}"}
+        item["status"]["nodeInfo"] = {"systemUUID": f"10000000-0000-0000-0000-00000000000{i}"}
         nodes.append(item)
+    nodes[7]["metadata"]["annotations"] = {"asklepios.io/bmc": "https://bmc/redfish/v1/Systems/7"}  # a leftover
     routes["GET", "/api/v1/nodes"] = {"items": nodes}
+    inventory = {f"n{i}.url": f"https://bmc/redfish/v1/Systems/{i}" for i in range(8)}
+    data = {"username": "user", "password": "pw", **inventory}
     routes["GET", "/api/v1/namespaces/kube-system/secrets/asklepios-bmc"] = {
-        "data": {"username": "dXNlcg==", "password": "cHc="}
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     }
     routes["GET", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"] = {
         "items": [{"metadata": {"name": f"n{i}"}} for i in range(8)]
@@ -586,6 +638,8 @@ async def test_fencing_and_balancer_gathering() -> None:
     answers: dict[str, str | FencingError] = {f"https://bmc/redfish/v1/Systems/{i}": "On" for i in range(8)}
     answers["https://bmc/redfish/v1/Systems/0"] = FencingError("https://bmc/redfish/v1/Systems/0: 401 Unauthorized")
     bmc = FakeBmc(answers)
+    bmc.uuids = {url: f"10000000-0000-0000-0000-00000000000{url[-1]}" for url in answers}
+    bmc.uuids["https://bmc/redfish/v1/Systems/3"] = "10000000-0000-0000-0000-000000000004"  # the neighbour's BMC
     settings = Settings(
         node_selector=parse_selector("role=cp"),
         fencing="redfish",
@@ -596,10 +650,19 @@ async def test_fencing_and_balancer_gathering() -> None:
     assert len(bmc.asked) == 5  # a sample of 8
     statuses = [(f.check, f.status) for f in findings]
     assert ("balancer", WARN) in statuses
-    [fencing] = [f for f in findings if f.check == "fencing"]
+    fencing = next(f for f in findings if f.check == "fencing")
     assert fencing.status is FAIL
     assert "the BMC of n0 did not answer" in fencing.message
     assert "401 Unauthorized" in fencing.message
+    fencing_failures = [f.message for f in findings if f.check == "fencing" and f.status is FAIL]
+    assert len(fencing_failures) == 2
+    assert (
+        "https://bmc/redfish/v1/Systems/3 reports System UUID 10000000-0000-0000-0000-000000000004, but n3"
+        in (fencing_failures[1])
+    )
+    [leftover] = [f for f in findings if f.check == "fencing" and f.status is WARN]
+    assert "1 node still has the asklepios.io/bmc annotation" in leftover.message
+    assert leftover.message.endswith(": n7")
 
 
 def test_run_logs_each_warning_and_failure_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -108,8 +108,8 @@ class World:
         self.cluster.set_ready(name, "True", skew)
 
     def give_bmc(self, name: str, url: str) -> None:
-        """Put the node's BMC into the fencing inventory."""
-        self.cluster.edit(name, {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
+        """Put the node's BMC into the fencing inventory (the Secret's `<node>.url`)."""
+        self.credentials.data[f"{name}.url"] = url
 
     def stop_kubelet(self, name: str) -> None:
         """The kubelet stops (a bad upgrade, a full disk): Lease silent, Unknown, but the kernel refuses."""

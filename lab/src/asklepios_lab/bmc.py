@@ -23,6 +23,13 @@ its power state to the node ("physics"):
   before the node is dead, and no Redfish call makes it fetch anything from elsewhere.
 
 :meth:`Bmc.timeline` records both, as the lab saw them, for tests to check ordering.
+
+Every system has a UUID (the Redfish System's ``UUID``, also its id in the URL). A node
+attached to a system reports that UUID as its ``status.nodeInfo.systemUUID``, as a
+kubelet reads it from SMBIOS (``attach(node, swapped=True)``: with the first three
+fields byte-swapped, as some firmware stores them), so Asklepios' same-machine check
+passes for a node's own BMC and fails for another's. :meth:`Bmc.inventory` is the
+fencing Secret's data: the credentials, ``ca.crt`` and each node's ``<node>.url``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import threading
 import time
 import traceback
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +78,7 @@ class Bmc:
         *,
         power_off: Callable[[str], None],
         power_on: Callable[[str], None],
+        report_uuid: Callable[[str, str], None] = lambda node, uuid: None,
         pool_size: int = POOL_SIZE,
         poll_interval: float = 0.5,
     ) -> None:
@@ -78,6 +86,7 @@ class Bmc:
         self.ca_cert = pki.ca_cert
         self._pki = pki
         self._power_off, self._power_on = power_off, power_on
+        self._report_uuid = report_uuid  # (node, uuid): the node reports it as status.nodeInfo.systemUUID
         self.username, self.password = "lab", uuidlib.uuid4().hex
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -170,11 +179,13 @@ class Bmc:
 
     # ------------------------------------------------------------------- systems
 
-    def attach(self, node: str) -> str:
+    def attach(self, node: str, *, swapped: bool = False) -> str:
         """The Redfish System URL of ``node``'s BMC; a fresh system on the first call for ``node``.
 
-        When the pool is used up, the emulator restarts with a bigger one (a few seconds;
-        systems, their power states and every mapping are kept).
+        The node then reports the system's UUID as its ``status.nodeInfo.systemUUID``
+        (SMBIOS byte order with ``swapped``). When the pool is used up, the emulator
+        restarts with a bigger one (a few seconds; systems, their power states and every
+        mapping are kept).
         """
         with self._lock:
             if node in self._system_of:
@@ -187,7 +198,17 @@ class Bmc:
             self._system_of[node], self._node_of[uuid] = uuid, node
             self._seen[uuid] = ("On", None)
             self._records[uuid] = []
+        self._report_uuid(node, smbios_swapped(uuid) if swapped else uuid)
         return self.system_url(node)
+
+    def system_uuid(self, node: str) -> str:
+        """The UUID of ``node``'s system (what its BMC reports as the System's ``UUID``)."""
+        return self._system_of[node]
+
+    def inventory(self, nodes: Iterable[str]) -> dict[str, str]:
+        """The fencing Secret's data for ``nodes``: credentials, ``ca.crt``, and ``<node>.url`` (attached)."""
+        data = {"username": self.username, "password": self.password, "ca.crt": self.ca_cert.read_text()}
+        return data | {f"{node}.url": self.attach(node) for node in nodes}
 
     def detach(self, node: str) -> None:
         """Forget ``node`` (removed from the cluster): no more physics; its system is retired."""
@@ -197,10 +218,6 @@ class Bmc:
 
     def system_url(self, node: str) -> str:
         return f"{self.url}/redfish/v1/Systems/{self._system_of[node]}"
-
-    def system_uuid(self, node: str) -> str:
-        """The UUID of ``node``'s system (its Redfish ``UUID``, also the last part of its URL)."""
-        return self._system_of[node]
 
     def power_state(self, node: str) -> str:
         """PowerState of ``node``'s system, read through Redfish (applies a due transition)."""
@@ -285,6 +302,16 @@ def _handler(bmc: Bmc) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
     return Notification
+
+
+def smbios_swapped(uuid: str) -> str:
+    """``uuid`` with its first three fields byte-reversed (SMBIOS stores them little-endian)."""
+    first, second, third, rest = uuid.split("-", 3)
+
+    def flip(field: str) -> str:
+        return "".join(reversed([field[i : i + 2] for i in range(0, len(field), 2)]))
+
+    return f"{flip(first)}-{flip(second)}-{flip(third)}-{rest}"
 
 
 def _no_proxy_env() -> dict[str, str]:

@@ -269,7 +269,8 @@ class ControlPlane(FaultOps):
         (kwok killed, port silent), On restores it (without waiting for Ready).
         """
         if self._bmc is None:
-            bmc = Bmc(self.workdir / "bmc", self.pki, self.log_dir, power_off=self.crash, power_on=self._power_on)
+            bmc = Bmc(self.workdir / "bmc", self.pki, self.log_dir, power_off=self.crash, power_on=self._power_on,
+                      report_uuid=self.report_system_uuid)  # fmt: skip
             try:
                 bmc.start()
             except BaseException:

@@ -320,6 +320,23 @@ class NodeOps:
     def node(self, name: str) -> JSON:
         return self.api.get(f"/api/v1/nodes/{name}")
 
+    def report_system_uuid(self, name: str, uuid: str) -> None:
+        """Node ``name`` reports ``uuid`` as its ``status.nodeInfo.systemUUID`` (the machine it runs on).
+
+        kwok's node-initialize keeps a systemUUID the Node already has; one rendered
+        from an older copy of the Node could still write "" back, so this re-reads and
+        writes again until the value stays.
+        """
+        patch = {"status": {"nodeInfo": {"systemUUID": uuid}}}
+
+        def reported() -> bool:
+            if (self.node(name).get("status", {}).get("nodeInfo") or {}).get("systemUUID") == uuid:
+                return True
+            self.api.patch(f"/api/v1/nodes/{name}/status", patch)
+            return False
+
+        wait_until(reported, 10, f"node {name} reports systemUUID {uuid}", interval=0.2)
+
     def ready_status(self, name: str) -> str | None:
         """ "True", "False", "Unknown", or None (no Ready condition yet)."""
         cond = ready_condition(self.node(name))

@@ -77,7 +77,8 @@ class NodeView:
     unschedulable: bool = False
     taints: tuple[Taint, ...] = ()
     addresses: tuple[str, ...] = ()  # InternalIP addresses, probed before a kickout
-    bmc: str = ""  # the asklepios.io/bmc annotation: the node's Redfish System URL
+    system_uuid: str = ""  # status.nodeInfo.systemUUID: the machine's SMBIOS UUID, as the node reports it
+    bmc_annotation: bool = False  # carries asklepios.io/bmc, no longer read: `check` warns
     mirror: str | None = None  # the asklepios.io/kickout annotation as found: for people, never trusted
     record: NodeRecord | None = None  # Asklepios' own record, attached from its ConfigMap (never from the node)
 

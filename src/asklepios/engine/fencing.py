@@ -1,11 +1,15 @@
-"""Fencing through the node's BMC: ForceOff, then wait for the BMC to say Off; On again later.
+"""Fencing through the node's BMC: same machine?, ForceOff, then wait for the BMC to say Off; On again later.
 
 Kubernetes documents "make sure the node is off" as the precondition of the
 out-of-service taint. With ASKLEPIOS_FENCING=redfish, a node that every other signal
 calls dead is powered off through its BMC, and the taint follows only once the BMC
-reports PowerState Off (a BMC that already says Off is enough). The single Redfish
-requests are the `BmcPort`'s (sushy in a worker thread); the sequence, its timeout
-and its clock are here, so they run on a fake clock in tests.
+reports PowerState Off. The BMC comes only from the fencing Secret (`<node>.url`),
+read once per attempt; before any ForceOff its System UUID must name the node's own
+machine (`core.fencing.same_machine`). A BMC that already says Off is enough, and is
+reported as `found_off` (no ForceOff sent), so that Asklepios never switches on a
+machine it did not switch off. The single Redfish requests are the `BmcPort`'s (sushy
+in a worker thread); the sequence, its timeout and its clock are here, so they run on
+a fake clock in tests.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import anyio
 import attrs
 
 from asklepios.core.evidence import FenceOutcome, HoldReason
-from asklepios.core.fencing import BmcTarget, FencingError, bmc_target
+from asklepios.core.fencing import BmcTarget, FencingError, NoBmcError, bmc_target, mismatch
 from asklepios.core.node import NodeView
 from asklepios.engine.clock import Clock
 from asklepios.engine.ports import BmcPort, CredentialsPort
@@ -36,28 +40,42 @@ class Fencer:
     poll_interval: float = 1.0
 
     async def target(self, view: NodeView) -> BmcTarget:
-        return bmc_target(view.name, view.bmc, await self.credentials.secret(), insecure=self.insecure)
+        """The node's BMC from the Secret, read now; NoBmcError when it has no `<node>.url`."""
+        secret = await self.credentials.secret()
+        return bmc_target(view.name, secret, insecure=self.insecure, where=self.credentials.where)
+
+    async def same_machine(self, view: NodeView, target: BmcTarget) -> str:
+        """ "" when the BMC's System may be the node's machine, else why not (nothing is sent to it)."""
+        if not view.system_uuid:
+            return ""
+        return mismatch(await self.bmc.system_uuid(target), view.name, view.system_uuid, target.system_url)
 
     async def power_off(self, view: NodeView) -> FenceOutcome:
         """Power the node off and wait until its BMC confirms Off (at most `timeout`)."""
-        if not view.bmc:
-            return FenceOutcome(
-                off=False, reason=HoldReason.NO_BMC, error="the node has no asklepios.io/bmc annotation"
-            )
         try:
             target = await self.target(view)
-            if await self.bmc.power_state(target) == OFF:  # not ours: never switched on by Asklepios
-                metrics.FENCING.labels(action="off", result="ok").inc()
-                return FenceOutcome(off=True, found_off=True)
-            started = self.clock.monotonic()
-            await self.bmc.reset(target, "ForceOff")
-            log.warning("ForceOff sent", extra={"node": view.name, "bmc": target.system_url})
-            outcome = await self._wait_off(target, started)
+        except NoBmcError as exc:
+            return FenceOutcome(off=False, reason=HoldReason.NO_BMC, error=str(exc))
+        except FencingError as exc:
+            metrics.FENCING.labels(action="off", result="failed").inc()
+            return FenceOutcome(off=False, reason=HoldReason.FENCING_FAILED, error=str(exc))
+        try:
+            wrong = await self.same_machine(view, target)
+            if wrong:
+                log.warning("BMC mismatch: no ForceOff", extra={"node": view.name, "bmc": target.system_url})
+                outcome = FenceOutcome(off=False, reason=HoldReason.BMC_MISMATCH, error=wrong)
+            elif await self.bmc.power_state(target) == OFF:
+                outcome = FenceOutcome(off=True, found_off=True)
+            else:
+                started = self.clock.monotonic()
+                await self.bmc.reset(target, "ForceOff")
+                log.warning("ForceOff sent", extra={"node": view.name, "bmc": target.system_url})
+                outcome = await self._wait_off(target, started)
+                if outcome.off:
+                    metrics.FENCING_SECONDS.observe(outcome.seconds)
         except FencingError as exc:
             outcome = FenceOutcome(off=False, reason=HoldReason.FENCING_FAILED, error=str(exc))
         metrics.FENCING.labels(action="off", result="ok" if outcome.off else "failed").inc()
-        if outcome.off:
-            metrics.FENCING_SECONDS.observe(outcome.seconds)
         return outcome
 
     async def _wait_off(self, target: BmcTarget, started: float) -> FenceOutcome:
@@ -78,16 +96,24 @@ class Fencer:
             await anyio.sleep(self.poll_interval)
 
     async def power_on(self, view: NodeView) -> None:
-        """Switch a fenced node on again (no-op when its BMC already says On); raises FencingError."""
+        """Switch a fenced node on again (no-op when its BMC already says On); raises FencingError.
+
+        The Secret is read again, so the same-machine check guards this too: a row
+        changed since the power-off never switches on another machine.
+        """
         try:
             target = await self.target(view)
-            if await self.bmc.power_state(target) != ON:
+            wrong = await self.same_machine(view, target)
+            if not wrong and await self.bmc.power_state(target) != ON:
                 await self.bmc.reset(target, "On")
         except FencingError:
             metrics.FENCING.labels(action="on", result="failed").inc()
             raise
+        if wrong:
+            metrics.FENCING.labels(action="on", result="failed").inc()
+            raise FencingError(wrong)
         metrics.FENCING.labels(action="on", result="ok").inc()
 
     async def power_state(self, view: NodeView) -> str:
-        """For `asklepios status`: the PowerState the BMC reports now."""
+        """For `asklepios status`: the PowerState the BMC reports now; NoBmcError without `<node>.url`."""
         return await self.bmc.power_state(await self.target(view))

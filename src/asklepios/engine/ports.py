@@ -49,10 +49,16 @@ class BmcPort(Protocol):
         """ComputerSystem.Reset with ResetType ForceOff or On; raises FencingError."""
         ...
 
+    async def system_uuid(self, target: BmcTarget) -> str:
+        """The System's `UUID` ("" when the BMC reports none); raises FencingError."""
+        ...
+
 
 class CredentialsPort(Protocol):
+    where: str  # "Secret <namespace>/<name>", for messages
+
     async def secret(self) -> dict[str, str]:
-        """The fencing Secret's data, decoded; raises FencingError."""
+        """The fencing Secret's data, decoded: the whole inventory; raises FencingError."""
         ...
 
 

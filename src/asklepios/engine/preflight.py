@@ -3,10 +3,10 @@
 Reads the cluster with the running settings and changes nothing: the server's
 version, an access review for every permission the settings need, the watched
 nodes, the pods on them, the node Leases, with the balancer on its StatefulSets'
-PodDisruptionBudgets, with fencing on the BMC annotations, the Secret and a sample
-of BMCs. Independent reads run at once, each under a deadline; a read that fails
-(403, an unreachable apiserver, a BMC that does not answer) becomes a finding, never
-an exception. The rules are `core.preflight`'s.
+PodDisruptionBudgets, with fencing on the inventory in the Secret and a sample of
+BMCs (answering, and each the node's own machine by its System UUID). Independent
+reads run at once, each under a deadline; a read that fails (403, an unreachable
+apiserver, a BMC that does not answer) becomes a finding, never an exception. The rules are `core.preflight`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import anyio
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.fencing import FencingError
+from asklepios.core.fencing import FencingError, bmc_target
 from asklepios.core.node import NodeView
 from asklepios.core.preflight import (
     BALANCER,
@@ -36,6 +36,7 @@ from asklepios.core.preflight import (
     PowerSeen,
     Review,
     Status,
+    annotation_finding,
     balancer_finding,
     bmc_findings,
     failure,
@@ -54,7 +55,6 @@ from asklepios.core.preflight import (
     warning,
 )
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
-from asklepios.engine.fencing import Fencer
 from asklepios.engine.ports import BmcPort
 from asklepios.kube.access import AccessApi, ClusterReads
 from asklepios.kube.client import ApiError, KubeClient
@@ -149,16 +149,6 @@ async def check_version(client: KubeClient) -> Finding:
 
 
 @attrs.define
-class _Credentials:
-    """The fencing Secret, read once for the whole check."""
-
-    data: dict[str, str]
-
-    async def secret(self) -> dict[str, str]:
-        return self.data
-
-
-@attrs.define
 class Preflight:
     """Every check but the version, for one set of settings."""
 
@@ -226,7 +216,8 @@ class Preflight:
             for index, (check, work) in enumerate(sections):
                 tg.start_soon(run, index, check, work)
         guard = guard_finding(self.settings.max_unhealthy, views)
-        return [guard, *(f for found in results for f in found)]
+        leftover = annotation_finding(views)  # fencing on or off: an annotation nobody reads misleads
+        return [guard, *(f for found in results for f in found), *([leftover] if leftover else [])]
 
     async def _pods(self, targets: list[NodeView]) -> list[Finding]:
         if not targets:
@@ -282,19 +273,18 @@ class Preflight:
             from asklepios.fence.redfish import RedfishBmc  # noqa: PLC0415 - sushy only when fencing is on
 
             bmc = RedfishBmc()
-        fencer = Fencer(
-            bmc, _Credentials(secret), self.clock, settings.fencing_timeout_seconds, settings.fencing_insecure
-        )
         by_name = {v.name: v for v in usable}
         asked = [by_name[name] for name in sample(sorted(by_name))]
 
         async def ask(view: NodeView) -> PowerSeen:
+            target = bmc_target(view.name, secret, insecure=settings.fencing_insecure)
             with anyio.move_on_after(BMC_TIMEOUT):
                 try:
-                    return PowerSeen(view, power=await fencer.power_state(view))
+                    uuid = await bmc.system_uuid(target)
+                    return PowerSeen(view, power=await bmc.power_state(target), uuid=uuid, url=target.system_url)
                 except FencingError as exc:  # sushy appends the BMC's whole error document: keep its first part
-                    return PowerSeen(view, error=str(exc).split(" Extended information:")[0])
-            return PowerSeen(view, error=f"no answer within {BMC_TIMEOUT:.0f} s")
+                    return PowerSeen(view, error=str(exc).split(" Extended information:")[0], url=target.system_url)
+            return PowerSeen(view, error=f"no answer within {BMC_TIMEOUT:.0f} s", url=target.system_url)
 
         seen = await _gather(asked, ask)
         return findings + bmc_findings(seen, len(usable), where, insecure=settings.fencing_insecure)

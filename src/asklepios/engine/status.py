@@ -18,7 +18,7 @@ import anyio
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.fencing import FencingError
+from asklepios.core.fencing import FencingError, NoBmcError
 from asklepios.core.guard import hold_reason
 from asklepios.core.judge import Action, State, judge
 from asklepios.core.node import NodeView
@@ -44,7 +44,7 @@ class NodeRow:
     reason: str  # the hold reason, or what a state waits for
     seconds: float | None  # to the next action
     pods: tuple[str, ...] = ()
-    power: str = ""  # the PowerState its BMC reports, for nodes with asklepios.io/bmc
+    power: str = ""  # the PowerState its BMC reports, for nodes with a <node>.url in the fencing Secret
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -136,11 +136,13 @@ def fencer_for(settings: Settings, client: KubeClient, clock: Clock) -> Fencer |
 
 
 async def power_of(fencer: Fencer | None, view: NodeView) -> str:
-    if fencer is None or not view.bmc:
+    if fencer is None:
         return ""
     with anyio.move_on_after(15):
         try:
             return await fencer.power_state(view)
+        except NoBmcError:  # no <node>.url in the fencing Secret: no BMC to ask
+            return ""
         except FencingError as exc:
             return f"unknown ({exc})"
     return "unknown (the BMC did not answer)"

@@ -148,7 +148,7 @@ class StatusWatch:
         """Ask a node's BMC again whenever the node's state changes (not on every tick)."""
         for view, line in zip(views, rows, strict=True):
             seen = self.power.get(view.name)
-            if view.bmc and (seen is None or seen[0] != line.state):
+            if fencer is not None and (seen is None or seen[0] != line.state):
                 self.power[view.name] = (line.state, await power_of(fencer, view))
 
     def _header(self, leader: str, count: int) -> list[str]:

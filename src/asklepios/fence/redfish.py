@@ -75,6 +75,10 @@ class RedfishBmc:
         state = system.power_state
         return str(getattr(state, "value", state) or "Unknown")
 
+    def _system_uuid(self, target: BmcTarget) -> str:
+        """The System's `UUID` as the BMC reports it (sushy reads it with the System)."""
+        return str(self._system(target).uuid or "")[:100]
+
     def _reset(self, target: BmcTarget, reset_type: str) -> None:
         from sushy import ResetType, exceptions  # noqa: PLC0415
 
@@ -89,6 +93,9 @@ class RedfishBmc:
 
     async def reset(self, target: BmcTarget, reset_type: str) -> None:
         await _in_thread(self._reset, target, reset_type)
+
+    async def system_uuid(self, target: BmcTarget) -> str:
+        return await _in_thread(self._system_uuid, target)
 
 
 async def _in_thread(call: Callable[..., T], *args: Any) -> T:

@@ -81,7 +81,8 @@ def parse_node(obj: JSON) -> NodeView:
             if isinstance(t, dict)
         ),
         addresses=addresses,
-        bmc=_str(annotations.get(BMC_ANNOTATION)),
+        system_uuid=_str(_dict(status.get("nodeInfo")).get("systemUUID"))[:100],  # node-written: bounded
+        bmc_annotation=BMC_ANNOTATION in annotations,
         mirror=mirror if isinstance(mirror, str) else None,
     )
 

@@ -1,7 +1,8 @@
-"""The fencing Secret: BMC credentials, read when fencing (RBAC: `get` on that one name).
+"""The fencing Secret: the whole BMC inventory (`<node>.url`, credentials, ca.crt).
 
-Read at each fencing attempt rather than cached, so a corrected password takes
-effect at the next retry without a restart.
+RBAC: `get` on that one name. Read once per fencing attempt rather than cached, so a
+corrected URL or password takes effect at the next retry without a restart, and
+never once per BMC request.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ class SecretApi:
     def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
         self.client = client
         self.namespace, self.name = namespace, name
+        self.where = f"Secret {namespace}/{name}"
 
     async def secret(self) -> dict[str, str]:
-        where = f"Secret {self.namespace}/{self.name}"
+        where = self.where
         try:
             obj = await self.client.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{self.name}")
         except NotFound:

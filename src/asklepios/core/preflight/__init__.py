@@ -21,7 +21,7 @@ from asklepios.core.preflight.cluster import (
     tolerates_out_of_service,
     unprotected_statefulsets,
 )
-from asklepios.core.preflight.fencing import PowerSeen, bmc_findings, fencing_findings, sample
+from asklepios.core.preflight.fencing import PowerSeen, annotation_finding, bmc_findings, fencing_findings, sample
 from asklepios.core.preflight.findings import (
     BALANCER,
     BMC_SAMPLE,
@@ -68,6 +68,7 @@ __all__ = [
     "PowerSeen",
     "Review",
     "Status",
+    "annotation_finding",
     "balancer_finding",
     "bmc_findings",
     "exit_status",
