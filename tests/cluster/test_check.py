@@ -111,7 +111,7 @@ def bind_without_patch_nodes(api: Api, namespace: str, account: str) -> list[str
         if manifest["kind"] not in ("ClusterRole", "Role"):
             continue
         role = copy.deepcopy(manifest)
-        name = f"{namespace}-{role['metadata']['name']}"[:63]
+        name = f"{namespace[:30]}-{role['metadata']['name']}"  # at most 30 + 1 + 25
         where = role["metadata"].get("namespace")
         role["metadata"] = {"name": name, **({"namespace": where} if where else {})}
         for rule in role["rules"]:
