@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -30,7 +31,7 @@ from asklepios_lab.procs import Proc, free_port, wait_until
 from tests.cluster.checks import SEL, env
 from tests.cluster.conftest import NodeFactory
 from tests.cluster.runner import AsklepiosFactory
-from tests.cluster.test_install import apply_k8s, rendered
+from tests.cluster.test_install import REPO, apply_k8s, rendered
 
 JSON = dict[str, Any]
 OLD_APISERVER = "kube-apiserver-v1.25"  # built with the oldest release (see the module docstring)
@@ -206,6 +207,27 @@ def test_as_serviceaccount_checks_its_rights_not_the_callers(
     finally:
         for path in reversed(created):
             api.delete(path)
+
+
+def readme_words(marker: str) -> list[str]:
+    """The README's shell command containing `marker` (continuations joined, comment cut), as words."""
+    joined = (REPO / "README.md").read_text().replace("\\\n", " ")
+    [line] = [line for line in joined.splitlines() if marker in line and not line.lstrip().startswith("#")]
+    return shlex.split(line.split(" # ")[0])
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_preflight_as_written(control_plane: ControlPlane, kube: Kube, nodes: NodeFactory) -> None:
+    """The README's two preflight lines, run as written (only the node selector is this test's)."""
+    nodes.watched("a", "b", "c")
+    apply = readme_words("kubectl apply --server-side -f k8s/base/serviceaccount.yaml")
+    kube.kubectl(*(str(REPO / word) if word.startswith("k8s/") else word for word in apply[1:]))
+    words = readme_words("asklepios check --as-serviceaccount")
+    assert words[:2] == ["asklepios", "check"], words
+    code, lines = check(control_plane.kubeconfig, env(nodes.prefix), *words[2:])
+    assert code == 0, lines
+    [rbac] = lines_of(lines, "✔", "rbac")
+    assert rbac.endswith("permissions these settings need are granted to ServiceAccount kube-system/asklepios")
 
 
 def _subject_allowed(admin: Api, namespace: str, account: str, **attributes: str) -> bool:

@@ -12,6 +12,7 @@ import json
 import secrets
 import shlex
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,19 @@ def test_the_readme_in_cluster_check_runs_with_the_images_entrypoint(tmp_path: P
     user = f"system:serviceaccount:{namespace}:{account}"
     token = StaticToken(secrets.token_hex(16), user, "readme-check", ["system:serviceaccounts", "system:authenticated"])
 
+    archive = tmp_path / f"asklepios-{__version__}.tar"  # the README's --save: what `ctr images import` reads
     build = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-image.sh"), "--no-verify"], capture_output=True, text=True, timeout=1400
+        ["bash", str(REPO / "hack" / "build-image.sh"), "--no-verify", "--save", str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=1400,
     )
     assert build.returncode == 0, build.stderr[-4000:]
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("manifest.json")
+        assert manifest is not None
+        [entry] = json.load(manifest)
+    assert entry["RepoTags"] == [f"asklepios:{__version__}"]  # ctr names it docker.io/library/asklepios:VERSION
     image = f"localhost/asklepios:{__version__}"
     entrypoint = image_config(image, ".OCIv1.Config.Entrypoint")
     image_user = image_config(image, ".OCIv1.Config.User")
