@@ -55,6 +55,14 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _home() -> Path:
+    """$HOME; a container user without one (no HOME, no passwd entry) has no ~/.kube/config."""
+    try:
+        return Path.home()
+    except RuntimeError:
+        return Path("/nonexistent")
+
+
 def in_cluster_possible(environ: Mapping[str, str], token: Path = SERVICE_ACCOUNT_TOKEN) -> bool:
     """client-go's rule: both service variables set and the token file present."""
     return (
@@ -84,7 +92,7 @@ def resolve_source(
         if any(Path(p).expanduser().is_file() for p in listed.split(os.pathsep) if p):
             return KubeSource(listed, context)
     else:
-        default = (home if home is not None else Path.home()) / ".kube" / "config"
+        default = (home if home is not None else _home()) / ".kube" / "config"
         if default.is_file():
             return KubeSource(str(default), context)
     if in_cluster_possible(env, token):
