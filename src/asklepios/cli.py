@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         error = _leaf(exc)
         if isinstance(error, KubeConfigError):
             return _fail(str(error), 2)
+        if isinstance(error, ApiError) and args.command == "run":  # the controller's log, as every other line
+            log.error("apiserver request failed", extra={"error": _one_line(error)})
+            return 1
         if isinstance(error, ApiError) and error.status == 0:
             return _fail(f"cannot reach the apiserver: {_one_line(error)}", 1)
         if isinstance(error, ApiError):

@@ -230,6 +230,44 @@ def test_the_readme_preflight_as_written(control_plane: ControlPlane, kube: Kube
     assert rbac.endswith("permissions these settings need are granted to ServiceAccount kube-system/asklepios")
 
 
+@pytest.mark.timeout(180)
+def test_the_readme_uninstall_as_written(control_plane: ControlPlane, kube: Kube, nodes: NodeFactory) -> None:
+    """The README's uninstall lines in order, `site/` being k8s/ here; `asklepios release` is the release tests'.
+
+    Before: k8s/ applied, an older settings ConfigMap, the Lease, and a node with the
+    kickout annotation. After: the listing named that node, and nothing of Asklepios is
+    left in kube-system.
+    """
+    api = control_plane.api
+    apply_k8s(kube)
+    old = {"metadata": {"name": "asklepios-settings-old", "labels": {"app.kubernetes.io/name": "asklepios"}}}
+    api.create("/api/v1/namespaces/kube-system/configmaps", old)
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+    if api.get_or_none(f"{leases}/asklepios") is None:
+        api.create(leases, {"metadata": {"name": "asklepios"}, "spec": {"holderIdentity": "asklepios-x"}})
+    [kicked] = nodes.watched("kicked")
+    record = '{"at": "2026-01-01T00:00:00Z", "cordoned": false, "tainted": false}'
+    api.patch(f"/api/v1/nodes/{kicked}", {"metadata": {"annotations": {"asklepios.io/kickout": record}}})
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Uninstall", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    listed = ""
+    for line in block.splitlines():
+        words = shlex.split(line.split(" # ")[0])
+        if words[0] == "asklepios":
+            continue
+        assert words[0] == "kubectl", line
+        out = kube.kubectl(*(str(REPO / "k8s") if word == "site/" else word for word in words[1:]))
+        if "jsonpath" in line:
+            listed = out
+    assert kicked in listed.split(), listed
+    assert api.get_or_none("/apis/apps/v1/namespaces/kube-system/deployments/asklepios") is None
+    assert api.get_or_none(f"{leases}/asklepios") is None
+    left = api.get(
+        "/api/v1/namespaces/kube-system/configmaps", query={"labelSelector": "app.kubernetes.io/name=asklepios"}
+    )
+    assert left["items"] == []
+
+
 def _subject_allowed(admin: Api, namespace: str, account: str, **attributes: str) -> bool:
     review = {
         "apiVersion": "authorization.k8s.io/v1",

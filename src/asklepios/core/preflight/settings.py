@@ -19,7 +19,7 @@ UNFENCED = (
     "only fencing closes that"
 )
 UNFENCED_TODO = (
-    "set ASKLEPIOS_FENCING=redfish with the BMC inventory (docs/install.md 'Fencing'), "
+    "set ASKLEPIOS_FENCING=redfish with the BMC inventory (README 'Is it safe?', docs/install.md), "
     "or accept that risk for nodes whose network you trust"
 )
 
