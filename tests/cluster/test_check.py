@@ -3,7 +3,9 @@
 Each test runs `python -m asklepios check` as a process with KUBECONFIG and the
 settings in its environment, and reads its stdout lines and exit status: a green
 cluster as the ServiceAccount bound by k8s/, an identity missing one verb (a fresh
-ServiceAccount with a TokenRequest token), a selector matching nothing, a DaemonSet
+ServiceAccount with a TokenRequest token), the same ServiceAccount's rights checked
+by the admin with `--as-serviceaccount` (and by an identity that may not ask), a
+selector matching nothing, a DaemonSet
 that tolerates everything, a BMC with the wrong password, and a second kube-apiserver
 reporting v1.25.16 (the lab's v1.28.15 apiserver linked with other version ldflags) that
 `run` refuses to start against.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -28,7 +31,7 @@ from asklepios_lab.procs import Proc, free_port, wait_until
 from tests.cluster.checks import SEL, env
 from tests.cluster.conftest import NodeFactory
 from tests.cluster.runner import AsklepiosFactory
-from tests.cluster.test_install import apply_k8s, rendered
+from tests.cluster.test_install import REPO, apply_k8s, rendered
 
 JSON = dict[str, Any]
 OLD_APISERVER = "kube-apiserver-v1.25"  # built with the oldest release (see the module docstring)
@@ -36,8 +39,11 @@ OLDEST = binaries.supported()[-1]
 OLD_VERSION = "v1.25.16"
 
 
+UNFENCED = "! fencing: off: "  # the first line whenever fencing is off
+
+
 def run_asklepios(
-    command: str, kubeconfig: Path, settings: Mapping[str, str], timeout: float = 90
+    command: str, kubeconfig: Path, settings: Mapping[str, str], timeout: float = 90, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ASKLEPIOS_")},
@@ -49,7 +55,7 @@ def run_asklepios(
         **settings,
     }
     return subprocess.run(
-        [sys.executable, "-m", "asklepios", command],
+        [sys.executable, "-m", "asklepios", command, *args],
         env=environment,
         capture_output=True,
         text=True,
@@ -57,8 +63,8 @@ def run_asklepios(
     )
 
 
-def check(kubeconfig: Path, settings: Mapping[str, str]) -> tuple[int, list[str]]:
-    done = run_asklepios("check", kubeconfig, settings)
+def check(kubeconfig: Path, settings: Mapping[str, str], *args: str) -> tuple[int, list[str]]:
+    done = run_asklepios("check", kubeconfig, settings, args=args)
     print(done.stdout, done.stderr, sep="\n")  # shown when a test fails (and with -s)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, done.stdout.splitlines()
@@ -81,6 +87,7 @@ def test_green_cluster(nodes: NodeFactory, asklepios_kubeconfig: Path, k8s_rbac:
     code, lines = check(asklepios_kubeconfig, env(nodes.prefix))
     assert code == 0, lines
     assert [line.split(":")[0] for line in lines] == [
+        "! fencing",  # off: what remains possible, a warning (exit 0)
         "✔ version",
         "✔ rbac",
         "✔ nodes",
@@ -88,11 +95,40 @@ def test_green_cluster(nodes: NodeFactory, asklepios_kubeconfig: Path, k8s_rbac:
         "✔ pods",
         "✔ node-leases",
     ], lines
-    assert lines[0].startswith("✔ version: Kubernetes v1.")
-    assert "permissions these settings need are granted" in lines[1]
-    assert f"3 nodes match '{SEL}={nodes.prefix}'" in lines[2]
-    assert "3 watched nodes: kickouts held while more than 1 is NotReady" in lines[3]
+    assert lines[0].startswith(UNFENCED) and "only fencing closes that" in lines[0]
+    assert lines[1].startswith("✔ version: Kubernetes v1.")
+    assert "permissions these settings need are granted" in lines[2]
+    assert f"3 nodes match '{SEL}={nodes.prefix}'" in lines[3]
+    assert "3 watched nodes: kickouts held while more than 1 is NotReady" in lines[4]
     assert len(names) == 3
+
+
+def bind_without_patch_nodes(api: Api, namespace: str, account: str) -> list[str]:
+    """k8s/'s roles minus `patch nodes`, bound to a new ServiceAccount; returns what to delete after."""
+    api.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": account}})
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    created: list[str] = []
+    for manifest in rendered():
+        if manifest["kind"] not in ("ClusterRole", "Role"):
+            continue
+        role = copy.deepcopy(manifest)
+        name = f"{namespace[:30]}-{role['metadata']['name']}"  # at most 30 + 1 + 25
+        where = role["metadata"].get("namespace")
+        role["metadata"] = {"name": name, **({"namespace": where} if where else {})}
+        for rule in role["rules"]:
+            if rule["resources"] == ["nodes"]:
+                rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+        binding = {
+            "metadata": dict(role["metadata"]),
+            "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": name},
+        }
+        base = "/apis/rbac.authorization.k8s.io/v1"
+        prefix = f"{base}/namespaces/{where}/" if where else f"{base}/cluster"
+        for plural, body in ((f"{prefix}roles", role), (f"{prefix}rolebindings", binding)):
+            created.append(f"{plural}/{name}")
+            api.create(plural, body)
+    return created
 
 
 @pytest.mark.timeout(180)
@@ -103,30 +139,9 @@ def test_a_missing_verb_is_named(
     cp, api = control_plane, control_plane.api
     nodes.watched("a", "b", "c")
     account = "limited"
-    api.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": account}})
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
     created: list[str] = []
     try:
-        for manifest in rendered():
-            if manifest["kind"] not in ("ClusterRole", "Role"):
-                continue
-            role = copy.deepcopy(manifest)
-            name = f"{namespace}-{role['metadata']['name']}"[:63]
-            where = role["metadata"].get("namespace")
-            role["metadata"] = {"name": name, **({"namespace": where} if where else {})}
-            for rule in role["rules"]:
-                if rule["resources"] == ["nodes"]:
-                    rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
-            binding = {
-                "metadata": dict(role["metadata"]),
-                "subjects": subject,
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": name},
-            }
-            base = "/apis/rbac.authorization.k8s.io/v1"
-            prefix = f"{base}/namespaces/{where}/" if where else f"{base}/cluster"
-            for plural, body in ((f"{prefix}roles", role), (f"{prefix}rolebindings", binding)):
-                created.append(f"{plural}/{name}")
-                api.create(plural, body)
+        created = bind_without_patch_nodes(api, namespace, account)
         token = api.create(
             f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
@@ -146,7 +161,124 @@ def test_a_missing_verb_is_named(
     assert len(failures) == 1, lines
     assert failures[0].startswith("✘ rbac: missing: patch nodes (all namespaces)"), failures
     assert "README 'RBAC'" in failures[0]
-    assert not lines_of(lines, "!"), lines
+    assert [line for line in lines_of(lines, "!") if not line.startswith(UNFENCED)] == [], lines
+
+
+@pytest.mark.timeout(180)
+def test_as_serviceaccount_checks_its_rights_not_the_callers(
+    control_plane: ControlPlane, nodes: NodeFactory, namespace: str, asklepios_kubeconfig: Path, k8s_rbac: None
+) -> None:
+    """The admin may patch nodes; the ServiceAccount may not: `--as-serviceaccount` reports the latter."""
+    cp, api = control_plane, control_plane.api
+    nodes.watched("a", "b", "c")
+    account = f"{namespace}/limited"
+    created: list[str] = []
+    try:
+        created = bind_without_patch_nodes(api, namespace, "limited")
+        wait_for(
+            lambda: _subject_allowed(api, namespace, "limited", verb="watch", resource="nodes"),
+            30,
+            what="the new bindings in effect",
+        )
+        assert _allowed(api, verb="patch", resource="nodes")  # the caller has it
+        code, lines = check(cp.kubeconfig, env(nodes.prefix), "--as-serviceaccount", account)
+        assert code == 1, lines
+        failures = lines_of(lines, "✘")
+        assert failures == [line for line in lines if line.startswith("✘ rbac: ")], lines
+        assert len(failures) == 1, lines
+        assert failures[0].startswith(
+            f"✘ rbac: ServiceAccount {account} is missing: patch nodes (all namespaces), needed for: kickout"
+        ), failures
+
+        # the ServiceAccount bound by k8s/: every permission, said of it
+        code, lines = check(cp.kubeconfig, env(nodes.prefix), "--as-serviceaccount", "kube-system/asklepios")
+        assert code == 0, lines
+        [granted] = lines_of(lines, "✔", "rbac")
+        assert granted.endswith("permissions these settings need are granted to ServiceAccount kube-system/asklepios")
+
+        # an identity that may not create SubjectAccessReviews (k8s/'s own ServiceAccount): said so, a failure
+        code, lines = check(asklepios_kubeconfig, env(nodes.prefix), "--as-serviceaccount", account)
+        assert code == 1, lines
+        [failure] = lines_of(lines, "✘")
+        assert failure.startswith(
+            f"✘ rbac: cannot check the rights of ServiceAccount {account}: you may not create subjectaccessreviews"
+        ), failure
+        assert "system:auth-delegator" in failure
+    finally:
+        for path in reversed(created):
+            api.delete(path)
+
+
+def readme_words(marker: str) -> list[str]:
+    """The README's shell command containing `marker` (continuations joined, comment cut), as words."""
+    joined = (REPO / "README.md").read_text().replace("\\\n", " ")
+    [line] = [line for line in joined.splitlines() if marker in line and not line.lstrip().startswith("#")]
+    return shlex.split(line.split(" # ")[0])
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_preflight_as_written(control_plane: ControlPlane, kube: Kube, nodes: NodeFactory) -> None:
+    """The README's two preflight lines, run as written (only the node selector is this test's)."""
+    nodes.watched("a", "b", "c")
+    apply = readme_words("kubectl apply --server-side -f k8s/base/serviceaccount.yaml")
+    kube.kubectl(*(str(REPO / word) if word.startswith("k8s/") else word for word in apply[1:]))
+    words = readme_words("asklepios check --as-serviceaccount")
+    assert words[:2] == ["asklepios", "check"], words
+    code, lines = check(control_plane.kubeconfig, env(nodes.prefix), *words[2:])
+    assert code == 0, lines
+    [rbac] = lines_of(lines, "✔", "rbac")
+    assert rbac.endswith("permissions these settings need are granted to ServiceAccount kube-system/asklepios")
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_uninstall_as_written(control_plane: ControlPlane, kube: Kube, nodes: NodeFactory) -> None:
+    """The README's uninstall lines in order, `site/` being k8s/ here; `asklepios release` is the release tests'.
+
+    Before: k8s/ applied, an older settings ConfigMap, the Lease, and a node with the
+    kickout annotation. After: the listing named that node, and nothing of Asklepios is
+    left in kube-system.
+    """
+    api = control_plane.api
+    apply_k8s(kube)
+    old = {"metadata": {"name": "asklepios-settings-old", "labels": {"app.kubernetes.io/name": "asklepios"}}}
+    api.create("/api/v1/namespaces/kube-system/configmaps", old)
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+    if api.get_or_none(f"{leases}/asklepios") is None:
+        api.create(leases, {"metadata": {"name": "asklepios"}, "spec": {"holderIdentity": "asklepios-x"}})
+    [kicked] = nodes.watched("kicked")
+    record = '{"at": "2026-01-01T00:00:00Z", "cordoned": false, "tainted": false}'
+    api.patch(f"/api/v1/nodes/{kicked}", {"metadata": {"annotations": {"asklepios.io/kickout": record}}})
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Uninstall", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    listed = ""
+    for line in block.splitlines():
+        words = shlex.split(line.split(" # ")[0])
+        if words[0] == "asklepios":
+            continue
+        assert words[0] == "kubectl", line
+        out = kube.kubectl(*(str(REPO / "k8s") if word == "site/" else word for word in words[1:]))
+        if "jsonpath" in line:
+            listed = out
+    assert kicked in listed.split(), listed
+    assert api.get_or_none("/apis/apps/v1/namespaces/kube-system/deployments/asklepios") is None
+    assert api.get_or_none(f"{leases}/asklepios") is None
+    left = api.get(
+        "/api/v1/namespaces/kube-system/configmaps", query={"labelSelector": "app.kubernetes.io/name=asklepios"}
+    )
+    assert left["items"] == []
+
+
+def _subject_allowed(admin: Api, namespace: str, account: str, **attributes: str) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "resourceAttributes": attributes,
+            "user": f"system:serviceaccount:{namespace}:{account}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+        },
+    }
+    return bool(admin.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)["status"].get("allowed"))
 
 
 # One permission from each of the copied ClusterRole and Roles.
@@ -223,7 +355,7 @@ def test_a_catch_all_toleration_is_named_by_owner(
     wait_for(placed, 60, what="one agent pod on each watched node")
     code, lines = check(asklepios_kubeconfig, env(nodes.prefix))
     assert code == 0, lines  # a warning only
-    [warning] = lines_of(lines, "!")
+    [warning] = lines_of(lines, "!", "pods")
     assert warning.startswith("! pods: 3 pods on watched nodes tolerate the out-of-service taint"), warning
     assert f"DaemonSet {namespace}/agent: 3 pods" in warning
 
@@ -355,8 +487,9 @@ def test_an_apiserver_older_than_1_26(old_apiserver: Path) -> None:
     settings = env("old", ASKLEPIOS_HTTP_PORT="0", ASKLEPIOS_LEADER_ELECTION="false")
     code, lines = check(old_apiserver, settings)
     assert code == 1, lines
-    assert lines[0].startswith(f"✘ version: Kubernetes {OLD_VERSION} is too old"), lines
-    assert "upgrade the control plane to 1.28 or later" in lines[0]
+    assert lines[0].startswith(UNFENCED), lines
+    assert lines[1].startswith(f"✘ version: Kubernetes {OLD_VERSION} is too old"), lines
+    assert "upgrade the control plane to 1.28 or later" in lines[1]
     assert len(lines_of(lines, "✘")) == 1, lines  # nothing else is wrong there
 
     done = run_asklepios("run", old_apiserver, settings)

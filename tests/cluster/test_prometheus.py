@@ -18,8 +18,9 @@ a PDB; compute1 holds nothing), every node with a Redfish BMC of the lab's emula
    is held ("kubelet alive") for the rest of the test. AsklepiosKickoutHeld must fire,
    with exactly the labels alertname, severity, node and reason.
 2. control3 loses power (ASKLEPIOS_MAX_UNHEALTHY=2, so the guard does not hold a
-   second NotReady node): it is fenced through its BMC, kicked out, its pod moves to
-   control1 or control2, the pod's release is recorded (recovery time), it is powered
+   second NotReady node): it is fenced through its BMC (AsklepiosNodeFenced must fire),
+   kicked out (AsklepiosNodeKickedOut must fire), its pod moves to control1 or control2,
+   the pod's release is recorded (recovery time), it is powered
    on, boots and is kicked in.
 3. The balancer wants the doubled-up pod back on control3; the PDB (minAvailable 3)
    refuses the eviction (429: a failed write, asklepios_api_errors_total{operation=
@@ -48,6 +49,7 @@ from this Prometheus into that file (docs/monitoring.md: the README picture).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -87,7 +89,7 @@ ALLOWED_EMPTY: dict[str, str] = {}
 
 # Alerts this scenario must fire; alerts it may fire, each with what makes it right to fire
 # (a query over the scenario that must return data). Any other alert firing fails the test.
-MUST_FIRE = {"AsklepiosKickoutHeld"}
+MUST_FIRE = {"AsklepiosKickoutHeld", "AsklepiosNodeKickedOut", "AsklepiosNodeFenced"}
 MAY_FIRE = {
     # the 429s of the refused evictions: `rate(...[5m]) * 60 > 1` for the shortened `for:`
     "AsklepiosWriteErrors": "sum(asklepios_api_errors_total) > 0",
@@ -351,6 +353,9 @@ def test_alerts_fire_and_every_panel_has_data_on_a_real_prometheus(
         victim = hosts[2]
         power_cut(cp, victim)
         wait_node(cp, victim, has_oos, 60 + COUNTDOWN, "control3 fenced and kicked out")
+        for alert, severity in (("AsklepiosNodeKickedOut", "warning"), ("AsklepiosNodeFenced", "critical")):
+            notice = wait_value(functools.partial(firing_alert, prom, alert), 30, f"{alert} firing")
+            assert notice["labels"] == {"alertname": alert, "severity": severity}, notice
         survivors = set(hosts[:2])
         wait_value(
             lambda: (w := workloads.placement(cp, namespace, "db")) and len(w) == 3 and set(w.values()) <= survivors,
@@ -403,12 +408,17 @@ def leader_of(replicas: list[Asklepios]) -> Asklepios:
     return wait_value(probe, 20, "exactly one leader")
 
 
-def kickout_held_alert(prom: Prometheus, node: str) -> JSON | None:
+def firing_alert(prom: Prometheus, name: str, **labels: str) -> JSON | None:
+    """The firing alert `name` whose labels include `labels`, if any."""
     for alert in prom.alerts():
-        labels = alert["labels"]
-        if alert["state"] == "firing" and labels["alertname"] == "AsklepiosKickoutHeld" and labels.get("node") == node:
+        have = alert["labels"]
+        if alert["state"] == "firing" and have["alertname"] == name and labels.items() <= have.items():
             return alert
     return None
+
+
+def kickout_held_alert(prom: Prometheus, node: str) -> JSON | None:
+    return firing_alert(prom, "AsklepiosKickoutHeld", node=node)
 
 
 def panel_problem(prom: Prometheus, expr: str, start: float, end: float) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from asklepios.config import ConfigError, load_settings
+from asklepios.config.settings import unknown_variables, variables
 
 BAD = [
     ("ASKLEPIOS_KICKOUT_SECONDS", "0"),
@@ -28,6 +29,8 @@ BAD = [
     ("ASKLEPIOS_MAX_UNHEALTHY", "half"),
     ("ASKLEPIOS_MAX_UNHEALTHY", "150%"),
     ("ASKLEPIOS_MAX_UNHEALTHY", "-1"),
+    ("ASKLEPIOS_MAX_UNHEALTHY", "0"),  # rejected, not silently 1: it would hold every kickout
+    ("ASKLEPIOS_MAX_UNHEALTHY", "0%"),
     ("ASKLEPIOS_BALANCER", "maybe"),
     ("ASKLEPIOS_BALANCER_SELECTOR", "app in ()"),
     ("ASKLEPIOS_BALANCER_NAMESPACES", "openstack,Bad_NS"),
@@ -140,3 +143,52 @@ def test_bad_legacy_file(tmp_path: Path, content: str, fragment: str) -> None:
     path.write_text(content)
     with pytest.raises(ConfigError, match=fragment):
         load_settings({"ASKLEPIOS_CONFIG_FILE": str(path)})
+
+
+def test_max_unhealthy_zero_names_what_to_do_instead() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ASKLEPIOS_MAX_UNHEALTHY": "0"})
+    assert "0 would hold every kickout" in str(caught.value)
+    assert "asklepios pause" in str(caught.value)
+    assert load_settings({"ASKLEPIOS_MAX_UNHEALTHY": "1"}).max_unhealthy.limit(3) == 1
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("ASKLEPIOS_KICKOUT_SECOND", "ASKLEPIOS_KICKOUT_SECONDS"),
+        ("ASKLEPIOS_KICKIN_SECS", "ASKLEPIOS_KICKIN_SECONDS"),
+        ("ASKLEPIOS_MAXUNHEALTHY", "ASKLEPIOS_MAX_UNHEALTHY"),
+        ("ASKLEPIOS_FENCE", "ASKLEPIOS_FENCING"),
+        ("ASKLEPIOS_FLAP_MAX_KICKOUT", "ASKLEPIOS_FLAP_MAX_KICKOUTS"),
+    ],
+)
+def test_an_unknown_variable_names_the_closest_known_one(typo: str, meant: str) -> None:
+    assert unknown_variables({typo: "5", "ASKLEPIOS_KICKOUT_SECONDS": "5"}) == [
+        f"{typo} is not an Asklepios setting and is ignored; did you mean {meant}?"
+    ]
+
+
+def test_known_and_tool_variables_are_not_warned_about() -> None:
+    env = {name: default for name, default in variables()}
+    env |= {"ASKLEPIOS_BIN_DIR": "/x", "ASKLEPIOS_REPO": "/y", "ASKLEPIOS_BENCH_LOCK": "/z", "PATH": "/bin"}
+    env |= {"ASKLEPIOS_FLAP_MAX_KICKOUTS": "3", "ASKLEPIOS_FLAP_WINDOW_SECONDS": "3600"}
+    assert unknown_variables(env) == []
+    [far] = unknown_variables({"ASKLEPIOS_ZZZ": "1"})
+    assert far.endswith("see `asklepios run --help` for the ASKLEPIOS_* variables")
+
+
+def test_every_setting_is_listed_with_its_contract_default() -> None:
+    listed = dict(variables())
+    assert listed["ASKLEPIOS_KICKOUT_SECONDS"] == "60"
+    assert listed["ASKLEPIOS_MAX_UNHEALTHY"] == "50%"
+    assert listed["ASKLEPIOS_FENCING"] == "off"
+    assert len(listed) == len(attrs_fields_of_settings())
+
+
+def attrs_fields_of_settings() -> list[str]:
+    import attrs
+
+    from asklepios.config import Settings
+
+    return [f.name for f in attrs.fields(Settings)]

@@ -62,7 +62,14 @@ def selector(raw: str) -> LabelSelector:
 
 
 def max_unhealthy(raw: str) -> MaxUnhealthy:
-    return MaxUnhealthy.parse(raw)
+    """A count >= 1 or a percent from 1% to 100%; 0 (which would hold every kickout) is refused."""
+    value = MaxUnhealthy.parse(raw)
+    if value.value == 0:
+        raise ValueError(
+            "a whole number >= 1 (e.g. 2) or a percent from 1% to 100% (e.g. 50%); "
+            "0 would hold every kickout (to stop kickouts for a while: asklepios pause)"
+        )
+    return value
 
 
 def namespace(raw: str) -> str:

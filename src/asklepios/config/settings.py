@@ -8,6 +8,7 @@ the CLI prints before exiting with status 2.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -124,6 +125,48 @@ class Settings:
             pod_wait=timedelta(seconds=self.kickin_pod_wait_seconds),
             probe_lead=timedelta(seconds=PROBE_TIMEOUT if self.liveness_probe_ports else 0),
         )
+
+
+# ASKLEPIOS_* variables that are not settings of the process but are read by the
+# repository's own scripts (the lab, the benchmarks, hack/): known, never warned about.
+TOOL_VARIABLES = frozenset(
+    {"ASKLEPIOS_BIN_DIR", "ASKLEPIOS_REPO", "ASKLEPIOS_BENCH_LOCK", "ASKLEPIOS_BENCH_MEMORY_BASELINE"}
+)
+# Settings of the operator contract that a build may not read yet: known, so never "unknown".
+CONTRACT_VARIABLES = frozenset({"ASKLEPIOS_FLAP_MAX_KICKOUTS", "ASKLEPIOS_FLAP_WINDOW_SECONDS"})
+
+
+def variables() -> tuple[tuple[str, str], ...]:
+    """Every setting's variable and default, in the order of the settings (for `--help`)."""
+    out = []
+    for field in attrs.fields(_Environment):  # type: ignore[arg-type]
+        var = field.metadata[environ._environ_config.CNF_KEY]
+        out.append((str(var.name), str(var.default)))
+    return tuple(out)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per `ASKLEPIOS_*` variable that nothing reads, naming the closest known one.
+
+    A typo (ASKLEPIOS_KICKOUT_SECOND=5) would otherwise be silently ignored. A warning,
+    never an error: an unknown variable cannot make a setting wrong, only leave it default.
+    """
+    source = os.environ if env is None else env
+    settings = [name for name, _ in variables()] + sorted(CONTRACT_VARIABLES)
+    known = set(settings) | TOOL_VARIABLES
+    warnings = []
+    for name in sorted(source):
+        if not name.startswith(f"{PREFIX}_") or name in known:
+            continue
+        # compared without the prefix, which every name shares
+        close = difflib.get_close_matches(name.removeprefix(f"{PREFIX}_"), [n[len(PREFIX) + 1 :] for n in settings], 1)
+        hint = (
+            f"; did you mean {PREFIX}_{close[0]}?"
+            if close
+            else f"; see `asklepios run --help` for the {PREFIX}_* variables"
+        )
+        warnings.append(f"{name} is not an Asklepios setting and is ignored{hint}")
+    return warnings
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

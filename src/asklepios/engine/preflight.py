@@ -54,6 +54,7 @@ from asklepios.core.preflight import (
     version_finding,
     warning,
 )
+from asklepios.core.preflight.access import ServiceAccount
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.ports import BmcPort
 from asklepios.kube.access import AccessApi, ClusterReads
@@ -134,17 +135,39 @@ async def _gather(items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list
     return [results[index] for index in range(len(items))]
 
 
+async def server_version(client: KubeClient) -> Finding:
+    """`check`'s first read: the version finding; ApiError when the apiserver cannot be reached.
+
+    An apiserver that does not answer at all is one line and exit 1 for `check`,
+    not a screen of "could not check" lines.
+    """
+    try:
+        with anyio.fail_after(SECTION_TIMEOUT):
+            seen = await AccessApi(client).version()
+    except TimeoutError:
+        raise ApiError(0, f"GET /version: no answer within {SECTION_TIMEOUT:.0f} s") from None
+    except ApiError as exc:
+        if exc.status == 0:
+            raise
+        return _unknown_version(exc)
+    return version_finding(seen.git_version, seen.major, seen.minor)
+
+
+def _unknown_version(exc: Exception | None) -> Finding:
+    return warning(
+        VERSION,
+        f"could not read the server version: {exc or 'no answer'}",
+        "make sure the apiserver answers; Asklepios needs Kubernetes 1.28 or later (1.26 at least)",
+    )
+
+
 async def check_version(client: KubeClient) -> Finding:
     """GET /version; a failure (only `blocks_start`) when the server is older than 1.26."""
     try:
         with anyio.fail_after(SECTION_TIMEOUT):
             seen = await AccessApi(client).version()
     except (ApiError, TimeoutError) as exc:
-        return warning(
-            VERSION,
-            f"could not read the server version: {exc or 'no answer'}",
-            "make sure the apiserver answers; Asklepios needs Kubernetes 1.28 or later (1.26 at least)",
-        )
+        return _unknown_version(exc)
     return version_finding(seen.git_version, seen.major, seen.minor)
 
 
@@ -156,6 +179,7 @@ class Preflight:
     client: KubeClient
     bmc: BmcPort | None = None  # None: the real Redfish client (sushy), loaded only when fencing is on
     clock: Clock = SYSTEM_CLOCK
+    subject: ServiceAccount | None = None  # review this ServiceAccount's rights, not the caller's
 
     async def run(self) -> list[Finding]:
         """The findings, in the order they are printed."""
@@ -186,7 +210,7 @@ class Preflight:
         return findings + await self._about_nodes(sorted(views, key=lambda v: v.name))
 
     async def _rbac(self) -> list[Finding]:
-        access = AccessApi(self.client)
+        access = AccessApi(self.client, self.subject)
 
         async def review(need: Need) -> Review:
             try:
@@ -195,7 +219,7 @@ class Preflight:
                 return Review(need, allowed=False, error=str(exc))
             return Review(need, allowed=answer.allowed)
 
-        return rbac_findings(await _gather(needs_of(self.settings), review))
+        return rbac_findings(await _gather(needs_of(self.settings), review), self.subject)
 
     async def _about_nodes(self, views: list[NodeView]) -> list[Finding]:
         targets = kickable(views)
@@ -290,9 +314,11 @@ class Preflight:
         return findings + bmc_findings(seen, len(usable), where, insecure=settings.fencing_insecure)
 
 
-async def run_checks(settings: Settings, client: KubeClient, *, bmc: BmcPort | None = None) -> list[Finding]:
+async def run_checks(
+    settings: Settings, client: KubeClient, *, bmc: BmcPort | None = None, subject: ServiceAccount | None = None
+) -> list[Finding]:
     """Every check but the version (see `check_version`), in print order."""
-    return await Preflight(settings, client, bmc).run()
+    return await Preflight(settings, client, bmc, subject=subject).run()
 
 
 async def startup_checks(settings: Settings, client: KubeClient, version: Finding) -> None:

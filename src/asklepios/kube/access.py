@@ -1,9 +1,10 @@
 """What `asklepios check` reads: access reviews, /version, and read-only lists.
 
 Nothing here writes to the cluster: a SelfSubjectAccessReview only asks the
-authorizer about the caller's own permissions (every authenticated user may), and
-/version is public. The lists are paginated, so the check reads big clusters in
-bounded pieces.
+authorizer about the caller's own permissions (every authenticated user may), a
+SubjectAccessReview (`check --as-serviceaccount`) about a ServiceAccount's (the
+caller needs `create subjectaccessreviews` for that), and /version is public.
+The lists are paginated, so the check reads big clusters in bounded pieces.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import MappingProxyType
 import attrs
 
 from asklepios.core.preflight import NODE_LEASE_NAMESPACE, Budget, Need, PodSeen
+from asklepios.core.preflight.access import ServiceAccount
 from asklepios.core.selector import LabelSelector, Requirement
 from asklepios.kube.client import JSON, KubeClient, list_items
 from asklepios.kube.pods import parse_pod
@@ -35,10 +37,11 @@ class AccessAnswer:
 
 
 class AccessApi:
-    """SelfSubjectAccessReviews and the server's version."""
+    """Access reviews (the caller's own, or a ServiceAccount's) and the server's version."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, subject: ServiceAccount | None = None) -> None:
         self.client = client
+        self.subject = subject
 
     async def version(self) -> ServerVersion:
         data = await self.client.request("GET", "/version")
@@ -47,13 +50,14 @@ class AccessApi:
         )
 
     async def review(self, need: Need) -> AccessAnswer:
-        """May the caller do `need`? Raises ApiError when the review cannot be made."""
-        body = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": need.resource_attributes()},
-        }
-        data = await self.client.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+        """May the caller (or the subject) do `need`? Raises ApiError when the review cannot be made."""
+        spec: JSON = {"resourceAttributes": need.resource_attributes()}
+        kind = "SelfSubjectAccessReview"
+        if self.subject is not None:
+            kind = "SubjectAccessReview"
+            spec |= {"user": self.subject.user, "groups": list(self.subject.groups)}
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": spec}
+        data = await self.client.request("POST", f"/apis/authorization.k8s.io/v1/{kind.lower()}s", body=body)
         status = data.get("status") or {}
         reason = status.get("reason") or status.get("evaluationError") or ""
         return AccessAnswer(bool(status.get("allowed")), str(reason))

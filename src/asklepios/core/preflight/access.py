@@ -76,6 +76,37 @@ def version_finding(git_version: str, major: str = "", minor: str = "") -> Findi
 
 # --- RBAC -------------------------------------------------------------------------------
 
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@attrs.frozen
+class ServiceAccount:
+    """`check --as-serviceaccount NS/NAME`: whose rights a SubjectAccessReview asks about."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, raw: str) -> ServiceAccount:
+        """`kube-system/asklepios`; ValueError (saying what is allowed) otherwise."""
+        namespace, _, name = raw.strip().partition("/")
+        if not _NAMESPACE.match(namespace) or not _NAME.match(name) or len(name) > 253:
+            raise ValueError("NAMESPACE/NAME of a ServiceAccount, e.g. kube-system/asklepios")
+        return cls(namespace, name)
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The groups the apiserver gives every ServiceAccount token."""
+        return ("system:serviceaccounts", f"system:serviceaccounts:{self.namespace}", "system:authenticated")
+
+    def __str__(self) -> str:
+        return f"ServiceAccount {self.namespace}/{self.name}"
+
 
 @attrs.frozen(order=True)
 class Need:
@@ -164,14 +195,33 @@ class Review:
     error: str = ""  # the review itself failed
 
 
-def rbac_findings(reviews: Sequence[Review]) -> list[Finding]:
-    """A failure per permission denied; one warning for those that could not be reviewed."""
+CANNOT_REVIEW_OTHERS = (
+    "ask for `create subjectaccessreviews` (authorization.k8s.io; e.g. the ClusterRole system:auth-delegator), "
+    "or run the check as that ServiceAccount (in a pod, or with its token)"
+)
+
+
+def rbac_findings(reviews: Sequence[Review], subject: ServiceAccount | None = None) -> list[Finding]:
+    """A failure per permission denied; one warning for those that could not be reviewed.
+
+    With `subject`, the reviews asked about that ServiceAccount (SubjectAccessReviews):
+    when the caller may not ask (403), that is a failure, since nothing was checked.
+    """
     out = []
+    whose = f"{subject} is " if subject else ""
+    if subject is not None and reviews and all(r.error.startswith("403") for r in reviews):
+        return [
+            failure(
+                RBAC,
+                f"cannot check the rights of {subject}: you may not create subjectaccessreviews: {reviews[0].error}",
+                CANNOT_REVIEW_OTHERS,
+            )
+        ]
     for review in reviews:
         need = review.need
         if not review.error and not review.allowed:
             scope = "" if need.namespace else " (all namespaces)"
-            out.append(failure(RBAC, f"missing: {need.text}{scope}, needed for: {need.why}", SEE_RBAC))
+            out.append(failure(RBAC, f"{whose}missing: {need.text}{scope}, needed for: {need.why}", SEE_RBAC))
     unknown = [r for r in reviews if r.error]
     if unknown:
         which = f"{plural(len(unknown), 'permission')} ({names(r.need.text for r in unknown)})"
@@ -185,5 +235,6 @@ def rbac_findings(reviews: Sequence[Review]) -> list[Finding]:
             )
         )
     if not out:
-        out.append(ok(RBAC, f"all {len(reviews)} permissions these settings need are granted"))
+        to = f" to {subject}" if subject else ""
+        out.append(ok(RBAC, f"all {len(reviews)} permissions these settings need are granted{to}"))
     return out
