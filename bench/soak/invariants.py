@@ -10,7 +10,8 @@ it set aside and why (``notes``). Definitions (times: the apiserver's
 1. **No out-of-service taint on a live node.** For every successful node patch of
    Asklepios whose body's ``spec.taints`` holds the out-of-service taint (a kickout or
    a repair), at its time ``t`` the node shows no evidence of life: (a) no renewal of
-   its Lease with ``t - leaseDurationSeconds < renewTime <= t``; (b) no change of its
+   its Lease with ``t - leaseDurationSeconds < renewTime <= t``, seen by ``t +
+   decision_window`` (a kubelet whose clock is behind writes such renewTimes later); (b) no change of its
    Lease's renewTime *seen* (by the runner's watch) in ``(t - leaseDurationSeconds, t -
    decision_window]``, whatever the renewTime says (a kubelet whose clock is behind),
    unless its kubelet was stopped after that change; and (c) its kubelet port did not
@@ -346,7 +347,7 @@ class Timelines:
             renew = lv.renew or 0.0
             if renew > t:
                 break
-            if t - lv.duration < renew:
+            if t - lv.duration < renew and lv.t <= t + window:  # seen by then (a skewed one: much later)
                 started = self.kubelet_started(node, renew)
                 line = f"its Lease was renewed at {renew:.3f}, {t - renew:.3f} s before the write"
                 (life if started <= t - window else raced).append(line)

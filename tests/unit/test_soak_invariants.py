@@ -266,6 +266,19 @@ def test_power_off_of_a_renewing_kubelet_is_caught_and_of_a_partitioned_one_pass
     assert check_no_taint_on_live_node(later).passed
 
 
+def test_renew_times_written_later_by_a_kubelet_behind_are_no_life_at_an_earlier_write() -> None:
+    """A kubelet 60 s behind writes at t=100 a renewTime of 40: no evidence about t=41."""
+    skew = Physics(90, 90.01, "n1", "skew", "runner", kubelet=(False, True), listener=(False, True))
+    h = history(
+        physics=[crash(3, "n1"), skew],
+        node_leases=[*renewals("n1", 0, 3), *skewed("n1", 91, 120)],
+        bmc=[BmcEvent(40, "n1", "reset", "Off")],
+        writes=[kickout_patch(41, "n1", "2")],
+    )
+    assert check_no_taint_on_live_node(h).passed
+    assert check_no_power_off_of_renewing_kubelet(h).passed
+
+
 # ------------------------------------------------------------------------ 2: the guard
 
 
