@@ -21,6 +21,13 @@ power_cut           a node loses power (kwok SIGKILLed, port silent), 30 % repor
 partition           a node cut off the apiserver (kwok SIGKILLed, port still answers);
                     with fencing on Asklepios powers it off, taints it, powers it on;
                     healed after its duration unless fenced meanwhile
+stop_kubelet        a node's kubelet stops, the machine runs (kwok SIGKILLed, port
+                    refuses: a running kernel's RST); never tainted while it refuses
+                    (fencing may power it off first); restarted after its duration
+kubelet_behind      a node's kubelet runs with its clock 60 s behind: the lab renews its
+                    Lease every second with renewTime a minute old, Ready=False (sticks);
+                    half the time its kubelet port is firewalled (silent), so the Lease
+                    alone shows it alive; rebooted (restore) after its duration
 notready_live       Ready=False with a live kubelet (``set_ready``), ``clear_ready`` later
 flip                Ready False -> Unknown -> False on a live kubelet, then cleared
 apiserver_restart   kube-apiserver stopped for a few seconds, started, controllers restarted
@@ -51,7 +58,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from asklepios_lab import ApiError, Bmc
+from asklepios_lab import ApiError, Bmc, PortMode
 from bench.soak.lab import Replicas, SoakControlPlane
 from bench.soak.model import FaultRecord, Interval
 
@@ -61,6 +68,8 @@ T = TypeVar("T")
 WEIGHTS: dict[str, float] = {
     "power_cut": 3.0,
     "partition": 2.0,
+    "stop_kubelet": 1.5,
+    "kubelet_behind": 1.2,
     "notready_live": 1.5,
     "flip": 1.0,
     "apiserver_restart": 0.7,
@@ -77,6 +86,8 @@ WEIGHTS: dict[str, float] = {
 DURATIONS: dict[str, tuple[tuple[float, float], ...]] = {
     "power_cut": ((25, 90),),
     "partition": ((10, 70),),
+    "stop_kubelet": ((15, 70),),
+    "kubelet_behind": ((15, 60),),
     "notready_live": ((8, 40),),
     "flip": ((2, 6), (2, 6), (3, 20)),
     "apiserver_restart": ((2, 12),),
@@ -89,7 +100,7 @@ DURATIONS: dict[str, tuple[tuple[float, float], ...]] = {
     "two_down": ((30, 80), (30, 80)),
     "three_down": ((20, 60), (20, 60), (20, 60)),
 }
-NODE_DOWN = ("power_cut", "partition", "two_down", "three_down")
+NODE_DOWN = ("power_cut", "partition", "stop_kubelet", "two_down", "three_down")
 MAX_DOWN = 3  # a single fault never takes more nodes down than this (three_down: 4)
 CONFLICT = 409
 
@@ -292,6 +303,53 @@ class Injector:
         self.log("start", [node], f"partition for {self.f.durations[0]} s")
         self.wait(self.f.durations[0])
         self.bring_back(node)
+
+    def _stop_kubelet(self) -> None:
+        [node] = self.pick(1, self.up) or [""]
+        if not node or self.down_count() >= MAX_DOWN:
+            self.log("skip", detail="no node to stop the kubelet of" if not node else f"{MAX_DOWN} nodes down already")
+            return
+        with self.cp.acting("runner"):
+            self.cp.stop_kubelet(node)
+        self.log("start", [node], f"kubelet stopped (port refuses) for {self.f.durations[0]} s")
+        self.wait(self.f.durations[0])
+        self.bring_back(node)
+
+    def _kubelet_behind(self) -> None:
+        [node] = self.pick(1, self.up) or [""]
+        if not node:
+            self.log("skip", detail="no live node")
+            return
+        with _CLAIMS:
+            if node in self.ctx.overridden:
+                self.log("skip", [node], "its condition is set by another fault")
+                return
+            self.ctx.overridden.add(node)
+        try:
+            self._behind(node)
+        finally:
+            self.ctx.overridden.discard(node)
+
+    def _behind(self, node: str) -> None:
+        port: PortMode = "silent" if self.f.choice < 0.5 else "accept"
+        with self.cp.acting("runner"):
+            kubelet = retrying(lambda: self.cp.skewed_kubelet(node, behind_seconds=60.0, every=1.0, port=port))
+        self.set_ready(node, "False")
+        self.log("start", [node], f"kubelet 60 s behind, renewing every 1 s, Ready=False, port {port}, "
+                 f"for {self.f.durations[0]} s")  # fmt: skip
+        self.wait(self.f.durations[0])
+        renewals = kubelet.renewals
+        with self.cp._lock:
+            power, pending = bmc_view(self.ctx.bmc, node)
+            if power == "Off" or pending:
+                self.log("end", [node], f"{renewals} renewals; left to Asklepios: its BMC says {power}")
+                return
+            if not kubelet.running:
+                self.log("end", [node], f"{renewals} renewals; already back (power-cycled through its BMC)")
+                return
+            with self.cp.acting("runner"):
+                self.cp.restore(node, wait_ready=False)
+        self.log("end", [node], f"{renewals} renewals; rebooted with its clock right")
 
     def _several_down(self, count: int) -> None:
         nodes = self.pick(count, self.up)

@@ -10,12 +10,19 @@ it set aside and why (``notes``). Definitions (times: the apiserver's
 1. **No out-of-service taint on a live node.** For every successful node patch of
    Asklepios whose body's ``spec.taints`` holds the out-of-service taint (a kickout or
    a repair), at its time ``t`` the node shows no evidence of life: (a) no renewal of
-   its Lease with ``t - leaseDurationSeconds < renewTime <= t``, and (b) its kubelet
-   port was not certainly listening throughout ``[t - decision_window, t]`` (certainly:
-   from the end of the restore that opened it to the start of the crash that closed
-   it; a partition keeps it open). Life that began less than ``decision_window``
-   before ``t`` (a node booting while Asklepios decided) is counted as a race, not
-   a violation.
+   its Lease with ``t - leaseDurationSeconds < renewTime <= t``, seen by ``t +
+   decision_window`` (a kubelet whose clock is behind writes such renewTimes later); (b) no change of its
+   Lease's renewTime *seen* (by the runner's watch) in ``(t - leaseDurationSeconds, t -
+   decision_window]``, whatever the renewTime says (a kubelet whose clock is behind),
+   unless its kubelet was stopped after that change; and (c) its kubelet port did not
+   certainly answer throughout ``[t - decision_window, t]`` (answer: accept or refuse,
+   the machine runs; certainly: from the end of the restore that opened it to the start
+   of the crash that silenced it; a partition, a stopped kubelet or a skewed kubelet
+   keep it answering). Life that began less than ``decision_window`` before ``t`` (a
+   node booting while Asklepios decided) is counted as a race, not a violation.
+   **1f, no power-off of a renewing kubelet.** No ForceOff (a reset to Off the BMC
+   emulator recorded) while (a) or (b) holds: fencing ends partitions, never a kubelet
+   that demonstrably renews its Lease.
 2. **The guard.** At every kickout (a patch that records a new ``asklepios.io/kickout``)
    at most ``max_unhealthy`` watched nodes were NotReady throughout
    ``[t - guard_slack, t]``.
@@ -27,7 +34,7 @@ it set aside and why (``notes``). Definitions (times: the apiserver's
    from a Ready!=True event to the next Ready=True event; False/Unknown flips do not
    end it).
 5. **Pods recover.** Every StatefulSet pod bound to a node when the node died (its
-   kubelet stopped and its port closed) runs Ready on another node by
+   kubelet stopped and its port silent) runs Ready on another node by
    ``death + grace + kickout + recovery_bound + blocked``, unless the node came back
    first; ``blocked`` is the time within that window when Asklepios may not act:
    apiserver outages (+ ``outage_settle``), no leader, more NotReady nodes than the
@@ -180,6 +187,7 @@ class Timelines:
             if lv.renew is not None:
                 renewals[lv.name].setdefault(lv.renew, lv)
         self.renewals = {n: sorted(r.values(), key=lambda lv: lv.renew or 0.0) for n, r in renewals.items()}
+        self.lease_changes = {n: sorted(r.values(), key=lambda lv: lv.t) for n, r in renewals.items()}
         self.users = {i.user: i for i in history.incarnations}
         self._no_target: dict[str, list[Interval]] = {}
         self.physics: dict[str, list[Physics]] = defaultdict(list)
@@ -322,8 +330,41 @@ class Timelines:
                 started = ph.t1
         return started
 
+    def kubelet_stopped_between(self, node: str, start: float, end: float) -> bool:
+        """Whether a call stopped the node's kubelet that ended at or after ``start`` and began by ``end``."""
+        return any(
+            ph.kubelet[0] and not ph.kubelet[1] and ph.t1 >= start and ph.t0 <= end for ph in self.physics.get(node, [])
+        )
+
+    def lease_life(self, node: str, t: float) -> tuple[list[str], list[str]]:
+        """(life, races): the node's Lease as evidence of a running kubelet at ``t`` (1a, 1b)."""
+        window = self.p.decision_window
+        life: list[str] = []
+        raced: list[str] = []
+        renewals = self.renewals.get(node, [])
+        lo = bisect.bisect_left([lv.renew or 0.0 for lv in renewals], t - 3600)
+        for lv in renewals[lo:]:
+            renew = lv.renew or 0.0
+            if renew > t:
+                break
+            if t - lv.duration < renew and lv.t <= t + window:  # seen by then (a skewed one: much later)
+                started = self.kubelet_started(node, renew)
+                line = f"its Lease was renewed at {renew:.3f}, {t - renew:.3f} s before the write"
+                (life if started <= t - window else raced).append(line)
+        changes = self.lease_changes.get(node, [])
+        lo = bisect.bisect_left([lv.t for lv in changes], t - 3600)
+        for lv in changes[lo:]:
+            if lv.t > t:
+                break
+            if t - lv.duration < lv.t and not self.kubelet_stopped_between(node, lv.t, t):
+                line = (f"its Lease's renewTime changed at {lv.t:.3f}, {t - lv.t:.3f} s before the write "
+                        f"(renewTime {t - (lv.renew or 0.0):.1f} s old)")  # fmt: skip
+                started = self.kubelet_started(node, lv.t)
+                (life if lv.t <= t - window and started <= t - window else raced).append(line)
+        return life, raced
+
     def listener_intervals(self, node: str) -> tuple[list[Interval], list[Interval]]:
-        """(certainly up, possibly up) intervals of the node's kubelet port."""
+        """(certainly up, possibly up) intervals of the node's kubelet port answering."""
         certain, possible = [], []
         c_start: float | None = -INF
         p_start: float | None = -INF
@@ -344,7 +385,7 @@ class Timelines:
         return certain, possible
 
     def deaths(self, node: str) -> list[float]:
-        """When the node died: its kubelet stopped and its port closed (the end of that call)."""
+        """When the node died: its kubelet stopped and its port silent (the end of that call)."""
         out = []
         for ph in self.physics.get(node, []):
             alive_before = ph.kubelet[0] or ph.listener[0]
@@ -430,30 +471,35 @@ def check_no_taint_on_live_node(h: History, tl: Timelines | None = None) -> Chec
             continue
         checks += 1
         t, node = p.t, p.node
-        life: list[str] = []
-        raced: list[str] = []
-        renewals = tl.renewals.get(node, [])
-        lo = bisect.bisect_left([lv.renew or 0.0 for lv in renewals], t - 3600)
-        for lv in renewals[lo:]:
-            renew = lv.renew or 0.0
-            if renew > t:
-                break
-            if t - lv.duration < renew:
-                started = tl.kubelet_started(node, renew)
-                line = f"its Lease was renewed at {renew:.3f}, {t - renew:.3f} s before the write"
-                (life if started <= t - window else raced).append(line)
+        life, raced = tl.lease_life(node, t)
         certain, possible = tl.listener_intervals(node)
         up = next((iv for iv in certain if t in iv), None)
         if up is not None and up.start <= t - window:
-            life.append(f"its kubelet port listened since {up.start:.3f} ({t - up.start:.1f} s before the write)")
+            life.append(f"its kubelet port answered since {up.start:.3f} ({t - up.start:.1f} s before the write)")
         elif any(t in iv for iv in possible):
-            raced.append("its kubelet port opened within the decision window")
+            raced.append("its kubelet port answered from within the decision window")
         if life:
             violations.append(Violation("1", t, node, "out-of-service taint written on a live node", tuple(life)))
         elif raced:
             races += 1
     return CheckResult(
         "1", "no out-of-service taint on a node with evidence of life", checks, tuple(violations), {"races": races}
+    )
+
+
+def check_no_power_off_of_renewing_kubelet(h: History, tl: Timelines | None = None) -> CheckResult:
+    tl = tl or Timelines(h)
+    resets = [e for e in h.bmc if e.kind == "reset" and e.value == "Off"]
+    violations = []
+    races = 0
+    for e in resets:
+        life, raced = tl.lease_life(e.node, e.t)
+        if life:
+            violations.append(Violation("1f", e.t, e.node, "ForceOff of a node whose kubelet renews", tuple(life)))
+        elif raced:
+            races += 1
+    return CheckResult(
+        "1f", "no power-off of a node whose kubelet renews its Lease", len(resets), tuple(violations), {"races": races}
     )
 
 
@@ -693,6 +739,7 @@ def check_all(h: History) -> list[CheckResult]:
     tl = Timelines(h)
     return [
         check_no_taint_on_live_node(h, tl),
+        check_no_power_off_of_renewing_kubelet(h, tl),
         check_guard(h, tl),
         check_foreign_state_kept(h, tl),
         check_one_kickout_per_period(h, tl),

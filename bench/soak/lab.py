@@ -1,9 +1,10 @@
 """The soak's cluster: the lab with a physics log, the runner's watches, Asklepios' replicas.
 
 * :class:`SoakControlPlane` is the lab's :class:`~asklepios_lab.ControlPlane` that
-  writes down every crash, partition and restore, whoever asked for it (the runner's
-  faults, or the BMC emulator powering a node off and on), with the kubelet's and the
-  kubelet port's state before and after. Its ``restore`` boots the machine even when
+  writes down every crash, stop_kubelet, partition, skewed kubelet and restore, whoever
+  asked for it (the runner's faults, or the BMC emulator powering a node off and on),
+  with the kubelet's and the kubelet port's state before and after (the port "answers"
+  when it accepts or refuses: only a machine that is off is silent). Its ``restore`` boots the machine even when
   the apiserver is down (the lab's own one first clears the ``set_ready`` override
   through the apiserver and gives up if it cannot; a real machine boots anyway): the
   override is then cleared later by :meth:`SoakControlPlane.retry_overrides`. Its
@@ -35,7 +36,7 @@ from typing import Any
 import orjson
 import yaml
 
-from asklepios_lab import Api, ApiError, ControlPlane, kwok
+from asklepios_lab import Api, ApiError, ControlPlane, PortMode, SkewedKubelet, kwok
 from bench.controller import Controller
 from bench.soak.model import Incarnation, Interval, Physics
 
@@ -111,9 +112,12 @@ class SoakControlPlane(ControlPlane):
             self._acting.cause = "bmc"
 
     def node_state(self, name: str) -> tuple[bool, bool]:
-        """(its kwok runs, its kubelet port listens)."""
+        """(its kubelet runs: its kwok, or a skewed kubelet renewing its Lease; its kubelet port
+        answers: it accepts or refuses, the machine runs)."""
         proc = self._kwoks.get(name)
-        return proc is not None and proc.running(), name in self._ips and self.port_mode(name) == "accept"
+        skewed = self._skewed.get(name)
+        kubelet = (proc is not None and proc.running()) or (skewed is not None and skewed.running)
+        return kubelet, name in self._ips and self.port_mode(name) != "silent"
 
     def _logged(self, call: str, name: str, action: Callable[[], None]) -> None:
         with self._lock:
@@ -136,6 +140,20 @@ class SoakControlPlane(ControlPlane):
 
     def partition(self, name: str) -> None:
         self._logged("partition", name, lambda: ControlPlane.partition(self, name))
+
+    def stop_kubelet(self, name: str) -> None:
+        self._logged("stop_kubelet", name, lambda: ControlPlane.stop_kubelet(self, name))
+
+    def skewed_kubelet(
+        self, name: str, behind_seconds: float = 60.0, every: float = 1.0, *, port: PortMode = "accept"
+    ) -> SkewedKubelet:
+        started: list[SkewedKubelet] = []
+
+        def skew() -> None:
+            started.append(ControlPlane.skewed_kubelet(self, name, behind_seconds, every, port=port))
+
+        self._logged("skew", name, skew)
+        return started[0]
 
     def restore(self, name: str, *, wait_ready: bool = True, timeout: float = 60.0) -> None:
         """Boot the node: its set_ready override cleared (later, if the apiserver is down), port, kwok."""

@@ -8,9 +8,9 @@ metrics:
 * the runner's own watches of nodes, pods, node Leases and the election Lease, each
   event stamped with the runner's receive time (:class:`NodeVersion`,
   :class:`PodVersion`, :class:`LeaseVersion`);
-* the physics of the lab's nodes: every crash, partition and restore, by the runner
-  or by the BMC emulator, with the kubelet's and the kubelet port's state before and
-  after (:class:`Physics`), and the BMC emulator's timeline (:class:`BmcEvent`);
+* the physics of the lab's nodes: every crash, stop_kubelet, partition, skew and
+  restore, by the runner or by the BMC emulator, with the kubelet's and the kubelet
+  port's state before and after (:class:`Physics`), and the BMC emulator's timeline (:class:`BmcEvent`);
 * the runner's fault log (:class:`FaultRecord`) and the Asklepios processes it ran
   (:class:`Incarnation`).
 
@@ -232,16 +232,18 @@ def audit_writes(events: Iterable[Mapping[str, Any]], users: Iterable[str]) -> l
 
 @attrs.frozen
 class Physics:
-    """A crash, partition or restore of a node, and what it changed.
+    """A crash, stop_kubelet, partition, skew or restore of a node, and what it changed.
 
     ``t0``/``t1``: just before / just after the call; ``kubelet`` and ``listener``:
-    (before, after) of "its kwok runs" and "its kubelet port listens".
+    (before, after) of "its kubelet runs" (its kwok, or the lab renewing its Lease as a
+    kubelet with a clock behind) and "its kubelet port answers" (accepts or refuses a
+    connect: the machine runs; only a machine that is off is silent).
     """
 
     t0: float
     t1: float
     node: str
-    call: str  # crash, partition, restore, add
+    call: str  # crash, stop_kubelet, partition, skew, restore, add
     cause: str  # runner or bmc
     kubelet: tuple[bool, bool]
     listener: tuple[bool, bool]

@@ -156,6 +156,7 @@ def test_partition_stops_the_lease_but_the_node_answers(control_plane: ControlPl
     assert _internal_ip(cp, node) == ip
 
 
+@pytest.mark.both_releases
 @pytest.mark.timeout(60)
 def test_crash_silences_the_port_and_stops_the_lease(control_plane: ControlPlane, nodes: NodeFactory) -> None:
     """A powered-off machine answers nothing: the connect times out, no RST."""
@@ -179,6 +180,7 @@ def test_crash_silences_the_port_and_stops_the_lease(control_plane: ControlPlane
     assert cp.port_state(node) == "accepted"
 
 
+@pytest.mark.both_releases
 @pytest.mark.timeout(60)
 def test_stop_kubelet_refuses_connections_and_stops_the_lease(control_plane: ControlPlane, nodes: NodeFactory) -> None:
     """A running machine whose kubelet is stopped: Lease silent, Unknown after the grace, port refuses."""
@@ -205,6 +207,7 @@ def _behind(renew_time: str, now: float) -> float:
     return now - datetime.fromisoformat(renew_time.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.both_releases
 @pytest.mark.timeout(90)
 def test_skewed_kubelet_renews_an_old_renew_time_while_not_ready(
     control_plane: ControlPlane, nodes: NodeFactory

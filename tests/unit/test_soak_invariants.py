@@ -20,6 +20,7 @@ from bench.soak.invariants import (
     check_guard,
     check_kickin,
     check_leader_only,
+    check_no_power_off_of_renewing_kubelet,
     check_no_taint_on_live_node,
     check_one_kickout_per_period,
     check_pods_recover,
@@ -30,6 +31,7 @@ from bench.soak.invariants import (
 )
 from bench.soak.model import (
     AuditWrite,
+    BmcEvent,
     History,
     Incarnation,
     Interval,
@@ -165,7 +167,7 @@ def test_taint_on_a_partitioned_node_that_still_answers_is_caught() -> None:
     )
     result = check_no_taint_on_live_node(h)
     assert failed(result)
-    assert "kubelet port listened" in result.violations[0].evidence[0]
+    assert "kubelet port answered" in result.violations[0].evidence[0]
 
 
 def test_taint_on_a_dead_node_passes() -> None:
@@ -199,6 +201,82 @@ def test_a_node_booting_during_the_decision_is_a_race_not_a_violation() -> None:
     result = check_no_taint_on_live_node(h)
     assert result.passed
     assert result.notes["races"] == 1
+
+
+def stop_kubelet(t: float, name: str) -> Physics:
+    return Physics(t, t + 0.01, name, "stop_kubelet", "runner", kubelet=(True, False), listener=(True, True))
+
+
+def skewed(name: str, start: float, end: float, behind: float = 60.0) -> list[LeaseVersion]:
+    """A kubelet whose clock is ``behind`` s behind renewing every second: old renewTimes, seen changing."""
+    return [LeaseVersion(t + 0.01, name, name, renew=t - behind, acquire=None, duration=4)
+            for t in range(int(start), int(end) + 1)]  # fmt: skip
+
+
+def test_taint_on_a_node_whose_stopped_kubelet_refuses_is_caught() -> None:
+    """A refusal comes from a running kernel: the machine runs, its containers too."""
+    h = history(
+        physics=[stop_kubelet(40, "n1")],
+        node_leases=renewals("n1", 0, 40),
+        nodes=[node(0, "n1", "1"), node(46, "n1", "2", "Unknown")],
+        writes=[kickout_patch(56, "n1", "2")],
+    )
+    result = check_no_taint_on_live_node(h)
+    assert failed(result)
+    assert "kubelet port answered" in result.violations[0].evidence[0]
+
+
+def test_stopped_kubelet_then_fenced_node_passes() -> None:
+    fenced = Physics(58, 58.01, "n1", "crash", "bmc", kubelet=(False, False), listener=(True, False))
+    h = history(
+        physics=[stop_kubelet(40, "n1"), fenced],
+        node_leases=renewals("n1", 0, 40),
+        writes=[kickout_patch(58.5, "n1", "2")],
+    )
+    assert check_no_taint_on_live_node(h).passed
+
+
+def test_taint_on_a_node_whose_kubelet_renews_with_a_clock_behind_is_caught() -> None:
+    skew = Physics(40, 40.01, "n1", "skew", "runner", kubelet=(True, True), listener=(True, False))
+    h = history(
+        physics=[skew],  # its port firewalled: the Lease alone shows it alive
+        node_leases=[*renewals("n1", 0, 40), *skewed("n1", 41, 100)],
+        nodes=[node(0, "n1", "1"), node(41, "n1", "2", "False")],
+        writes=[kickout_patch(60, "n1", "2")],
+    )
+    result = check_no_taint_on_live_node(h)
+    assert failed(result)
+    assert any("renewTime changed" in e for e in result.violations[0].evidence)
+
+
+def test_power_off_of_a_renewing_kubelet_is_caught_and_of_a_partitioned_one_passes() -> None:
+    skew = Physics(40, 40.01, "n1", "skew", "runner", kubelet=(True, True), listener=(True, True))
+    off = Physics(61, 61.01, "n1", "crash", "bmc", kubelet=(True, False), listener=(True, False))
+    h = history(
+        physics=[skew, off, partition(40, "n2")],
+        node_leases=[*renewals("n1", 0, 40), *skewed("n1", 41, 61), *renewals("n2", 0, 40)],
+        bmc=[BmcEvent(60, "n1", "reset", "Off"), BmcEvent(60, "n2", "reset", "Off")],
+    )
+    result = check_no_power_off_of_renewing_kubelet(h)
+    assert result.checks == 2
+    assert [v.node for v in result.violations] == ["n1"]
+    # and the taint after its power-off is no violation of 1: the renewals stopped with the power
+    later = history(physics=[skew, off], node_leases=[*renewals("n1", 0, 40), *skewed("n1", 41, 61)],
+                    writes=[kickout_patch(62, "n1", "2")])  # fmt: skip
+    assert check_no_taint_on_live_node(later).passed
+
+
+def test_renew_times_written_later_by_a_kubelet_behind_are_no_life_at_an_earlier_write() -> None:
+    """A kubelet 60 s behind writes at t=100 a renewTime of 40: no evidence about t=41."""
+    skew = Physics(90, 90.01, "n1", "skew", "runner", kubelet=(False, True), listener=(False, True))
+    h = history(
+        physics=[crash(3, "n1"), skew],
+        node_leases=[*renewals("n1", 0, 3), *skewed("n1", 91, 120)],
+        bmc=[BmcEvent(40, "n1", "reset", "Off")],
+        writes=[kickout_patch(41, "n1", "2")],
+    )
+    assert check_no_taint_on_live_node(h).passed
+    assert check_no_power_off_of_renewing_kubelet(h).passed
 
 
 # ------------------------------------------------------------------------ 2: the guard
