@@ -1,4 +1,4 @@
-"""The `asklepios` command: `run`, `status`, `check`, `version`.
+"""The `asklepios` command: `run`, `status`, `check`, `version`, `pause`, `resume`, `release`, `adopt`.
 
 Exit status: 0 done, 1 failed, 2 bad configuration or usage. Settings are
 validated before any connection to the apiserver is made.
@@ -18,11 +18,14 @@ from asklepios import __version__
 from asklepios.config import ConfigError, Settings, load_settings
 from asklepios.core.preflight import Finding, exit_status
 from asklepios.engine.clock import SYSTEM_CLOCK
+from asklepios.engine.commands import Commands, Refused, operator
 from asklepios.engine.controller import run_controller
 from asklepios.engine.preflight import check_version, run_checks, startup_checks
-from asklepios.engine.status import NodeRow, followed_nodes, node_rows
+from asklepios.engine.status import NodeRow, describe_record, followed_nodes, node_rows
 from asklepios.engine.statuswatch import StatusWatch
 from asklepios.kube.client import ApiError, KubeClient
+from asklepios.kube.nodes import NodeApi
+from asklepios.kube.records import RecordApi
 from asklepios.observe.health import Health, serve_http
 from asklepios.observe.log import setup_logging
 
@@ -82,6 +85,39 @@ async def _watch_status(settings: Settings) -> None:
         await StatusWatch(settings, client, SYSTEM_CLOCK, draw).run()
 
 
+def _commands(settings: Settings, client: KubeClient) -> Commands:
+    records = RecordApi(client, settings.namespace)
+    return Commands(records, records, NodeApi(client), SYSTEM_CLOCK.now)
+
+
+async def _operate(settings: Settings, args: argparse.Namespace) -> str:
+    """pause, resume, release NODE, adopt NODE: one line saying what was done."""
+    async with KubeClient.connect() as client:
+        commands = _commands(settings, client)
+        if args.command == "pause":
+            pause = await commands.pause(args.reason, operator())
+            return f"paused at {pause.since:%Y-%m-%dT%H:%M:%SZ}: no kickout, fencing, power action or eviction starts"
+        if args.command == "resume":
+            was = await commands.resume()
+            return "resumed" if was is not None else "was not paused"
+        if args.command == "release":
+            kickout = await commands.release(args.node, wait=args.wait)
+            return f"{args.node}: kickout of {kickout.at:%Y-%m-%dT%H:%M:%SZ} ended (what it changed was undone)"
+        kickout = await commands.adopt(args.node, operator())
+        return f"{args.node}: adopted; the kickin will lift its cordon and taint once it is Ready"
+
+
+async def _status_of(settings: Settings, node: str) -> list[str]:
+    """`asklepios status NODE`: the node's line, then its record and the evidence, for a person at 3 a.m."""
+    async with KubeClient.connect() as client:
+        views = [v for v in await followed_nodes(settings, client) if v.name == node]
+        if not views:
+            view = (await _commands(settings, client).book()).attach(await NodeApi(client).get(node))
+            views = [view]
+        rows = await node_rows(settings, client, SYSTEM_CLOCK, views)
+        return [*format_rows(rows), "", *describe_record(views[0])]
+
+
 def format_rows(rows: list[NodeRow]) -> list[str]:
     """The status table: one line per node, the reason and pods after the countdown."""
     lines = [f"{'NODE':<24} {'READY':<8} {'SINCE':<21} {'STATE':<17} {'NEXT ACTION IN':<15} {'POWER':<6} REASON"]
@@ -101,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the controller (the container's command)")
     status = sub.add_parser("status", help="print each watched node's state and countdown")
+    status.add_argument("node", nargs="?", help="one node: its record and the evidence of its kickout")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.add_argument(
         "-w", "--watch", action="store_true", help="a live view, redrawn on every change (Ctrl-C quits)"
@@ -113,6 +150,14 @@ def _parser() -> argparse.ArgumentParser:
         "2: bad configuration.",
     )
     sub.add_parser("version", help="print the version")
+    pause = sub.add_parser("pause", help="stop starting kickouts, fencing, power actions and evictions (kickins go on)")
+    pause.add_argument("--reason", default="", help="why, for `asklepios status` and the KickoutHeld Events")
+    sub.add_parser("resume", help="lift the pause")
+    release = sub.add_parser("release", help="end Asklepios' kickout of NODE now (undo what its record says)")
+    release.add_argument("node")
+    release.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the controller (default 60)")
+    adopt = sub.add_parser("adopt", help="take over a kickout left by the Go Asklepios (cordoned and tainted)")
+    adopt.add_argument("node")
     return parser
 
 
@@ -133,14 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status" and args.watch:
             anyio.run(_watch_status, settings)
+        elif args.command == "status" and args.node:
+            print("\n".join(anyio.run(_status_of, settings, args.node)))
         elif args.command == "status":
             print("\n".join(anyio.run(_status, settings, args.output)))
+        elif args.command in ("pause", "resume", "release", "adopt"):
+            print(anyio.run(_operate, settings, args))
         elif args.command == "check":
             findings = anyio.run(_check, settings)
             print("\n".join(format_finding(f) for f in findings))
             return exit_status(findings)
         else:
             return anyio.run(_run, settings)
+    except Refused as exc:
+        print(f"asklepios {args.command}: {exc}", file=sys.stderr)
+        return 1
     except ApiError as exc:
         log.error("apiserver request failed", extra={"error": str(exc)})
         return 1

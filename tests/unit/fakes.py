@@ -228,6 +228,7 @@ class FakeLeases:
     clock: Any
     alive: set[str] = attrs.Factory(set)
     silent_since: dict[str, datetime] = attrs.Factory(dict)
+    behind: dict[str, float] = attrs.Factory(dict)  # a kubelet clock this many seconds behind
     reads: list[str] = attrs.Factory(list)
 
     def stop(self, node: str) -> None:
@@ -237,8 +238,9 @@ class FakeLeases:
     async def get(self, node: str, timeout: float) -> LeaseSeen | None:
         await anyio.lowlevel.checkpoint()
         self.reads.append(node)
-        if node in self.alive:
-            return LeaseSeen(renewed=self.clock.now() - timedelta(seconds=1), duration=timedelta(seconds=40))
+        if node in self.alive:  # renewed every second, on the kubelet's own clock
+            now = self.clock.now().replace(microsecond=0) - timedelta(seconds=self.behind.get(node, 0.0))
+            return LeaseSeen(renewed=now - timedelta(seconds=1), duration=timedelta(seconds=40))
         if node in self.silent_since:
             return LeaseSeen(renewed=self.silent_since[node], duration=timedelta(seconds=40))
         return None
@@ -303,6 +305,7 @@ class FakeBmc:
     delay: float = 3.0
     password: str = "secret"
     reachable: bool = True
+    never_off: set[str] = attrs.Factory(set)  # System URLs that accept ForceOff but never turn Off
     log: list[tuple[datetime, str, str]] = attrs.Factory(list)  # (when, url, what)
     on_power: Callable[[str, str], None] = lambda url, state: None  # the machine follows its power
     uuids: dict[str, str] = attrs.Factory(dict)  # System URL -> its UUID; "" (none reported) when absent
@@ -332,6 +335,8 @@ class FakeBmc:
         await anyio.lowlevel.checkpoint()
         self._check(target)
         self.log.append((self.clock.now(), target.system_url, reset_type))
+        if target.system_url in self.never_off and reset_type == "ForceOff":
+            return
         self.pending[target.system_url] = (
             "Off" if reset_type == "ForceOff" else "On",
             self.clock.monotonic() + self.delay,

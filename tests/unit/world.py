@@ -107,6 +107,16 @@ class World:
         self.leases.alive.add(name)
         self.cluster.set_ready(name, "True", skew)
 
+    def give_bmc(self, name: str, url: str) -> None:
+        """Put the node's BMC into the fencing inventory."""
+        self.credentials.data[f"{name}.url"] = url
+
+    def stop_kubelet(self, name: str) -> None:
+        """The kubelet stops (a bad upgrade, a full disk): Lease silent, Unknown, but the kernel refuses."""
+        self.leases.stop(name)
+        self.probe.refusing_addresses.update(self.cluster.view(name).addresses)
+        self.cluster.set_ready(name, "Unknown")
+
     def assert_dead(self, name: str) -> None:
         """Issue 19: every write that adds the taint happens only while the machine is dead.
 

@@ -83,6 +83,8 @@ def judge(
     """
     if view.kickout is None:
         return _not_kicked_out(view, memory, now, timing, guard, paused)
+    if view.record is not None and view.record.release is not None:
+        return _released(view, memory, now, power_on and paused is None)
     if not view.ready.is_ready:
         return _down(view, memory, now, timing, pods, power_on and paused is None)
     return _back(view, memory, now, timing, pods)
@@ -148,6 +150,17 @@ def _down(
         wake = record.at + timing.pod_wait  # power on at the latest then, pods gone or not
         return Verdict(State.KICKED_OUT, since=since, wake=wake)
     return _kicked_out(memory, now, since, action, detail, ())
+
+
+def _released(view: NodeView, memory: NodeMemory, now: datetime, power_on: bool) -> Verdict:
+    """`asklepios release NODE`: end the kickout now, whatever the countdown, the pods or the flapping."""
+    record = view.kickout
+    assert record is not None
+    detail = "released by an operator (asklepios release)"
+    action = Action.KICKIN
+    if power_on and record.fenced and record.powered_on is None and view.excluded_by is None:
+        action = Action.POWER_ON  # undo the power-off first; the kickin follows
+    return _kicked_out(memory, now, record.at, action, detail, ())
 
 
 def _power_on_due(view: NodeView, now: datetime, timing: Timing, allowed: bool) -> bool:

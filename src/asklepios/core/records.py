@@ -178,6 +178,7 @@ class NodeRecord:
     ready: PeriodMark | None = None  # a kicked-out node's current Ready period
     kickouts: tuple[datetime, ...] = ()  # recent kickout times: flap damping
     flapping: bool = False  # kicked out too often: stays out until `asklepios release`
+    release: datetime | None = None  # `asklepios release NODE` asked at this time: end the kickout now
 
     @property
     def empty(self) -> bool:
@@ -195,6 +196,7 @@ class NodeRecord:
             data["kickouts"] = [format_time(t) for t in self.kickouts]
         if self.flapping:
             data["flapping"] = True
+        _opt(data, "release", self.release)
         return orjson.dumps(data).decode()
 
     @classmethod
@@ -215,6 +217,7 @@ class NodeRecord:
             ready=PeriodMark.from_json(data.get("ready")),
             kickouts=_times(data.get("kickouts")),
             flapping=flapping,
+            release=parse_time(data.get("release")),
         )
 
 

@@ -169,3 +169,33 @@ async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views:
             row(view, memory, now=now, settings=settings, guard=guard, pods=pods, held=held.get(view.name), power=power)
         )
     return rows
+
+
+def describe_record(view: NodeView) -> list[str]:
+    """Asklepios' own record of a node, in words: what it changed, when, and on what evidence."""
+    record = view.record
+    if record is None or (record.kickout is None and not record.kickouts):
+        return [f"{view.name}: no record of Asklepios (never kicked out, or kicked in and forgotten)"]
+    lines = [f"{view.name}: Asklepios' record (ConfigMap asklepios-records)"]
+    kickout = record.kickout
+    if kickout is not None:
+        changed = [w for w, done in (("cordoned", kickout.cordoned), ("tainted", kickout.tainted)) if done]
+        lines.append(f"  kicked out at {kickout.at:%Y-%m-%dT%H:%M:%SZ}: {' and '.join(changed) or 'changed nothing'}")
+        if kickout.since is not None:
+            lines.append(f"  NotReady since {kickout.since:%Y-%m-%dT%H:%M:%SZ} (first seen by Asklepios)")
+        if kickout.fenced:
+            lines.append("  powered off by Asklepios through its BMC before the taint")
+        if kickout.found_off:
+            lines.append("  its BMC already read power Off: Asklepios will not switch it on")
+        for what, when in (("pods released", kickout.released), ("powered on", kickout.powered_on)):
+            if when is not None:
+                lines.append(f"  {what} at {when:%Y-%m-%dT%H:%M:%SZ}")
+        lines += [f"  evidence: {line}" for line in kickout.evidence]
+    if record.kickouts:
+        stamps = ", ".join(f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in record.kickouts)
+        lines.append(f"  recent kickouts: {stamps}")
+    if record.flapping:
+        lines.append(f"  flapping: stays kicked out until `asklepios release {view.name}`")
+    if record.release is not None:
+        lines.append(f"  release asked at {record.release:%Y-%m-%dT%H:%M:%SZ}")
+    return lines

@@ -29,9 +29,10 @@ class RecordData:
 
 
 def parse_records(obj: JSON) -> RecordData:
-    meta, data = obj.get("metadata") or {}, obj.get("data") or {}
-    if not isinstance(data, dict):
-        data = {}
+    """Total: what is not a string-to-string map reads as absent (each entry is decoded later)."""
+    meta, data = obj.get("metadata"), obj.get("data")
+    meta = meta if isinstance(meta, dict) else {}
+    data = data if isinstance(data, dict) else {}
     return RecordData(
         data={str(k): v for k, v in data.items() if isinstance(v, str)},
         resource_version=str(meta.get("resourceVersion", "")),
