@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from asklepios_lab import ControlPlane
 from tests.cluster.conftest import UNDER_TEST_USER, WATCH_LABEL
 from tests.cluster.runner import wait_value
@@ -92,3 +94,10 @@ def events(cp: ControlPlane, reason: str, node: str) -> list[JSON]:
         query={"fieldSelector": f"involvedObject.name={node},reason={reason}"},
     )["items"]
     return items
+
+
+def record_of(cp: ControlPlane, node: str, namespace: str = "kube-system") -> JSON | None:
+    """Asklepios' own record of a node, from its ConfigMap (never from the node's annotations)."""
+    found = cp.api.get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/asklepios-records")
+    raw = ((found or {}).get("data") or {}).get(f"node.{node}")
+    return None if raw is None else dict(orjson.loads(raw))

@@ -1,4 +1,4 @@
-"""Never taint a live node: the death verdict on the real control plane (issue 11).
+"""Never taint a live node: the death verdict on the real control plane (issues 11 and 19).
 
 A node whose kubelet still renews its Lease, or that still answers on its kubelet
 port, is alive whatever its Ready condition says: the kickout is held, its deadline
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from asklepios_lab import ControlPlane, wait_for, workloads
-from tests.cluster.checks import env, events, first_seen, has_oos, ready, wait_node
+from tests.cluster.checks import OOS, env, events, first_seen, has_oos, ready, wait_node, writes_by_asklepios
 from tests.cluster.podwatch import PodWatch
 from tests.cluster.runner import AsklepiosFactory
 
@@ -89,9 +89,11 @@ def test_a_partitioned_node_is_held_while_it_answers(
     with PodWatch(cp, namespace) as watch:
         cp.partition(victim)  # cut off from the apiserver, still running: its kubelet port answers
         wait_node(cp, victim, lambda n: ready(n)["status"] == "Unknown", 30, "Unknown")
-        never_tainted(cp, victim, 3 * KICKOUT + RESYNC)
-        [held] = events(cp, "KickoutHeld", victim)
-        assert held["message"] == f"node answers: answers on {cp.node_ip(victim)}:10250", held["message"]
+        never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert f"node answers: answers on {cp.node_ip(victim)}:10250 accepted" in held, held
+        # before it: at most the Lease not yet watched for its 4 s on Asklepios' clock (kickout 3 s < 4 s)
+        assert all(m.startswith("kubelet alive") for m in held if not m.startswith("node answers")), held
         assert cp.answers(victim)
         untouched(watch, mine)
         cp.crash(victim)  # and now it is really off
@@ -100,3 +102,73 @@ def test_a_partitioned_node_is_held_while_it_answers(
         assert seen - crashed <= RESYNC + 1.5, seen - crashed
     assert healer.metric("asklepios_kickouts_total") == 1
     wait_for(lambda: events(cp, "NodeKickedOut", victim), 10, what="NodeKickedOut")
+
+
+@pytest.mark.timeout(180)
+def test_a_stopped_kubelet_whose_kernel_refuses_is_never_tainted(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """Issue 19.1: the kubelet stops (Lease silent, Unknown), the machine runs: its port refuses."""
+    cp = control_plane
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    workloads.create(cp, namespace, patient_statefulset("db"))
+    workloads.wait_all_running(cp, namespace, "db", 3)
+    victim = names[2]
+    mine = pods_on(cp, namespace, victim)
+    asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS=str(KICKOUT)))
+    with PodWatch(cp, namespace) as watch:
+        cp.stop_kubelet(victim)
+        wait_node(cp, victim, lambda n: ready(n)["status"] == "Unknown", 30, "Unknown")
+        assert cp.port_state(victim) == "refused"
+        never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert f"node answers: answers on {cp.node_ip(victim)}:10250 refused" in held, held
+        assert all(m.startswith("kubelet alive") for m in held if not m.startswith("node answers")), held
+        untouched(watch, mine)
+        cp.crash(victim)  # and now the machine is off: nothing answers any more
+        assert cp.port_state(victim) == "silent"
+        first_seen(cp, victim, has_oos, 30, "kickout once the machine is off")
+
+
+@pytest.mark.timeout(240)
+def test_a_kubelet_a_minute_behind_is_never_tainted_even_after_a_restart(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """Issue 19.3: renewTime 60 s behind Asklepios' clock, renewed every second, NotReady."""
+    cp = control_plane
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    victim = names[0]
+    settings = env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS=str(KICKOUT))
+    with cp.skewed_kubelet(victim, behind_seconds=60, every=1.0, port="silent"):
+        cp.set_ready(victim, "False")
+        first = asklepios(settings)
+        never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
+        held = [e["message"] for e in events(cp, "KickoutHeld", victim)]
+        assert held and all(m.startswith("kubelet alive") for m in held), held
+        first.stop()  # the deadline is long past now: the restarted one has no earlier look to compare with
+        asklepios(settings)
+        never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + RESYNC)
+    assert not [w for w in writes_by_asklepios(cp, "patch", "nodes") if w["objectRef"].get("name") == victim
+                and "taints" in str(w.get("requestObject", {}).get("spec", {}))]  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_a_repair_never_taints_a_node_whose_kubelet_renews(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """Issue 19.2: kicked out, back and counting up; an admin lifts cordon and taint; a short
+    Ready=False from its live kubelet must not bring the taint back."""
+    cp = control_plane
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    victim = names[1]
+    asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS=str(KICKOUT), ASKLEPIOS_KICKIN_SECONDS="600"))
+    cp.crash(victim)
+    first_seen(cp, victim, has_oos, 40, "kickout")
+    cp.restore(victim)  # back: Ready, counting up to a kickin 600 s away
+    taints = [t for t in cp.node(victim)["spec"].get("taints") or [] if t["key"] != OOS]
+    cp.api.patch(f"/api/v1/nodes/{victim}", {"spec": {"unschedulable": None, "taints": taints or None}})
+    cp.set_ready(victim, "False")  # the kubelet (kwok) keeps renewing its Lease
+    never_tainted(cp, victim, 3 * KICKOUT + LEASE_SECONDS + 2 * RESYNC)
+    added = [w for w in writes_by_asklepios(cp, "patch", "nodes")
+             if w["objectRef"].get("name") == victim and OOS in str(w.get("requestObject", {}))]  # fmt: skip
+    assert len(added) == 1, added  # the kickout's only

@@ -30,6 +30,7 @@ from tests.cluster.checks import (
     parse_time,
     power_cut,
     ready,
+    record_of,
     wait_node,
 )
 from tests.cluster.runner import AsklepiosFactory, wait_value
@@ -98,11 +99,7 @@ def test_false_unknown_flip_keeps_the_deadline(
     name, *_ = nodes.watched("n", "m", "o")
     healer = asklepios(env(nodes.prefix, ASKLEPIOS_KICKOUT_SECONDS="8"))
     start = power_cut(cp, name, "False")
-    wait_for(
-        lambda: "asklepios.io/notready-since" in (cp.node(name)["metadata"].get("annotations") or {}),
-        5,
-        what="mark",
-    )
+    wait_for(lambda: "notready" in (record_of(cp, name) or {}), 5, what="the NotReady period recorded")
     wait_for(lambda: time.time() >= start + 3, 5, what="3 s into the countdown")
     flipped = cp.set_ready(name, "Unknown")
     assert parse_time(ready(flipped)["lastTransitionTime"]) > start  # the condition's clock moved
@@ -123,7 +120,7 @@ def test_restart_mid_countdown_acts_at_the_original_deadline(
     flipped = ready(cp.set_ready(name, "Unknown"))["lastTransitionTime"]  # a flip the first process records
 
     def mark() -> str:
-        return str((cp.node(name)["metadata"].get("annotations") or {}).get("asklepios.io/notready-since", ""))
+        return str((record_of(cp, name) or {}).get("notready", ""))
 
     wait_for(lambda: flipped in mark(), 5, what="the mark updated for the flip")
     first.kill()

@@ -107,7 +107,15 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
         for name in ("asklepios-bmc", "another-secret"):
             cp.api.create("/api/v1/namespaces/kube-system/secrets", {**fencing_secret, "metadata": {"name": name}})
         assert sa.request("GET", "/api/v1/namespaces/kube-system/secrets/asklepios-bmc")[0] == 200  # fencing
+        records = "/api/v1/namespaces/kube-system/configmaps/asklepios-records"
+        assert sa.request("GET", records)[0] == 200  # its own records, written during the cycle
+        assert sa.request("PATCH", records, {"data": {}}, content_type="application/merge-patch+json")[0] == 200
         refused = {
+            "read another configmap": sa.request("GET", "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt")[
+                0
+            ],
+            "list configmaps": sa.request("GET", "/api/v1/namespaces/kube-system/configmaps")[0],
+            "delete its records": sa.request("DELETE", records)[0],
             "delete a node": sa.request("DELETE", f"/api/v1/nodes/{victim}")[0],
             "list secrets": sa.request("GET", "/api/v1/namespaces/kube-system/secrets")[0],
             "read another secret": sa.request("GET", "/api/v1/namespaces/kube-system/secrets/another-secret")[0],

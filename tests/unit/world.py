@@ -108,7 +108,7 @@ class World:
         self.cluster.set_ready(name, "True", skew)
 
     def give_bmc(self, name: str, url: str) -> None:
-        """Put the node's BMC into the fencing inventory."""
+        """Put the node's BMC into the fencing inventory (the Secret's `<node>.url`)."""
         self.credentials.data[f"{name}.url"] = url
 
     def stop_kubelet(self, name: str) -> None:

@@ -201,6 +201,10 @@ class Bmc:
         self._report_uuid(node, smbios_swapped(uuid) if swapped else uuid)
         return self.system_url(node)
 
+    def system_uuid(self, node: str) -> str:
+        """The UUID of ``node``'s system (what its BMC reports as the System's ``UUID``)."""
+        return self._system_of[node]
+
     def inventory(self, nodes: Iterable[str]) -> dict[str, str]:
         """The fencing Secret's data for ``nodes``: credentials, ``ca.crt``, and ``<node>.url`` (attached)."""
         data = {"username": self.username, "password": self.password, "ca.crt": self.ca_cert.read_text()}
@@ -214,10 +218,6 @@ class Bmc:
 
     def system_url(self, node: str) -> str:
         return f"{self.url}/redfish/v1/Systems/{self._system_of[node]}"
-
-    def system_uuid(self, node: str) -> str:
-        """The UUID of ``node``'s system (its Redfish ``UUID``, also the last part of its URL)."""
-        return self._system_of[node]
 
     def power_state(self, node: str) -> str:
         """PowerState of ``node``'s system, read through Redfish (applies a due transition)."""

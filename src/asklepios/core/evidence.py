@@ -66,6 +66,7 @@ class LeaseLook:
 
 
 DEFAULT_LEASE = timedelta(seconds=40)
+PROBE_TIMEOUT = 2.0  # seconds a probe waits for an answer: a machine that is off gives none
 
 
 def observe_lease(before: LeaseLook | None, seen: LeaseSeen | None, now: datetime) -> LeaseLook:

@@ -43,6 +43,9 @@ class Timing:
     kickout: timedelta
     kickin: timedelta
     pod_wait: timedelta = timedelta(seconds=300)
+    # the probe starts this long before the kickout deadline: a machine that is off answers
+    # nothing, so the probe takes its whole timeout to say so, and the taint must not wait for it
+    probe_lead: timedelta = timedelta(0)
 
 
 @attrs.frozen
@@ -104,8 +107,13 @@ def _not_kicked_out(
         return Verdict(State.EXCLUDED, detail=excluded)
     since = memory.notready.since if memory.notready is not None else now
     deadline = since + timing.kickout
-    if now < deadline:
+    early = deadline - timing.probe_lead
+    if now < early:
+        return Verdict(State.COUNTING_DOWN, deadline=deadline, since=since, wake=early)
+    if now < deadline and (paused is not None or guard is not None or memory.probed_at is not None):
         return Verdict(State.COUNTING_DOWN, deadline=deadline, since=since, wake=deadline)
+    if now < deadline:  # the probe ahead of the deadline; the taint waits for the deadline itself
+        return Verdict(State.COUNTING_DOWN, Action.KICKOUT, deadline=deadline, since=since)
     if paused is not None:
         return Verdict(State.HELD, deadline=deadline, since=since, hold=HoldReason.PAUSED, detail=paused)
     if guard is not None:

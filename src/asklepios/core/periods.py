@@ -15,7 +15,7 @@ from datetime import datetime
 
 import attrs
 
-from asklepios.core.evidence import HoldReason, LeaseLook
+from asklepios.core.evidence import Answer, HoldReason, LeaseLook
 from asklepios.core.node import NodeView
 from asklepios.core.records import PeriodMark
 
@@ -36,6 +36,8 @@ class NodeMemory:
     look_at: datetime | None = None  # when to gather the evidence (or retry a failed action) again
     failures: int = 0  # consecutive failed fencing / power / write attempts (backoff)
     lease: LeaseLook | None = None  # the node Lease as watched during this NotReady period
+    answers: tuple[Answer, ...] = ()  # the probe run just ahead of the deadline
+    probed_at: datetime | None = None  # when that probe ended
 
 
 def continue_period(
@@ -67,7 +69,9 @@ def remember(view: NodeView, memory: NodeMemory, now: datetime) -> NodeMemory:
         if record is None:
             return NodeMemory() if memory != NodeMemory() else memory
         ready = continue_period(memory.ready, view.ready_mark, view.ready_since, now, floor=record.at)
-        return attrs.evolve(memory, notready=None, ready=ready, hold=None, detail="", lease=None)
+        return attrs.evolve(
+            memory, notready=None, ready=ready, hold=None, detail="", lease=None, answers=(), probed_at=None
+        )
     notready = continue_period(memory.notready, view.notready_mark, view.ready_since, now)
     return attrs.evolve(memory, notready=notready, ready=None)
 

@@ -66,6 +66,9 @@ class Kickout:
         """Gather the evidence and kick out if the node is dead; returns (node as written, memory)."""
         now = self.clock.now()
         resync = timedelta(seconds=self.settings.resync_seconds)
+        if verdict.deadline is not None and now < verdict.deadline:  # ahead of the deadline: the probe only
+            memory = await self.check.probe_ahead(view, memory)
+            return None, attrs.evolve(memory, look_at=verdict.deadline)
         death, evidence, memory = await self.check.confirm(view, memory, fence=not self.settings.dry_run)
         if death.hold in _FENCING_HOLDS:
             failures = memory.failures + 1

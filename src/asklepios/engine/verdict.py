@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason, death_verdict, observe_lease
+from asklepios.core.evidence import PROBE_TIMEOUT, DeathVerdict, Evidence, HoldReason, death_verdict, observe_lease
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
 from asklepios.engine.clock import Clock
@@ -50,6 +50,17 @@ class DeathCheck:
         seen = await self.leases.get(view.name, self.budget())
         return attrs.evolve(memory, lease=observe_lease(memory.lease, seen, self.clock.now()))
 
+    async def probe_ahead(self, view: NodeView, memory: NodeMemory) -> NodeMemory:
+        """The probe just before the deadline: it takes its whole timeout on a machine that is off."""
+        answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
+        return attrs.evolve(memory, answers=answers, probed_at=self.clock.now())
+
+    def _fresh_probe(self, memory: NodeMemory, now: datetime) -> bool:
+        """A probe that ended at most one probe timeout ago still says how the node answers now."""
+        if memory.probed_at is None:
+            return False
+        return timedelta(0) <= now - memory.probed_at <= timedelta(seconds=PROBE_TIMEOUT + 0.5)
+
     async def confirm(
         self, view: NodeView, memory: NodeMemory, *, fence: bool = True
     ) -> tuple[DeathVerdict, Evidence | None, NodeMemory]:
@@ -65,8 +76,12 @@ class DeathCheck:
         except ApiError as exc:
             log.warning("could not read the node Lease", extra={"node": view.name, "error": str(exc)})
             return DeathVerdict(False, HoldReason.KUBELET_ALIVE, detail=f"node Lease not readable: {exc}"), None, memory
+        if self._fresh_probe(memory, now):
+            answers = memory.answers
+        else:
+            answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
+        memory = attrs.evolve(memory, answers=(), probed_at=None)
         assert memory.lease is not None
-        answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
         evidence = Evidence(lease=memory.lease, answers=answers)
         death = death_verdict(evidence, now, fencing=self.settings.fencing_on)
         if death.fence_next and fence:

@@ -24,9 +24,8 @@ import socket
 import anyio
 import attrs
 
-from asklepios.core.evidence import Answer
+from asklepios.core.evidence import PROBE_TIMEOUT, Answer
 
-PROBE_TIMEOUT = 2.0
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 
 
