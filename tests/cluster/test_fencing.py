@@ -20,9 +20,6 @@ from tests.cluster.checks import OOS, env, events, first_seen, has_oos, writes_b
 from tests.cluster.runner import AsklepiosFactory
 
 SECRET = "bmc-credentials"
-# The inventory tests are about which BMC is asked, not about the probe: without it, a silent
-# kubelet and the BMC's Off are the whole verdict, whatever a crashed node's port does.
-NO_PROBE = {"ASKLEPIOS_LIVENESS_PROBE_PORTS": ""}
 
 
 def fencing_env(prefix: str, namespace: str, **extra: str) -> dict[str, str]:
@@ -49,9 +46,10 @@ def put_secret(cp: ControlPlane, namespace: str, data: dict[str, str]) -> None:
 
 
 def annotate_bmc(cp: ControlPlane, node: str, url: str) -> None:
-    """The annotation Asklepios once read, written on the node. TODO(lead): write it as the node identity
-    (`ControlPlane.as_node(node)`, NodeRestriction) once the lab has it; the admin client writes it here."""
-    cp.api.patch(f"/api/v1/nodes/{node}", {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
+    """The annotation Asklepios once read, written by the node itself (its kubelet's identity under
+    NodeRestriction); asserted first, so the test proves the threat is real: a node may write it."""
+    cp.as_node(node).patch(f"/api/v1/nodes/{node}", {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
+    assert cp.node(node)["metadata"]["annotations"]["asklepios.io/bmc"] == url
 
 
 def held_reasons(cp: ControlPlane, node: str) -> set[str]:
@@ -132,7 +130,7 @@ def test_fencing_failures_leave_no_taint_and_clear_once_fixed(
         f"{unreachable}.url": "https://127.0.0.1:1/redfish/v1/Systems/nowhere",  # nothing listens there
     }
     put_secret(cp, namespace, inventory)
-    healer = asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_MAX_UNHEALTHY="100%", **NO_PROBE))
+    healer = asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_MAX_UNHEALTHY="100%"))
     broken = (wrong, unreachable, missing)
     for name in broken:
         cp.crash(name)
@@ -175,7 +173,7 @@ def test_a_row_naming_another_machines_bmc_is_held_and_a_byte_swapped_uuid_is_th
     put_secret(cp, namespace, inventory)
     assert cp.node(misfiled)["status"]["nodeInfo"]["systemUUID"] == bmc.system_uuid(misfiled)
     assert cp.node(swapped)["status"]["nodeInfo"]["systemUUID"] != bmc.system_uuid(swapped)
-    healer = asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_MAX_UNHEALTHY="100%", **NO_PROBE))
+    healer = asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_MAX_UNHEALTHY="100%"))
     cp.crash(misfiled)
     cp.crash(swapped)
 
@@ -206,7 +204,7 @@ def test_a_node_pointing_its_annotation_at_another_machine_is_fenced_through_its
     put_secret(cp, namespace, bmc.inventory([liar, target]))
     annotate_bmc(cp, liar, bmc.system_url(target))  # the threat: a node steering its own fencing
     assert cp.node(liar)["metadata"]["annotations"]["asklepios.io/bmc"] == bmc.system_url(target)
-    healer = asklepios(fencing_env(nodes.prefix, namespace, **NO_PROBE))
+    healer = asklepios(fencing_env(nodes.prefix, namespace))
     cp.crash(liar)  # then it goes silent
     first_seen(cp, liar, has_oos, 90, "the liar fenced and kicked out")
     assert resets(bmc, liar)[:1] == ["Off"]  # fenced through the Secret's row, its own machine
