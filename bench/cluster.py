@@ -10,7 +10,7 @@ Thousands of nodes are bulk kwok nodes (one kwok process for all of them) with a
 long node Lease (renewed every ``lease_seconds / 4``) and a node-monitor grace
 period above that renewal interval, which is what keeps a 2-core machine able to
 hold 5000 of them. One of them dies for real with ``lab.cp.crash(name)`` (out of its
-kwok's selector, Lease deleted, kubelet port closed) and comes back with
+kwok's selector, Lease deleted, kubelet port silent) and comes back with
 ``lab.cp.restore(name)``.
 """
 
@@ -77,7 +77,7 @@ class Lab:
 
         ``listeners`` opens each node's kubelet port (one socket per node), so a live node
         answers Asklepios' probe as a real one does; a node powered off with
-        ``cp.crash(name)`` then refuses it.
+        ``cp.crash(name)`` then answers nothing (a connect times out).
         """
         names = [f"{prefix}-{i:05d}" for i in range(count)]
         self.cp.add_nodes_bulk(

@@ -4,10 +4,11 @@ N bulk nodes are watched (kubelet ports open). Nodes die one at a time, ``spread
 kickouts`` seconds apart (a node is reused only once its previous cycle ended), so
 deadlines are spread over time. Each death is a real one for Asklepios' evidence:
 ``crash(name)`` (the node leaves its kwok, its Lease is deleted, its kubelet port
-closes), then ``set_ready(name, "False")``, which marks the precise start. When the
-bench's own streaming watch shows the out-of-service taint, the node is powered on
-again (``restore``: back into its kwok, which recreates the Lease and posts
-Ready=True); the watch then shows the taint removed.
+answers nothing: a connect times out, as towards a machine that is off), then
+``set_ready(name, "False")``, which marks the precise start. When the bench's own
+streaming watch shows the out-of-service taint, the node is powered on again
+(``restore``: back into its kwok, which recreates the Lease and posts Ready=True); the
+watch then shows the taint removed.
 
 Asklepios starts a countdown at the later of the Ready condition's
 ``lastTransitionTime`` (1-second resolution) and the moment it first saw the NotReady
@@ -56,7 +57,7 @@ class Cycle:
     """One kickout and the kickin after it, on one node (epoch seconds)."""
 
     node: str
-    t_crash: float  # crash() called: the node leaves its kwok, Lease deleted, port closed
+    t_crash: float  # crash() called: the node leaves its kwok, Lease deleted, port silent
     t_set: float  # the status PATCH to Ready=False returned
     ltt_notready: float | None
     since_notready: float | None = None  # asklepios.io/notready-since "since": the countdown's start
@@ -263,7 +264,7 @@ def run(
         "asklepios_warnings": warnings,
     }
     params = {"nodes": nodes, "kickouts": kickouts, "spread_s": spread, "kickout_s": kickout_s,
-              "kickin_s": kickin_s, "death": "crash (out of kwok, Lease deleted, port closed) + set_ready False",
+              "kickin_s": kickin_s, "death": "crash (out of kwok, Lease deleted, port silent) + set_ready False",
               "kubelet_ports": True, "restore_after": restore_after}  # fmt: skip
     raw = {"cycles": [attrs.asdict(c) for c in cycles]}
     name = f"lag-{nodes}" if restore_after == "released" else f"lag-{nodes}-restore-at-{restore_after}"

@@ -10,7 +10,7 @@ window by ``requestReceivedTimestamp``.
   and watches are open. Asklepios runs with leader election on, as in production,
   so its leader Lease renewals (one UPDATE every 2 s) are part of the figure.
 * **burst**: ``burst`` nodes die at once (``crash``: out of their kwok, Lease deleted,
-  kubelet port closed; then ``set_ready(name, "False")``), until all are kicked out;
+  kubelet port silent; then ``set_ready(name, "False")``), until all are kicked out;
   then all are powered on again (``restore``), until all are kicked in. Requests in
   each phase, without the leader Lease's renewals (the node Lease GETs of the death
   verdict stay in), divided by the number of nodes give requests per kickout / kickin.
@@ -190,7 +190,7 @@ def run(nodes: int, *, window: float = 180.0, burst: int = 100, keep: bool = Fal
         "asklepios_warnings": warnings,
     }
     params = {"nodes": nodes, "window_s": window, "burst": burst, "leader_election": True, "kubelet_ports": True,
-              "death": "crash (out of kwok, Lease deleted, port closed) + set_ready False"}  # fmt: skip
+              "death": "crash (out of kwok, Lease deleted, port silent) + set_ready False"}  # fmt: skip
     notes = [
         "watches are counted once, when they open (audit stage ResponseStarted)",
         "per kickout / per kickin leave out the leader Lease's renewals; node Lease GETs (kube-node-lease) stay in",

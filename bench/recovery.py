@@ -6,7 +6,7 @@ replicas each, preferred pod anti-affinity, tolerating not-ready/unreachable for
 Asklepios runs with KICKOUT=KICKIN=10 s and the balancer on (selector
 ``application in (mariadb,rabbitmq)``), ASKLEPIOS_FORCE_DELETE as asked, and
 optionally fencing through the lab's Redfish BMC. Each run crashes one node (SIGKILL
-of its kwok, kubelet port closed: its BMC still says On, as for a hung machine) and,
+of its kwok, kubelet port silent: its BMC still says On, as for a hung machine) and,
 once every pod runs elsewhere, restores it (with fencing, Asklepios powers it on
 through the BMC itself). Phase ends are receive times of the bench's node and pod
 watches, and the BMC's own notifications:
@@ -204,6 +204,7 @@ def _fencing_setup(lb: Any, names: list[str]) -> dict[str, str]:
     for name in names:
         cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
     data = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+    data |= {f"{name}.url": bmc.attach(name) for name in names}  # the Secret inventory
     secret = {
         "metadata": {"name": FENCING_SECRET, "namespace": "kube-system"},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},

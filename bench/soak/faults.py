@@ -15,7 +15,7 @@ drain): every fault then undoes what it did at once.
 ==================  ====================================================================
 kind                what
 ==================  ====================================================================
-power_cut           a node loses power (kwok SIGKILLed, port closed), 30 % reporting
+power_cut           a node loses power (kwok SIGKILLed, port silent), 30 % reporting
                     Ready=False just before (a False->Unknown flip on a dead node);
                     power back after its duration unless its BMC has it Off (fenced)
 partition           a node cut off the apiserver (kwok SIGKILLed, port still answers);

@@ -113,7 +113,7 @@ class SoakControlPlane(ControlPlane):
     def node_state(self, name: str) -> tuple[bool, bool]:
         """(its kwok runs, its kubelet port listens)."""
         proc = self._kwoks.get(name)
-        return proc is not None and proc.running(), self.listeners.is_up(name)
+        return proc is not None and proc.running(), name in self._ips and self.port_mode(name) == "accept"
 
     def _logged(self, call: str, name: str, action: Callable[[], None]) -> None:
         with self._lock:
@@ -145,7 +145,8 @@ class SoakControlPlane(ControlPlane):
             self.pending_overrides.add(name)
 
         def boot() -> None:
-            self.listeners.up(name, self._listen_on[name])
+            self._stop_skew(name)
+            self._set_ports(name, "accept")
             self._kwok_of(name).start()
 
         self._logged("restore", name, boot)

@@ -2,10 +2,10 @@
 
 1. **Cluster.** The lab (real etcd, kube-apiserver, kube-controller-manager,
    kube-scheduler) with 5 control-plane nodes, one kwok each; every node has a system
-   on the lab's Redfish BMC emulator (``asklepios.io/bmc``) and the Secret
-   ``asklepios-bmc`` holds its credentials and CA. Two StatefulSets of 3
-   (``mariadb-server``, ``rabbitmq-rabbitmq``, preferred anti-affinity, balancer label)
-   with PodDisruptionBudgets ``minAvailable: 2``. Two Asklepios replicas
+   on the lab's Redfish BMC emulator, listed (``<node>.url``, and ``asklepios.io/bmc``
+   for releases before that inventory) in the Secret ``asklepios-bmc`` with its
+   credentials and CA. Two StatefulSets of 3 (``mariadb-server``, ``rabbitmq-rabbitmq``,
+   preferred anti-affinity, balancer label) with PodDisruptionBudgets ``minAvailable: 2``. Two Asklepios replicas
    (``python -m asklepios run``), leader election, fencing and the balancer on, short
    timings (:data:`SETTINGS`); every process authenticates with a static token of its
    own (group ``system:masters``) and its own POD_NAME, and the apiserver audits them.
@@ -169,6 +169,7 @@ class Soak:
             cp.add_node(name, control_plane=True)
             api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
         credentials = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+        credentials |= {f"{name}.url": bmc.attach(name) for name in NODES}  # the Secret inventory
         data = {k: base64.b64encode(v.encode()).decode() for k, v in credentials.items()}
         api.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {"metadata": {"name": "asklepios-bmc"}, "data": data})
         for name, application in STATEFULSETS.items():

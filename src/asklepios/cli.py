@@ -1,4 +1,4 @@
-"""The `asklepios` command: `run`, `status`, `check`, `version`.
+"""The `asklepios` command: `run`, `status`, `check`, `version`, `pause`, `resume`, `release`, `adopt`.
 
 Exit status: 0 done, 1 failed, 2 bad configuration or usage. Settings, flags and
 the kubeconfig are validated before any connection to the apiserver is made, and
@@ -24,11 +24,14 @@ from asklepios.core.preflight import Finding, exit_status
 from asklepios.core.preflight.access import ServiceAccount
 from asklepios.core.preflight.settings import settings_findings
 from asklepios.engine.clock import SYSTEM_CLOCK
+from asklepios.engine.commands import Commands, Refused, operator
 from asklepios.engine.controller import run_controller
 from asklepios.engine.preflight import check_version, run_checks, server_version, startup_checks
-from asklepios.engine.status import NodeRow, followed_nodes, node_rows
+from asklepios.engine.status import NodeRow, describe_record, followed_nodes, node_rows
 from asklepios.engine.statuswatch import StatusWatch
 from asklepios.kube.client import ApiError, KubeClient, KubeConfigError, Loaded, load, resolve_source
+from asklepios.kube.nodes import NodeApi
+from asklepios.kube.records import RecordApi
 from asklepios.observe.health import Health, serve_http
 from asklepios.observe.log import setup_logging
 
@@ -87,6 +90,39 @@ async def _watch_status(settings: Settings, source: Loaded) -> None:
     sys.stdout.write("\x1b[2J")
     async with KubeClient.connect(source) as client:
         await StatusWatch(settings, client, SYSTEM_CLOCK, draw).run()
+
+
+def _commands(settings: Settings, client: KubeClient) -> Commands:
+    records = RecordApi(client, settings.namespace)
+    return Commands(records, records, NodeApi(client), SYSTEM_CLOCK.now)
+
+
+async def _operate(settings: Settings, source: Loaded, args: argparse.Namespace) -> str:
+    """pause, resume, release NODE, adopt NODE: one line saying what was done."""
+    async with KubeClient.connect(source) as client:
+        commands = _commands(settings, client)
+        if args.command == "pause":
+            pause = await commands.pause(args.reason, operator())
+            return f"paused at {pause.since:%Y-%m-%dT%H:%M:%SZ}: no kickout, fencing, power action or eviction starts"
+        if args.command == "resume":
+            was = await commands.resume()
+            return "resumed" if was is not None else "was not paused"
+        if args.command == "release":
+            kickout = await commands.release(args.node, wait=args.wait)
+            return f"{args.node}: kickout of {kickout.at:%Y-%m-%dT%H:%M:%SZ} ended (what it changed was undone)"
+        kickout = await commands.adopt(args.node, operator())
+        return f"{args.node}: adopted; the kickin will lift its cordon and taint once it is Ready"
+
+
+async def _status_of(settings: Settings, source: Loaded, node: str) -> list[str]:
+    """`asklepios status NODE`: the node's line, then its record and the evidence, for a person at 3 a.m."""
+    async with KubeClient.connect(source) as client:
+        views = [v for v in await followed_nodes(settings, client) if v.name == node]
+        if not views:
+            view = (await _commands(settings, client).book()).attach(await NodeApi(client).get(node))
+            views = [view]
+        rows = await node_rows(settings, client, SYSTEM_CLOCK, views)
+        return [*format_rows(rows), "", *describe_record(views[0])]
 
 
 def format_rows(rows: list[NodeRow]) -> list[str]:
@@ -155,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status = command(sub, "status", "print each watched node's state and countdown")
+    status.add_argument("node", nargs="?", help="one node: its record and the evidence of its kickout")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.add_argument(
         "-w", "--watch", action="store_true", help="a live view, redrawn on every change (Ctrl-C quits)"
@@ -175,6 +212,14 @@ def _parser() -> argparse.ArgumentParser:
         "subjectaccessreviews`) instead of your own, e.g. kube-system/asklepios",
     )
     command(sub, "version", "print the version")
+    pause = command(sub, "pause", "stop starting kickouts, fencing, power actions and evictions (kickins go on)")
+    pause.add_argument("--reason", default="", help="why, for `asklepios status` and the KickoutHeld Events")
+    command(sub, "resume", "lift the pause")
+    release = command(sub, "release", "end Asklepios' kickout of NODE now (undo what its record says)")
+    release.add_argument("node")
+    release.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the controller (default 60)")
+    adopt = command(sub, "adopt", "take over a kickout left by the Go Asklepios (cordoned and tainted)")
+    adopt.add_argument("node")
     return parser
 
 
@@ -230,14 +275,24 @@ def main(argv: list[str] | None = None) -> int:
             _log_settings_warnings(settings, fencing_too=False)
         if args.command == "status" and args.watch:
             anyio.run(_watch_status, settings, source)
+        elif args.command == "status" and args.node:
+            print("\n".join(anyio.run(_status_of, settings, source, args.node)))
         elif args.command == "status":
             print("\n".join(anyio.run(_status, settings, source, args.output)))
+        elif args.command in ("pause", "resume", "release", "adopt"):
+            print(anyio.run(_operate, settings, source, args))
         else:
             return anyio.run(_run, settings, source)
+    except Refused as exc:
+        print(f"asklepios {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
         error = _leaf(exc)
+        if isinstance(error, Refused):
+            print(f"asklepios {args.command}: {error}", file=sys.stderr)
+            return 1
         if isinstance(error, KubeConfigError):
             return _fail(str(error), 2)
         if isinstance(error, ApiError) and args.command == "run":  # the controller's log, as every other line

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import attrs
 
-from asklepios.core.evidence import LeaseSeen
+from asklepios.core.evidence import Answer, LeaseSeen
 from asklepios.core.fencing import BmcTarget, FencingError
 from asklepios.core.node import NodeView
 from asklepios.core.pod import PodRef
@@ -29,6 +29,7 @@ from asklepios.engine.nodebook import CORDONED, SELECTED
 from asklepios.kube.client import ApiError, Conflict, NotFound
 from asklepios.kube.events import ObjectRef
 from asklepios.kube.nodes import parse_node
+from asklepios.kube.records import RecordData
 
 JSON = dict[str, Any]
 BASE = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -110,6 +111,7 @@ class FakeCluster:
     gets: int = 0
     healer: Healer | None = None
     deliver: bool = True  # False: changes stay unseen until relist() (a watch gap)
+    on_taint: Callable[[str], None] = lambda name: None  # any patch that adds the out-of-service taint
     _rv: int = 100
     _seen: dict[str, set[str]] = attrs.Factory(lambda: {SELECTED: set(), CORDONED: set()})
 
@@ -211,6 +213,8 @@ class FakeCluster:
         clean = copy.deepcopy(body)
         clean.get("metadata", {}).pop("resourceVersion", None)
         before = self.view(name)
+        if not before.has_out_of_service_taint and parse_node(merge(obj, clean)).has_out_of_service_taint:
+            self.on_taint(name)  # the world must show the machine dead at this very moment
         self.objects[name] = merge(obj, clean)
         self._changed(name)
         self.history.append((self.clock.now(), before, self.view(name)))
@@ -224,6 +228,7 @@ class FakeLeases:
     clock: Any
     alive: set[str] = attrs.Factory(set)
     silent_since: dict[str, datetime] = attrs.Factory(dict)
+    behind: dict[str, float] = attrs.Factory(dict)  # a kubelet clock this many seconds behind
     reads: list[str] = attrs.Factory(list)
 
     def stop(self, node: str) -> None:
@@ -233,8 +238,9 @@ class FakeLeases:
     async def get(self, node: str, timeout: float) -> LeaseSeen | None:
         await anyio.lowlevel.checkpoint()
         self.reads.append(node)
-        if node in self.alive:
-            return LeaseSeen(renewed=self.clock.now() - timedelta(seconds=1), duration=timedelta(seconds=40))
+        if node in self.alive:  # renewed every second, on the kubelet's own clock
+            now = self.clock.now().replace(microsecond=0) - timedelta(seconds=self.behind.get(node, 0.0))
+            return LeaseSeen(renewed=now - timedelta(seconds=1), duration=timedelta(seconds=40))
         if node in self.silent_since:
             return LeaseSeen(renewed=self.silent_since[node], duration=timedelta(seconds=40))
         return None
@@ -242,13 +248,51 @@ class FakeLeases:
 
 @attrs.define(eq=False)
 class FakeProbe:
+    """Addresses that accept, that refuse (a running kernel, no listener); all others time out."""
+
     answering_addresses: set[str] = attrs.Factory(set)
+    refusing_addresses: set[str] = attrs.Factory(set)
     probes: int = 0
 
-    async def answering(self, addresses: tuple[str, ...], ports: tuple[int, ...]) -> tuple[str, ...]:
+    async def answers(self, addresses: tuple[str, ...], ports: tuple[int, ...]) -> tuple[Answer, ...]:
         await anyio.lowlevel.checkpoint()
         self.probes += 1
-        return tuple(f"{a}:{p}" for a in addresses for p in ports if a in self.answering_addresses)
+
+        def how(address: str) -> str:
+            if address in self.answering_addresses:
+                return "accepted"
+            return "refused" if address in self.refusing_addresses else "timeout"
+
+        return tuple(Answer(f"{a}:{p}", how(a)) for a in addresses for p in ports)
+
+    def alive(self, address: str) -> bool:
+        return address in self.answering_addresses or address in self.refusing_addresses
+
+
+@attrs.define(eq=False)
+class FakeRecords:
+    """The records ConfigMap: merge patches of its data, each with a new resourceVersion."""
+
+    data: dict[str, str] = attrs.Factory(dict)
+    rv: int = 1
+    writes: list[dict[str, str | None]] = attrs.Factory(list)
+    failures: list[ApiError] = attrs.Factory(list)
+
+    async def put(self, changes: Any, timeout: float) -> RecordData:
+        await anyio.lowlevel.checkpoint()
+        self.writes.append(dict(changes))
+        if self.failures:
+            raise self.failures.pop(0)
+        for key, value in changes.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.rv += 1
+        return self.snapshot()
+
+    def snapshot(self) -> RecordData:
+        return RecordData(dict(self.data), str(self.rv))
 
 
 @attrs.define(eq=False)
@@ -261,6 +305,7 @@ class FakeBmc:
     delay: float = 3.0
     password: str = "secret"
     reachable: bool = True
+    never_off: set[str] = attrs.Factory(set)  # System URLs that accept ForceOff but never turn Off
     log: list[tuple[datetime, str, str]] = attrs.Factory(list)  # (when, url, what)
     on_power: Callable[[str, str], None] = lambda url, state: None  # the machine follows its power
 
@@ -284,6 +329,8 @@ class FakeBmc:
         await anyio.lowlevel.checkpoint()
         self._check(target)
         self.log.append((self.clock.now(), target.system_url, reset_type))
+        if target.system_url in self.never_off and reset_type == "ForceOff":
+            return
         self.pending[target.system_url] = (
             "Off" if reset_type == "ForceOff" else "On",
             self.clock.monotonic() + self.delay,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from asklepios.core.balance import OwnerRef, PodView, plan_move, settled
 from asklepios.core.node import OUT_OF_SERVICE_TAINT, NodeView, ReadyStatus, Taint
 from asklepios.core.placement import NodeRequirement, Placement, Toleration
-from asklepios.core.records import KickoutRecord
+from asklepios.core.records import KickoutRecord, NodeRecord
 
 T0 = datetime(2026, 3, 26, 16, 36, tzinfo=UTC)
 STS = OwnerRef("StatefulSet", "mariadb-server", "uid-sts")
@@ -56,7 +56,9 @@ def test_nothing_moves_while_the_target_is_down_cordoned_or_still_kicked_out() -
     down = NodeView(name="control2", labels=CP, taints=(CP_TAINT,), ready=ReadyStatus.UNKNOWN)
     cordoned = NodeView(name="control2", labels=CP, taints=(CP_TAINT,), unschedulable=True)
     tainted = NodeView(name="control2", labels=CP, taints=(CP_TAINT, OUT_OF_SERVICE_TAINT))
-    kicked = NodeView(name="control2", labels=CP, taints=(CP_TAINT,), kickout=KickoutRecord(T0, True, True))
+    kicked = NodeView(
+        name="control2", labels=CP, taints=(CP_TAINT,), record=NodeRecord(kickout=KickoutRecord(T0, True, True))
+    )
     for target in (down, cordoned, tainted, kicked):
         assert plan_move(SEED, nodes("control1", "control3", control2=target)) is None
 

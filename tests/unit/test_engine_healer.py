@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 
 from asklepios.core.evidence import HoldReason
 from asklepios.core.pod import PodRef
-from asklepios.core.records import NOTREADY_ANNOTATION, READY_ANNOTATION
 from asklepios.kube.client import ApiError
 from tests.unit.world import World, running, settings, until
 
@@ -42,14 +41,16 @@ async def test_power_cut_is_kicked_out_at_the_deadline_and_kicked_in_after_it_is
         w.power_cut("b")
         took = await until(lambda: w.has_taint("b"), 120, "kickout")
         assert 60 <= took <= 60.5
-        view = w.cluster.view("b")
-        assert view.unschedulable and view.kickout is not None and not view.kickout.fenced
-        assert view.kickout.since is not None and abs((view.kickout.since - cut).total_seconds()) < 1
+        view, kickout = w.cluster.view("b"), w.kickout("b")
+        assert view.unschedulable and kickout is not None and not kickout.fenced
+        assert kickout.since is not None and abs((kickout.since - cut).total_seconds()) < 1
+        assert view.mirror == kickout.mirror()  # the annotation mirrors the record, for people
         await until(lambda: "PodsReleased" in w.events.reasons("b"), 1, "released: no pod was on it")
         w.back("b")
         took = await until(lambda: not w.has_taint("b"), 120, "kickin")
         assert 60 <= took <= 60.5
-        assert w.cluster.view("b").kickout is None and not w.cluster.view("b").unschedulable
+        assert w.kickout("b") is None and not w.cluster.view("b").unschedulable
+        assert w.cluster.view("b").mirror is None
         assert w.events.reasons("b") == ["NodeKickedOut", "PodsReleased", "NodeKickedIn"]
 
 
@@ -79,7 +80,7 @@ async def test_a_partitioned_node_that_answers_is_held_node_answers() -> None:
         await anyio.sleep(3 * 60)
         assert not w.has_taint("b")
         held = [e for e in w.events.emitted if e.reason == "KickoutHeld"]
-        assert [e.message for e in held] == [f"node answers: answers on {address}:10250"]
+        assert [e.message for e in held] == [f"node answers: answers on {address}:10250 accepted"]
         w.probe.answering_addresses.clear()
         await until(lambda: w.has_taint("b"), 15, "kickout once nothing answers")
 
@@ -104,7 +105,8 @@ async def test_clock_behind_gets_a_full_countdown_both_ways() -> None:
         w.back("b", skew=-3600)
         await anyio.sleep(1)
         assert w.has_taint("b")  # no kickin on the first Ready event
-        assert READY_ANNOTATION in w.cluster.annotations("b")  # the Ready period is recorded for restarts
+        record = w.record("b")
+        assert record is not None and record.ready is not None  # the Ready period is recorded for restarts
         took = await until(lambda: not w.has_taint("b"), 120, "kickin")
         assert 59 <= took <= 60.5
 
@@ -132,8 +134,9 @@ async def test_held_kickout_keeps_its_mark() -> None:
         w.power_cut("b")
         await anyio.sleep(70)
         assert not w.has_taint("a") and not w.has_taint("b")
-        assert NOTREADY_ANNOTATION in w.cluster.annotations("a")
-        assert NOTREADY_ANNOTATION in w.cluster.annotations("b")
+        for name in ("a", "b"):
+            record = w.record(name)
+            assert record is not None and record.notready is not None
         assert sorted(e.name for e in w.events.emitted if e.reason == "KickoutHeld") == ["a", "b"]
 
 
@@ -148,6 +151,7 @@ async def test_the_guard_does_not_count_excluded_nodes() -> None:
         await until(lambda: w.has_taint("b"), 70, "kickout despite the excluded node")
         assert not w.has_taint("x")
         assert not any(k.startswith("asklepios.io/") for k in w.cluster.annotations("x"))
+        assert w.record("x") is None
 
 
 async def test_kickin_waits_for_stuck_pods_then_is_forced() -> None:
@@ -157,7 +161,7 @@ async def test_kickin_waits_for_stuck_pods_then_is_forced() -> None:
     async with running(w):
         w.power_cut("b")
         await until(lambda: w.has_taint("b"), 70, "kickout")
-        kicked_at = w.cluster.view("b").kickout
+        kicked_at = w.kickout("b")
         assert kicked_at is not None and "b" in w.pods.followed
         stuck = PodRef("db", "db-0", "uid-db-0", kicked_at.at - timedelta(hours=1), kicked_at.at)
         w.pods.put("b", stuck)
@@ -195,15 +199,15 @@ async def test_fencing_powers_off_before_the_taint_and_on_after_the_pods_left() 
     async with running(w):
         w.power_cut("b")
         await until(lambda: w.has_taint("b"), 120, "kickout after fencing")
-        record = w.cluster.view("b").kickout
+        record = w.kickout("b")
         assert record is not None and record.fenced
         off = [t for t, u, what in w.bmc.log if u == url and what == "Off"]
         assert off and off[0] <= record.at + timedelta(seconds=1)
         assert [what for _, _, what in w.bmc.log][:2] == ["ForceOff", "Off"]
         w.pods.put("b")  # the pod watch has listed the node: nothing left on it
         await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 30, "powered on")
-        view = w.cluster.view("b")
-        assert view.kickout is not None and view.kickout.released and view.kickout.powered_on
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.released and kickout.powered_on
         assert "PodsReleased" in w.events.reasons("b")
 
 
@@ -233,7 +237,8 @@ async def test_a_node_still_answering_after_its_bmc_said_off_is_held() -> None:
         await anyio.sleep(120)
         assert not w.has_taint("b")
         failed = [e.message for e in w.events.emitted if e.reason == "FencingFailed"]
-        assert failed and "does asklepios.io/bmc name this machine?" in failed[0]
+        held = [e.message for e in w.events.emitted if e.reason == "KickoutHeld"]
+        assert not failed and held and "is the inventory row for this machine?" in held[0]
 
 
 async def test_a_power_on_that_fails_is_retried_not_fatal() -> None:
@@ -289,7 +294,7 @@ async def test_terminating_pods_are_force_deleted_unless_they_tolerate_the_taint
     async with running(w):
         w.power_cut("b")
         await until(lambda: w.has_taint("b"), 70, "kickout")
-        record = w.cluster.view("b").kickout
+        record = w.kickout("b")
         assert record is not None
         old = record.at - timedelta(hours=1)
         going = PodRef("db", "db-1", "u1", old, record.at)
@@ -307,7 +312,7 @@ async def test_a_follower_writes_nothing_and_a_new_leader_announces_the_hold_aga
     async with running(w):
         w.cluster.set_ready("b", "False")
         await anyio.sleep(90)
-        assert w.cluster.writes == [] and w.events.emitted == []
+        assert w.cluster.writes == [] and w.records.writes == [] and w.events.emitted == []
         w.gate.leader = True
         w.healer.leadership_gained()
         await until(lambda: "KickoutHeld" in w.events.reasons("b"), 15, "hold announced by the new leader")
@@ -326,7 +331,7 @@ async def test_a_permanent_error_is_not_retried_and_the_node_backs_off() -> None
     w.add("a", "b", "c")
     async with running(w):
         w.power_cut("b")
-        await until(lambda: bool(w.cluster.writes), 5, "mark write")
+        await until(lambda: bool(w.records.writes), 5, "mark write")
         before = sample("asklepios_api_errors_total", operation="kickout")
         w.cluster.failures.extend([ApiError(403, "forbidden")] * 3)
         await until(lambda: w.has_taint("b"), 120, "kickout after the errors")
@@ -341,7 +346,7 @@ async def test_a_transient_error_is_retried_at_once_and_429_waits_for_retry_afte
     w.add("a", "b", "c")
     async with running(w):
         w.power_cut("b")
-        await until(lambda: bool(w.cluster.writes), 5, "mark write")
+        await until(lambda: bool(w.records.writes), 5, "mark write")
         w.cluster.failures.extend([ApiError(503, "unavailable"), ApiError(429, "slow down", retry_after=3.0)])
         await until(lambda: w.has_taint("b"), 120, "kickout after the errors")
         first, second, third = kickout_attempts(w)

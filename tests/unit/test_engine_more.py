@@ -11,6 +11,7 @@ import anyio.lowlevel
 import attrs
 import pytest
 import trio.testing
+from prometheus_client import REGISTRY
 
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.node import NodeView
@@ -195,24 +196,36 @@ async def test_dry_run_decides_announces_once_and_writes_nothing(caplog: pytest.
     assert len(held) == 1  # one line per change, not per resync
 
 
-async def test_a_damaged_record_is_reported_and_undone_as_ours() -> None:
+@pytest.mark.parametrize("annotation", ['{"at":"2026-11-27T03:00:00Z","cordoned":true,"tainted":true}', "{not json"])
+async def test_a_forged_or_damaged_annotation_never_undoes_an_admins_quarantine(annotation: str) -> None:
+    """Issue 20: the node writes a kickout record of its own on an admin's quarantine, then reports Ready."""
     w = World(settings())
     w.add("a", "b", "c")
-    w.cluster.edit(
-        "b",
-        {
-            "metadata": {"annotations": {KICKOUT_ANNOTATION: "not json"}},
-            "spec": {
-                "unschedulable": True,
-                "taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}],
-            },
-        },
-    )
+    quarantine = {
+        "unschedulable": True,
+        "taints": [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}],
+    }
+    w.cluster.edit("b", {"metadata": {"annotations": {KICKOUT_ANNOTATION: annotation}}, "spec": quarantine})
     async with running(w):
-        await until(lambda: "KickoutRecordDamaged" in w.events.reasons("b"), 5, "damaged record reported")
-        await until(lambda: not w.has_taint("b"), 70, "kickin of the damaged record")
+        await until(lambda: w.cluster.view("b").mirror is None, 5, "the forged mirror removed (no record of ours)")
+        await anyio.sleep(3 * 70)
     view = w.cluster.view("b")
-    assert not view.unschedulable and view.kickout is None
+    assert view.unschedulable and view.has_out_of_service_taint and w.record("b") is None
+    undone = [x for x in w.cluster.writes if "spec" in x.body]
+    assert undone == []
+
+
+async def test_a_damaged_entry_in_our_records_is_skipped_and_counted_never_undone() -> None:
+    w = World(settings())
+    w.add("a", "b", "c")
+    w.cluster.edit("b", {"spec": {"unschedulable": True}})
+    w.records.data["node.b"] = "[" * 100_000  # an admin's slip, or worse
+    before = REGISTRY.get_sample_value("asklepios_objects_skipped_total", {"kind": "record"}) or 0.0
+    w.healer = w.build()
+    async with running(w):
+        await anyio.sleep(90)
+    assert w.cluster.view("b").unschedulable and w.cluster.writes == []
+    assert REGISTRY.get_sample_value("asklepios_objects_skipped_total", {"kind": "record"}) == before + 1
 
 
 async def test_repair_does_not_retaint_a_node_excluded_since() -> None:

@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from asklepios.core.node import NodeView, Taint
 from asklepios.kube.client import ApiError, Conflict
 from tests.unit.fakes import ManualClock
-from tests.unit.world import World
+from tests.unit.world import World, act_due
 from tests.unit.world import settings as healer_settings
 
 NODES = ("n1", "n2", "n3", "n4")
@@ -71,7 +71,7 @@ class HealerMachine(RuleBasedStateMachine):
     def step(self) -> None:
         async def act() -> None:
             for _ in range(20):
-                if not await self.world.healer.act_due():
+                if not await act_due(self.world.healer):
                     return
 
         anyio.run(act)

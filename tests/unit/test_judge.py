@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 from hypothesis import given
@@ -13,15 +14,27 @@ from asklepios.core.judge import Action, State, Timing, Verdict, judge
 from asklepios.core.node import EXCLUDE_LABEL, OUT_OF_SERVICE_TAINT, NodeView, ReadyStatus, Taint
 from asklepios.core.periods import NodeMemory, remember
 from asklepios.core.pod import NodePods
-from asklepios.core.records import KickoutRecord, PeriodMark
+from asklepios.core.records import KickoutRecord, NodeRecord, PeriodMark
 
 T0 = datetime(2026, 3, 5, 5, 43, 6, tzinfo=UTC)
 TIMING = Timing(kickout=timedelta(seconds=60), kickin=timedelta(seconds=60), pod_wait=timedelta(seconds=300))
 NO_PODS = NodePods(synced=True)
 
 
+_RECORD_FIELDS = {"kickout": "kickout", "notready_mark": "notready", "ready_mark": "ready"}
+
+
 def node(ready: ReadyStatus, since: datetime | None = T0, **kw: object) -> NodeView:
-    return NodeView(name="control2", ready=ready, ready_since=since, **kw)  # type: ignore[arg-type]
+    """A view; `kickout`, `notready_mark`, `ready_mark` go into Asklepios' record attached to it."""
+    record = {_RECORD_FIELDS[k]: kw.pop(k) for k in list(kw) if k in _RECORD_FIELDS}
+    view = NodeView(name="control2", ready=ready, ready_since=since, **kw)  # type: ignore[arg-type]
+    return with_record(view, **record) if any(v is not None for v in record.values()) else view
+
+
+def with_record(view: NodeView, **fields: Any) -> NodeView:
+    """`view` with its record's fields replaced (kickout, notready, ready, ...)."""
+    fields = {_RECORD_FIELDS.get(k, k): v for k, v in fields.items()}
+    return attrs.evolve(view, record=attrs.evolve(view.record or NodeRecord(), **fields))
 
 
 def at(seconds: float) -> datetime:
@@ -46,7 +59,7 @@ def test_notready_counts_down_then_asks_for_the_evidence_at_the_deadline() -> No
     before = judge(view, mem, now=at(59.999), timing=TIMING)
     assert (before.state, before.action, before.deadline, before.wake) == (State.COUNTING_DOWN, None, at(60), at(60))
     due = judge(view, mem, now=at(60), timing=TIMING)
-    assert due.action is Action.CHECK_DEATH
+    assert due.action is Action.KICKOUT
 
 
 def test_a_clock_behind_cannot_shorten_the_countdown() -> None:
@@ -69,7 +82,7 @@ def test_the_ready_mark_survives_a_restart() -> None:
     record = KickoutRecord(at=at(100), cordoned=True, tainted=True)
     view = node(ReadyStatus.TRUE, since=at(-1000), kickout=record)
     mark = remember(view, NodeMemory(), at(500)).ready
-    restarted = remember(attrs.evolve(view, ready_mark=mark), NodeMemory(), at(540))
+    restarted = remember(with_record(view, ready_mark=mark), NodeMemory(), at(540))
     assert judge(view, restarted, now=at(541), timing=TIMING, pods=NO_PODS).deadline == at(560)
 
 
@@ -92,7 +105,7 @@ def test_evidence_hold_waits_for_the_next_look_and_keeps_the_deadline() -> None:
     held = judge(view, mem, now=at(65), timing=TIMING)
     assert (held.state, held.action, held.wake, held.deadline) == (State.HELD, None, at(70), at(60))
     again = judge(view, mem, now=at(70), timing=TIMING)
-    assert (again.state, again.action, again.deadline) == (State.HELD, Action.CHECK_DEATH, at(60))
+    assert (again.state, again.action, again.deadline) == (State.HELD, Action.KICKOUT, at(60))
 
 
 def test_excluded_and_legacy_skip_nodes_are_never_kicked_out() -> None:
@@ -145,10 +158,10 @@ def test_release_then_power_on_a_fenced_node() -> None:
     left = NodePods(synced=True, left=("ns/db-1",))
     assert judge(view, mem, now=at(62), timing=TIMING, pods=left).action is None
     assert judge(view, mem, now=at(62), timing=TIMING, pods=NO_PODS).action is Action.RELEASE
-    released = attrs.evolve(view, kickout=attrs.evolve(record, released=at(63)))
+    released = with_record(view, kickout=attrs.evolve(record, released=at(63)))
     assert judge(released, mem, now=at(64), timing=TIMING, pods=NO_PODS).action is Action.POWER_ON
     assert judge(released, mem, now=at(64), timing=TIMING, pods=NO_PODS, power_on=False).action is None
-    unfenced = attrs.evolve(released, kickout=attrs.evolve(record, released=at(63), fenced=False))
+    unfenced = with_record(released, kickout=attrs.evolve(record, released=at(63), fenced=False))
     assert judge(unfenced, mem, now=at(64), timing=TIMING, pods=NO_PODS).action is None
 
 
@@ -174,7 +187,7 @@ def test_false_unknown_flips_never_move_the_deadline(
         memory = remember(view, memory, at(clock))
         first_seen = first_seen or max(at(clock), at(clock + skew))
         assert judge(view, memory, now=at(clock), timing=timing).since == first_seen
-        restarted = remember(attrs.evolve(view, notready_mark=memory.notready), NodeMemory(), at(clock + 1))
+        restarted = remember(with_record(view, notready_mark=memory.notready), NodeMemory(), at(clock + 1))
         verdict = judge(view, restarted, now=at(clock + 1), timing=timing)
         assert verdict.since == first_seen
         assert verdict.deadline == first_seen + timing.kickout
@@ -210,7 +223,7 @@ def test_what_is_never_done(
     memory = remember(view, NodeMemory(), at(seen))
     pods = NodePods(synced=True, stuck=("ns/p",) if stuck else ())
     verdict = judge(view, memory, now=at(now), timing=TIMING, guard=guard, pods=pods)
-    if verdict.action is Action.CHECK_DEATH:
+    if verdict.action is Action.KICKOUT:
         assert not ready.is_ready and not kicked and not excluded and guard is None
         assert at(now) >= at(seen) + TIMING.kickout  # never sooner than a full period after first sight
     if verdict.action is Action.KICKIN:
@@ -236,7 +249,7 @@ def test_a_held_node_keeps_its_deadline(hold: HoldReason, look: float, now: floa
     memory = attrs.evolve(remember(view, NodeMemory(), at(0)), hold=hold, look_at=at(look))
     verdict = judge(view, memory, now=at(now), timing=TIMING, guard=guard)
     assert verdict.deadline == at(0) + TIMING.kickout
-    if verdict.action is Action.CHECK_DEATH:
+    if verdict.action is Action.KICKOUT:
         assert at(now) >= at(look) and at(now) >= verdict.deadline and guard is None
 
 
@@ -246,16 +259,17 @@ def test_a_mark_from_an_earlier_period_is_not_trusted() -> None:
     assert remember(later, NodeMemory(), at(501)).notready == PeriodMark(since=at(501), condition=at(500))
 
 
-@given(fenced=st.booleans(), released=st.booleans())
-def test_records_round_trip_and_no_fencing_means_no_fenced(fenced: bool, released: bool) -> None:
-    record = KickoutRecord(at=T0, cordoned=True, tainted=False, fenced=fenced, released=at(5) if released else None)
-    assert KickoutRecord.decode(record.encode()) == record
-    assert ('"fenced"' in record.encode()) is fenced
+@given(fenced=st.booleans(), released=st.booleans(), flapping=st.booleans())
+def test_records_round_trip_and_no_fencing_means_no_fenced(fenced: bool, released: bool, flapping: bool) -> None:
+    kickout = KickoutRecord(at=T0, cordoned=True, tainted=False, fenced=fenced, released=at(5) if released else None)
+    record = NodeRecord(kickout=kickout, notready=PeriodMark(at(-9), None), kickouts=(T0,), flapping=flapping)
+    assert NodeRecord.decode(record.encode()) == record
+    assert ('"fenced"' in kickout.mirror()) is fenced
 
 
-def test_records_exact_encoding_and_damage() -> None:
+def test_the_mirror_is_the_contract_shape_and_damage_is_never_ours() -> None:
     record = KickoutRecord(at=T0, cordoned=True, tainted=False)
-    assert record.encode() == '{"at":"2026-03-05T05:43:06Z","cordoned":true,"tainted":false}'
-    for bad in ("", "{", "[]", '{"at":"x","cordoned":true,"tainted":true}', '{"at":"2026-03-05T05:43:06Z"}'):
-        damaged = KickoutRecord.decode(bad)
-        assert damaged.damaged and damaged.cordoned and damaged.tainted
+    assert record.mirror() == '{"at":"2026-03-05T05:43:06Z","cordoned":true,"tainted":false}'
+    bad_kickouts = ("{", "[]", '{"at":"x","cordoned":true,"tainted":true}', '{"at":"2026-03-05T05:43:06Z"}')
+    for bad in ("", "{", "[]", "[" * 100_000, *(f'{{"kickout":{k}}}' for k in bad_kickouts)):
+        assert NodeRecord.decode(bad) is None  # not ours: nothing is undone on its strength

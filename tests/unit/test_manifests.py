@@ -55,6 +55,8 @@ CONTRACT_DEFAULTS: dict[str, str] = {
     "ASKLEPIOS_KICKIN_POD_WAIT_SECONDS": "300",
     "ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR": "6",
     "ASKLEPIOS_FORCE_DELETE": "true",
+    "ASKLEPIOS_FLAP_MAX_KICKOUTS": "3",
+    "ASKLEPIOS_FLAP_WINDOW_SECONDS": "3600",
 }
 # Left out of the ConfigMap on purpose, and said so in a comment there:
 # the namespace comes from POD_NAMESPACE, and no legacy config file is used.
@@ -94,14 +96,18 @@ ROLES: dict[tuple[str, str], set[Rule]] = {
         *(("coordination.k8s.io", "leases", v, ()) for v in ("get", "list")),
     },
     ("asklepios-fencing", NAMESPACE): {("", "secrets", "get", ("asklepios-bmc",))},
+    ("asklepios-records", NAMESPACE): {
+        ("", "configmaps", "create", ()),
+        *(("", "configmaps", v, ("asklepios-records",)) for v in ("get", "list", "watch", "patch")),
+    },
 }
 KINDS = Counter(
     {
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
-        "Role": 3,
-        "RoleBinding": 3,
+        "Role": 4,
+        "RoleBinding": 4,
         "ConfigMap": 1,
         "Deployment": 1,
         "PodDisruptionBudget": 1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -17,6 +18,7 @@ import anyio.lowlevel
 import attrs
 
 from asklepios.config import Settings
+from asklepios.core.records import KickoutRecord, NodeRecord, node_key
 from asklepios.core.selector import parse_selector
 from asklepios.engine.controller import build_healer
 from asklepios.engine.healer import Healer
@@ -29,6 +31,7 @@ from tests.unit.fakes import (
     FakeLeases,
     FakePods,
     FakeProbe,
+    FakeRecords,
     LoopClock,
 )
 
@@ -56,6 +59,7 @@ class World:
     probe: FakeProbe = attrs.Factory(FakeProbe)
     credentials: FakeCredentials = attrs.Factory(FakeCredentials)
     pods: FakePods = attrs.Factory(FakePods)
+    records: FakeRecords = attrs.Factory(FakeRecords)
     cluster: FakeCluster = attrs.field(init=False)
     leases: FakeLeases = attrs.field(init=False)
     bmc: FakeBmc = attrs.field(init=False)
@@ -65,6 +69,7 @@ class World:
         self.cluster = FakeCluster(self.clock, self.settings.node_selector, self.gate)
         self.leases = FakeLeases(self.clock)
         self.bmc = FakeBmc(self.clock)
+        self.cluster.on_taint = self.assert_dead
         self.healer = self.build()
 
     def build(self) -> Healer:
@@ -81,7 +86,9 @@ class World:
             pods=self.pods,
             deleter=self.pods,
             events=self.events,
+            records=self.records,
         )
+        healer.records.replace({"asklepios-records": self.records.snapshot()})  # its reflector's list
         self.cluster.healer = healer
         self.pods.changed = healer.schedule
         return healer
@@ -100,8 +107,57 @@ class World:
         self.leases.alive.add(name)
         self.cluster.set_ready(name, "True", skew)
 
+    def give_bmc(self, name: str, url: str) -> None:
+        """Put the node's BMC into the fencing inventory."""
+        self.cluster.edit(name, {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
+
+    def stop_kubelet(self, name: str) -> None:
+        """The kubelet stops (a bad upgrade, a full disk): Lease silent, Unknown, but the kernel refuses."""
+        self.leases.stop(name)
+        self.probe.refusing_addresses.update(self.cluster.view(name).addresses)
+        self.cluster.set_ready(name, "Unknown")
+
+    def assert_dead(self, name: str) -> None:
+        """Issue 19: every write that adds the taint happens only while the machine is dead.
+
+        Its kubelet silent for a lease duration (no renewal since, or no Lease at all),
+        nothing answering (accepted or refused), and with fencing its BMC reading Off.
+        """
+        now = self.clock.now()
+        assert name not in self.leases.alive, f"{name}: tainted while its kubelet renews its Lease"
+        silent = self.leases.silent_since.get(name)
+        assert silent is None or now - silent >= timedelta(seconds=40), (
+            f"{name}: tainted {now - silent} after a renewal"
+        )
+        view = self.cluster.view(name)
+        assert not any(self.probe.alive(a) for a in view.addresses), f"{name}: tainted while it answers"
+        if self.settings.fencing_on:
+            urls = [u for u, state in self.bmc.power.items() if state == "Off"]
+            assert urls, f"{name}: tainted with fencing on but no BMC reads Off"
+
     def has_taint(self, name: str) -> bool:
         return self.cluster.view(name).has_out_of_service_taint
+
+    def record(self, name: str) -> NodeRecord | None:
+        """Asklepios' own record of a node, as stored (not as any replica remembers it)."""
+        raw = self.records.data.get(node_key(name))
+        return None if raw is None else NodeRecord.decode(raw)
+
+    def kickout(self, name: str) -> KickoutRecord | None:
+        record = self.record(name)
+        return None if record is None else record.kickout
+
+
+async def act_due(healer: Healer) -> list[str]:
+    """Act on every node whose timer is due, one after the other (the dispatcher does it concurrently).
+
+    For deterministic tests (the hypothesis state machine); returns the nodes acted on.
+    """
+    due = healer.wheel.pop_due(healer.clock.now().timestamp())
+    for name in due:
+        await healer.act(name)
+        healer.after_act(name)
+    return due
 
 
 @asynccontextmanager

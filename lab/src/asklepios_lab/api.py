@@ -40,15 +40,21 @@ class ApiError(RuntimeError):
 
 
 class Api:
-    """Bearer-token client of one apiserver (``server`` like ``https://127.0.0.1:6443``)."""
+    """Client of one apiserver (``server`` like ``https://127.0.0.1:6443``): a bearer
+    ``token``, or ``client_cert`` (certificate and key files) with ``token=None``."""
 
-    def __init__(self, server: str, token: str, ca_file: Path) -> None:
+    def __init__(
+        self, server: str, token: str | None, ca_file: Path, *, client_cert: tuple[Path, Path] | None = None
+    ) -> None:
+        if (token is None) == (client_cert is None):
+            raise ValueError("exactly one of token, client_cert")
         url = urllib.parse.urlsplit(server)
         self.server = server
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 443
         self.token = token
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self._ssl_context: ssl.SSLContext | None = None  # lazily: the CA may not exist yet
         self._local = threading.local()
         self._all: list[http.client.HTTPSConnection] = []  # closed by close_all()
@@ -57,8 +63,14 @@ class Api:
     @property
     def _ssl(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context(cafile=str(self.ca_file))
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            if self.client_cert is not None:
+                context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+            self._ssl_context = context
         return self._ssl_context
+
+    def _auth(self) -> dict[str, str]:
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
 
     def _conn(self, timeout: float) -> http.client.HTTPSConnection:
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
@@ -101,7 +113,7 @@ class Api:
             path = f"{path}?{urllib.parse.urlencode(query)}"
         data = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
         headers = {
-            "Authorization": f"Bearer {self.token}",
+            **self._auth(),
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
@@ -173,7 +185,7 @@ class Api:
             conn.request(
                 "GET",
                 f"{path}?{urllib.parse.urlencode(query)}",
-                headers={"Authorization": f"Bearer {self.token}", "User-Agent": USER_AGENT},
+                headers={**self._auth(), "User-Agent": USER_AGENT},
             )
             resp = conn.getresponse()
             if resp.status != 200:

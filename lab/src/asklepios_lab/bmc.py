@@ -17,7 +17,7 @@ its power state to the node ("physics"):
   first read of the system. The lab polls systems with a pending transition every 0.5 s
   to make that read happen.
 * A notification with power_state Off crashes the node (kwok SIGKILLed, kubelet port
-  closed) before the handler answers; On restores it (kwok started, port reopened) without
+  silent: a connect times out) before the handler answers; On restores it (kwok started, port reopened) without
   waiting for Ready. The emulator serves one request at a time and cannot reach past
   127.0.0.0/8 (:mod:`asklepios_lab.sushy_main`), so no client can read PowerState Off
   before the node is dead, and no Redfish call makes it fetch anything from elsewhere.
@@ -197,6 +197,10 @@ class Bmc:
 
     def system_url(self, node: str) -> str:
         return f"{self.url}/redfish/v1/Systems/{self._system_of[node]}"
+
+    def system_uuid(self, node: str) -> str:
+        """The UUID of ``node``'s system (its Redfish ``UUID``, also the last part of its URL)."""
+        return self._system_of[node]
 
     def power_state(self, node: str) -> str:
         """PowerState of ``node``'s system, read through Redfish (applies a due transition)."""

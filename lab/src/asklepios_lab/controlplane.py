@@ -4,11 +4,11 @@ Asklepios exists because of what upstream controllers do (and do not do) when a 
 dies: node-lifecycle marks it Unknown, taint-eviction deletes its pods, and those pods
 stay Terminating until the node is tainted out-of-service and the pod garbage collector
 force-deletes them. Only the real kube-controller-manager reproduces that faithfully, so
-the lab runs the real components: etcd, kube-apiserver (RBAC, static tokens, Pod
-Security), kube-controller-manager, kube-scheduler, and kwok processes as fake kubelets
-(see :mod:`asklepios_lab.nodes`) with their InternalIPs in a 127.X.0.0/16 of their own
-and a listener on each one's kubelet port, and on demand a Redfish BMC for them
-(:meth:`ControlPlane.bmc`). Every process logs to ``<workdir>/logs/<name>.log``.
+the lab runs the real components: etcd, kube-apiserver (Node and RBAC authorization,
+NodeRestriction, static tokens, Pod Security), kube-controller-manager, kube-scheduler,
+and kwok processes as fake kubelets (see :mod:`asklepios_lab.nodes`) with their
+InternalIPs in a 127.X.0.0/16 of their own and a stand-in on each one's kubelet port,
+and on demand a Redfish BMC for them (:meth:`ControlPlane.bmc`). Every process logs to ``<workdir>/logs/<name>.log``.
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ class ControlPlane(FaultOps):
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",  # added to the release's defaults
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.pki.sa_pub}",
             f"--service-account-signing-key-file={self.pki.sa_key}",
@@ -239,11 +240,15 @@ class ControlPlane(FaultOps):
         kwok.write_config(self.kwok_config)
 
     def stop(self) -> None:
-        """Kill every process (BMC and kwoks first), close the kubelet ports, release the
-        loopback /16, remove an own temporary workdir."""
+        """Kill every process (BMC, skewed kubelets and kwoks first), close the kubelet ports,
+        release the loopback /16, remove an own temporary workdir."""
         if self._bmc is not None:
             self._bmc.close()
             self._bmc = None
+        for node in list(self._skewed):
+            self._stop_skew(node)
+        for node in list(self._node_apis):
+            self._close_node_api(node)
         stop_many([*self._kwoks.values(), *reversed(self.control_procs)])
         self._kwoks.clear()
         if self._listeners is not None:
@@ -260,8 +265,8 @@ class ControlPlane(FaultOps):
     def bmc(self) -> Bmc:
         """The Redfish BMC of this control plane's nodes, started on first use (see :mod:`.bmc`).
 
-        ``bmc().attach(node)`` gives ``node`` a system; powering it Off crashes the node,
-        On restores it (without waiting for Ready).
+        ``bmc().attach(node)`` gives ``node`` a system; powering it Off crashes the node
+        (kwok killed, port silent), On restores it (without waiting for Ready).
         """
         if self._bmc is None:
             bmc = Bmc(self.workdir / "bmc", self.pki, self.log_dir, power_off=self.crash, power_on=self._power_on)

@@ -184,7 +184,10 @@ def run(kickout: int, kickin: int, workdir: Path) -> None:
             )
             victim = "control2"
             cp.crash(victim)
-            timeline.say(f"power cut on {victim} (its kwok SIGKILLed, like `virsh destroy`: no heartbeat, no answer)")
+            timeline.say(
+                f"power cut on {victim} (its kwok SIGKILLed, like `virsh destroy`: no heartbeat, "
+                "its kubelet port answers nothing)"
+            )
             until(lambda: ready_status(cp, victim) != "True", 60, "NotReady", log)
             timeline.say(
                 f"{victim} is NotReady ({ready_status(cp, victim)}); its pods are stuck until it is declared dead"
@@ -234,12 +237,14 @@ def run_fencing(kickout: int, kickin: int, workdir: Path) -> None:
     with ControlPlane(workdir / "cluster", bin_dir=binaries.ensure()) as cp:
         start_cluster(cp, timeline)
         bmc = cp.bmc()
-        for name in NODES:
-            cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": bmc.attach(name)}}})
+        urls = {name: bmc.attach(name) for name in NODES}
+        for name, url in urls.items():  # the annotation for releases before the Secret inventory
+            cp.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"annotations": {"asklepios.io/bmc": url}}})
         secret = {"username": bmc.username, "password": bmc.password, "ca.crt": bmc.ca_cert.read_text()}
+        secret |= {f"{name}.url": url for name, url in urls.items()}  # the inventory: <node>.url
         cp.api.create("/api/v1/namespaces/kube-system/secrets",
                       {"metadata": {"name": "asklepios-bmc"}, "stringData": secret})  # fmt: skip
-        timeline.say(f"a Redfish BMC per node (sushy-emulator at {bmc.url}), nodes annotated asklepios.io/bmc")
+        timeline.say(f"a Redfish BMC per node (sushy-emulator at {bmc.url}), listed in Secret asklepios-bmc")
         timing = {"ASKLEPIOS_KICKOUT_SECONDS": str(kickout), "ASKLEPIOS_KICKIN_SECONDS": str(kickin)}
         asklepios = Asklepios(cp, workdir, timeline, timing)
         victim = "control2"

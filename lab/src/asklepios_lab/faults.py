@@ -1,54 +1,64 @@
-"""The faults Asklepios must tell apart: power cuts, partitions, recoveries, NotReady.
+"""The faults Asklepios must tell apart: power cuts, stopped kubelets, partitions, skewed clocks.
 
 A node's liveness has two independent witnesses, as on real hardware: its kwok (the
 kubelet towards the apiserver: Ready condition, Lease renewals) and its kubelet port
-(a TCP listener on InternalIP:10250, see :mod:`asklepios_lab.listeners`). So:
+(InternalIP:10250, see :mod:`asklepios_lab.listeners`). So:
 
-* :meth:`~FaultOps.crash` is a power cut: SIGKILL the node's kwok AND close its port.
-  The Lease stops; after ``node_monitor_grace_period`` node-lifecycle sets
-  Ready=Unknown (reason ``NodeStatusUnknown``, lastTransitionTime = when it noticed)
-  and taints the node ``node.kubernetes.io/unreachable``; its pods stay Terminating
-  once evicted; connects to the kubelet port are refused.
-* :meth:`~FaultOps.partition` cuts the node off the apiserver: SIGKILL the kwok, keep
-  the port. The apiserver sees what it sees after a crash, but the node still answers.
-* :meth:`~FaultOps.restore` starts a new kwok and reopens the port: the kwok takes the
-  Lease over once the old one has expired and posts Ready=True (lastTransitionTime =
-  now), like a rebooted kubelet. It works after a crash or a partition.
+* :meth:`~FaultOps.crash` is a power cut (a BMC power Off calls it too): SIGKILL the
+  node's kwok and make its port *silent*: a connect times out, as towards a machine that
+  is off. The Lease stops; after ``node_monitor_grace_period`` node-lifecycle sets
+  Ready=Unknown (reason ``NodeStatusUnknown``) and taints the node
+  ``node.kubernetes.io/unreachable``; its pods stay Terminating once evicted.
+* :meth:`~FaultOps.stop_kubelet`: the machine runs, its kubelet is stopped (a bad
+  upgrade, an expired certificate): SIGKILL the kwok, the port *refuses* (RST from a
+  running kernel). The apiserver sees what it sees after a power cut.
+* :meth:`~FaultOps.partition` cuts the node off the apiserver: SIGKILL the kwok, the port
+  still *accepts*.
+* :meth:`~FaultOps.skewed_kubelet`: the kubelet runs with a clock that is behind: kwok
+  stops, the lab renews the Lease as the node itself with an old ``renewTime``
+  (:mod:`asklepios_lab.leases`); the port accepts (or any ``port`` mode).
+* :meth:`~FaultOps.restore` starts a new kwok and opens the port (accepting): the kwok
+  takes the Lease over once the old one has expired and posts Ready=True
+  (lastTransitionTime = now), like a rebooted kubelet. It works after any fault above.
 * :meth:`~FaultOps.set_ready` writes the Ready condition directly and it *sticks*: the
   node gets the :data:`~asklepios_lab.kwok.READY_OVERRIDE` annotation, which kwok's
-  stages respect, and the still-renewed Lease keeps node-lifecycle from overwriting
-  it. lastHeartbeatTime = now; lastTransitionTime = now if the status changes, else kept.
-  The port stays open. :meth:`~FaultOps.clear_ready` (and ``restore``) hand the
-  condition back to kwok.
+  stages respect, and a still-renewed Lease keeps node-lifecycle from overwriting it.
+  :meth:`~FaultOps.clear_ready` (and ``restore``) hand the condition back to kwok.
 
-A bulk group's name works too: crash/partition/restore act on its one kwok and on its
-listeners, if it was created with ``listeners=True``. One node of a bulk group can be
-crashed and restored on its own (its kwok keeps running the others): ``crash`` takes it
-out of its kwok's label selector, deletes its Lease and closes its kubelet port;
-``restore`` puts it back (see :meth:`~FaultOps.crash`).
+:meth:`~FaultOps.port_state` tells what a connect gets now: ``accepted``, ``refused``
+or ``silent``. Only the kubelet port is modelled: other ports of a node address refuse.
+
+A bulk group's name works too (crash/stop_kubelet/partition/restore act on its one kwok
+and its ports, if it was created with ``listeners=True``). One node of a bulk group can
+be faulted and restored on its own, its kwok keeping the others alive: see
+:meth:`~FaultOps.crash`.
 """
 
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from . import kwok
 from .api import JSON, ApiError
+from .leases import LEASES, SkewedKubelet
+from .listeners import PortMode
 from .nodes import NodeOps, now_rfc3339, ready_condition
 
 _DEFAULT_REASON = {"True": "KubeletReady", "False": "KubeletNotReady", "Unknown": "NodeStatusUnknown"}
+PortState = Literal["accepted", "refused", "silent"]
 
 
 class FaultOps(NodeOps):
     """Faults of :class:`~asklepios_lab.ControlPlane` (a mixin over :class:`NodeOps`)."""
 
     def crash(self, name: str) -> None:
-        """A power cut of node (or bulk group) ``name``: SIGKILL its kwok, close its kubelet port.
+        """A power cut of node (or bulk group) ``name``: SIGKILL its kwok; its port answers nothing.
 
         One node of a bulk group shares its kwok with the others, so it is cut out of the
         group instead, in this order:
 
-        1. its kubelet port closes (if the group has listeners): connects are refused;
+        1. its kubelet port goes silent (if the group has listeners);
         2. its label :data:`~asklepios_lab.kwok.GROUP_LABEL` is replaced by
            :data:`~asklepios_lab.kwok.POWERED_OFF_LABEL` (value: the group), so it leaves
            its kwok's ``--manage-nodes-with-label-selector``: kwok forgets it, stops
@@ -57,43 +67,56 @@ class FaultOps(NodeOps):
         3. its Lease in kube-node-lease is deleted. This is a *fast-forward* of the power
            cut: a real one leaves the Lease in place, silent once ``leaseDurationSeconds``
            have passed since its last renewal (240 s for the benchmarks' bulk groups).
-           With no Lease the node's kubelet counts as silent at once (Asklepios treats a
-           missing Lease as silent); node-lifecycle still marks the node Unknown only
-           after its grace period, as after any power cut.
+           node-lifecycle still marks the node Unknown only after its grace period.
 
-        A kwok renewal already in flight when the label changes could recreate the Lease;
-        that needs a renewal of this very node within the few milliseconds between the
-        label patch reaching kwok and the deletion, so it is not guarded against.
+        ``stop_kubelet`` and ``partition`` of one member do the same with its port
+        refusing or accepting.
         """
+        self._kubelet_down(name, "silent")
+
+    def stop_kubelet(self, name: str) -> None:
+        """The kubelet of node (or group) ``name`` stops, the machine runs: kwok SIGKILLed, port refuses."""
+        self._kubelet_down(name, "refuse")
+
+    def partition(self, name: str) -> None:
+        """Cut node (or bulk group) ``name`` off the apiserver: SIGKILL its kwok, its port still accepts."""
+        self._kubelet_down(name, "accept")
+
+    def _kubelet_down(self, name: str, port: PortMode) -> None:
+        with self._lock:
+            self._stop_skew(name)
+            if name in self._group_of:
+                cut = name in self._cut
+                self._cut[name] = port
+                if self._group_of[name] in self._listen_on:
+                    self.listeners.set([(self._ips[name], self.kubelet_port)], port)
+                if cut:
+                    return
         if name in self._group_of:
-            self._power_off_member(name)
+            self._cut_member(name)
             return
         with self._lock:
             self._kwok_of(name).kill()
-            self.listeners.down(name)
+            self._set_ports(name, port)
 
-    def _power_off_member(self, name: str) -> None:
+    def _cut_member(self, name: str) -> None:
         group = self._group_of[name]
-        with self._lock:
-            self._cut.add(name)
-            if group in self._listen_on:
-                self.listeners.drop(group, (self._ips[name], self.kubelet_port))
         labels = {kwok.GROUP_LABEL: None, kwok.POWERED_OFF_LABEL: group}
         try:
             self.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": labels}})
         except ApiError:
             with self._lock:
-                self._cut.discard(name)
+                self._cut.pop(name, None)
             raise
-        self.api.delete(_lease_path(name))
+        self.api.delete(f"{LEASES}/{name}")
 
     def _power_on_member(self, name: str) -> None:
-        """Back into its group: port open, label back (kwok recreates the Lease, posts Ready)."""
+        """Back into its group: port as the group's, label back (kwok recreates the Lease, posts Ready)."""
         group = self._group_of[name]
         with self._lock:
-            if name in self._cut and group in self._listen_on and self.listeners.is_up(group):
-                self.listeners.add(group, (self._ips[name], self.kubelet_port))
-            self._cut.discard(name)
+            mode = self._cut.pop(name, None)
+            if group in self._listen_on:
+                self.listeners.set([(self._ips[name], self.kubelet_port)], self._modes.get(group, "accept"))
         meta = {
             "labels": {kwok.GROUP_LABEL: group, kwok.POWERED_OFF_LABEL: None},
             "annotations": {kwok.READY_OVERRIDE: None},
@@ -102,27 +125,48 @@ class FaultOps(NodeOps):
             self.api.patch(f"/api/v1/nodes/{name}", {"metadata": meta})
         except ApiError:
             with self._lock:
-                self._cut.add(name)
+                if mode is not None:
+                    self._cut[name] = mode
             raise
 
     def powered_off(self, name: str) -> bool:
-        """True while node ``name`` of a bulk group is powered off on its own (``crash(name)``)."""
+        """True while node ``name`` of a bulk group is out of its kwok on its own (a fault of it alone)."""
         return name in self._cut
 
-    def partition(self, name: str) -> None:
-        """Cut node (or bulk group) ``name`` off the apiserver: SIGKILL its kwok, keep its port."""
+    def skewed_kubelet(
+        self, name: str, behind_seconds: float = 60.0, every: float = 1.0, *, port: PortMode = "accept"
+    ) -> SkewedKubelet:
+        """Node ``name``'s kubelet runs with a clock ``behind_seconds`` behind, renewing every ``every`` s.
+
+        Its kwok stops and the lab renews its Lease as the node itself with renewTime =
+        now - ``behind_seconds`` (:class:`~asklepios_lab.leases.SkewedKubelet`, running when
+        this returns, after its first renewal); its port is in ``port`` mode (the kubelet
+        runs: "accept"). Ready stays as it was: with ``set_ready(name, "False")`` the node
+        is NotReady while its kubelet demonstrably renews (node-lifecycle sees renewTime
+        change, so it never turns it Unknown). Use the result as a context manager, or
+        ``restore(name)``, which stops it; so do ``remove_node`` and teardown.
+        """
+        self._kubelet_down(name, port)
+        renewer = SkewedKubelet(
+            self.as_node(name), name, behind_seconds=behind_seconds, every=every, lease_seconds=self.lease_seconds
+        )
+        renewer.renew_times.append(renewer.renew_once())  # raises here, not in the thread, if it cannot
         with self._lock:
-            self._kwok_of(name).kill()
+            self._skewed[name] = renewer.start()
+        return renewer
 
     def restore(self, name: str, *, wait_ready: bool = True, timeout: float = 60.0) -> None:
-        """Reopen the kubelet port and start the kwok of ``name`` again (clearing any set_ready override).
+        """Start the kwok of ``name`` again and make its port accept (clearing any set_ready override).
 
-        A node of a bulk group is put back into its group in one patch (its label back,
-        the set_ready override removed) after its port reopened: its kwok, still running,
-        selects it again, recreates its Lease and, if Ready is not True, posts Ready=True
-        through its node-initialize stage (lastTransitionTime = now), like a rebooted
-        kubelet. ``restore(group)`` leaves nodes powered off on their own powered off.
+        Stops a :meth:`skewed_kubelet` of it. A node of a bulk group is put back into its
+        group in one patch (its label back, the set_ready override removed) after its
+        port followed the group's: its kwok, still running, selects it again, recreates
+        its Lease and, if Ready is not True, posts Ready=True through its node-initialize
+        stage (lastTransitionTime = now), like a rebooted kubelet. ``restore(group)``
+        leaves nodes faulted on their own as they are.
         """
+        with self._lock:
+            self._stop_skew(name)
         if name in self._group_of:
             self._power_on_member(name)
             if wait_ready:
@@ -138,28 +182,39 @@ class FaultOps(NodeOps):
         else:
             self._clear_override(name)
         with self._lock:
-            if name in self._listen_on:
-                cut = {(self._ips[n], self.kubelet_port) for n in self._cut if self._group_of.get(n) == name}
-                self.listeners.up(name, [a for a in self._listen_on[name] if a not in cut])
+            self._set_ports(name, "accept")
             proc.start()
         if wait_ready and group:
             self._wait_group_ready(name, proc, timeout)
         elif wait_ready:
             self.wait_ready(name, "True", timeout)
 
-    def answers(self, name: str, timeout: float = 0.5) -> bool:
-        """True if a TCP connect to node ``name``'s InternalIP:kubelet_port is accepted."""
+    def port_mode(self, name: str) -> PortMode:
+        """The mode the lab keeps node ``name``'s kubelet port in (no connect): accept, refuse, silent."""
+        return self.listeners.mode((self.node_ip(name), self.kubelet_port))
+
+    def port_state(self, name: str, timeout: float = 1.0) -> PortState:
+        """What a TCP connect to node ``name``'s InternalIP:kubelet_port gets now.
+
+        ``accepted``; ``refused`` (RST); ``silent``: no answer within ``timeout`` seconds.
+        """
         try:
             with socket.create_connection((self.node_ip(name), self.kubelet_port), timeout=timeout):
-                return True
-        except OSError:
-            return False
+                return "accepted"
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "silent"
+
+    def answers(self, name: str, timeout: float = 0.5) -> bool:
+        """True if a TCP connect to node ``name``'s kubelet port is accepted (see :meth:`port_state`)."""
+        return self.port_state(name, timeout) == "accepted"
 
     def set_ready(self, name: str, status: str, reason: str | None = None, message: str | None = None) -> JSON:
         """Set the node's Ready condition to ``status`` ("True"/"False"/"Unknown"); sticks.
 
         lastHeartbeatTime is now; lastTransitionTime is now if the status changes, else
-        unchanged. Holds while the node's kwok runs (its Lease keeps node-lifecycle off);
+        unchanged. Holds while the node's Lease is renewed (kwok, or a skewed_kubelet);
         on a crashed node node-lifecycle still turns it Unknown after the grace period.
         """
         if status not in _DEFAULT_REASON:
@@ -192,7 +247,3 @@ class FaultOps(NodeOps):
     def _clear_override(self, name: str) -> None:
         self.api.patch(f"/api/v1/nodes/{name}",
                        {"metadata": {"annotations": {kwok.READY_OVERRIDE: None}}})  # fmt: skip
-
-
-def _lease_path(node: str) -> str:
-    return f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"

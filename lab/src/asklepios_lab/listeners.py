@@ -1,12 +1,22 @@
-"""Kubelet-port stand-ins: a TCP listener on each powered node's InternalIP:10250.
+"""Kubelet-port stand-ins: what a TCP connect to a node's InternalIP:10250 gets, per machine state.
 
-Asklepios only believes a node is dead when nothing answers a TCP connect to its kubelet
-port. kwok plays the kubelet towards the apiserver but listens on nothing, so the lab
-opens a socket per node that accepts each connection and closes it at once: the node
-"answers" while powered (up, or partitioned from the apiserver) and refuses connections
-after a power cut. All sockets, thousands of them in scale mode, are served by ONE
-thread with :mod:`selectors`. Sockets are bound and listening before :meth:`up` returns
-(the kernel completes handshakes from then on); the thread only drains the accept queue.
+Asklepios only believes a node is dead when nothing answers on its kubelet port, and a
+refusal is an answer: an RST comes from a running kernel (a stopped kubelet), while a
+machine that is off answers nothing. kwok plays the kubelet towards the apiserver but
+listens on nothing, so the lab gives each node address one of three modes:
+
+* ``accept``: a listening socket that accepts each connection and closes it at once (a
+  running node, partitioned from the apiserver or not). All accepting sockets, thousands
+  in scale mode, are drained by ONE thread with :mod:`selectors`.
+* ``refuse``: no socket; the kernel answers a SYN with an RST (a running machine whose
+  kubelet is stopped).
+* ``silent``: a listening socket with backlog 0 whose accept queue the lab fills with one
+  connection of its own and never accepts. Linux then drops every new SYN (no RST, no
+  ICMP; ``tcp_abort_on_overflow`` is 0 by default), so a connect times out, exactly as
+  towards a powered-off machine. No root, no packet filter, nothing leaves loopback.
+
+Sockets are bound and listening (and a silent queue full) before :meth:`Listeners.set`
+returns. Addresses are tracked one by one; the lab's nodes and bulk groups decide which.
 """
 
 from __future__ import annotations
@@ -17,14 +27,21 @@ import selectors
 import socket
 import threading
 from collections.abc import Iterable
+from typing import Literal, get_args
+
+PortMode = Literal["accept", "refuse", "silent"]
+PORT_MODES: tuple[PortMode, ...] = get_args(PortMode)
+Address = tuple[str, int]
+FILL_TIMEOUT = 5.0  # the lab's own connect that fills a silent port's queue (loopback: instant)
 
 
 class Listeners:
-    """Named sets of listening sockets (a node, or a bulk group), served by one thread."""
+    """The mode of each ``(ip, port)`` the lab serves, with one thread draining accepting sockets."""
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
-        self._sockets: dict[str, list[socket.socket]] = {}
+        self._accepting: dict[Address, socket.socket] = {}
+        self._silent: dict[Address, tuple[socket.socket, socket.socket]] = {}  # listener, the filler
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -32,82 +49,53 @@ class Listeners:
         self._thread = threading.Thread(target=self._serve, name="lab-kubelet-ports", daemon=True)
         self._thread.start()
 
-    def up(self, key: str, addresses: Iterable[tuple[str, int]]) -> None:
-        """Listen on every ``(ip, port)`` of ``key`` (no-op if ``key`` is up already)."""
-        addresses = list(addresses)
+    def set(self, addresses: Iterable[Address], mode: PortMode) -> None:
+        """Put every address in ``mode`` (a no-op for those already in it)."""
+        if mode not in PORT_MODES:
+            raise ValueError(f"port mode must be one of {PORT_MODES}, not {mode!r}")
         with self._lock:
-            if key in self._sockets:
-                return
-            _ensure_fd_room(len(addresses) + sum(map(len, self._sockets.values())))
-            socks: list[socket.socket] = []
-            try:
-                for addr in addresses:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    socks.append(sock)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(addr)
-                    sock.listen(64)
+            todo = [a for a in addresses if self._mode(a) != mode]
+            if mode != "refuse":
+                per = 1 if mode == "accept" else 2
+                _ensure_fd_room(per * len(todo) + len(self._accepting) + 2 * len(self._silent))
+            for address in todo:
+                self._close(address)
+                if mode == "accept":
+                    sock = _listen(address, 64)
                     sock.setblocking(False)
-            except OSError as exc:
-                for sock in socks:
-                    sock.close()
-                raise OSError(exc.errno, f"kubelet stand-in for {key} on {addr}: {exc.strerror}") from exc
-            for sock in socks:
-                self._selector.register(sock, selectors.EVENT_READ)
-            self._sockets[key] = socks
+                    self._selector.register(sock, selectors.EVENT_READ)
+                    self._accepting[address] = sock
+                elif mode == "silent":
+                    self._silent[address] = _silent_port(address)
 
-    def down(self, key: str) -> None:
-        """Close the sockets of ``key``: connects to them are refused from now on."""
+    def mode(self, address: Address) -> PortMode:
+        """What a connect to ``address`` gets now: accepted, refused, or nothing (silent)."""
         with self._lock:
-            for sock in self._sockets.pop(key, []):
-                self._selector.unregister(sock)
-                sock.close()
+            return self._mode(address)
 
-    def drop(self, key: str, address: tuple[str, int]) -> bool:
-        """Close the one socket of ``key`` bound to ``address`` (a node of a bulk group).
+    def _mode(self, address: Address) -> PortMode:
+        if address in self._accepting:
+            return "accept"
+        return "silent" if address in self._silent else "refuse"
 
-        Returns whether it was open; the other sockets of ``key`` keep listening.
-        """
-        with self._lock:
-            socks = self._sockets.get(key, [])
-            for sock in socks:
-                if sock.getsockname() == address:
-                    socks.remove(sock)
-                    self._selector.unregister(sock)
-                    sock.close()
-                    return True
-        return False
-
-    def add(self, key: str, address: tuple[str, int]) -> None:
-        """Listen on ``address`` too, as part of ``key`` (no-op if ``key`` is down or has it)."""
-        with self._lock:
-            socks = self._sockets.get(key)
-            if socks is None or any(s.getsockname() == address for s in socks):
-                return
-            _ensure_fd_room(1 + sum(map(len, self._sockets.values())))
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(address)
-                sock.listen(64)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
-                raise OSError(exc.errno, f"kubelet stand-in for {key} on {address}: {exc.strerror}") from exc
-            self._selector.register(sock, selectors.EVENT_READ)
-            socks.append(sock)
-
-    def is_up(self, key: str) -> bool:
-        with self._lock:
-            return key in self._sockets
+    def _close(self, address: Address) -> None:
+        sock = self._accepting.pop(address, None)
+        if sock is not None:
+            self._selector.unregister(sock)
+            sock.close()
+        pair = self._silent.pop(address, None)
+        if pair is not None:
+            for s in pair:
+                s.close()
 
     def close(self) -> None:
         """Stop the thread and close every socket."""
         if self._thread.is_alive():
             self._wake_w.send(b"x")
             self._thread.join(timeout=10)
-        for key in list(self._sockets):
-            self.down(key)
+        with self._lock:
+            for address in [*self._accepting, *self._silent]:
+                self._close(address)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -122,6 +110,33 @@ class Listeners:
                 _drain(sock)
 
 
+def _listen(address: Address, backlog: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"kubelet stand-in on {address}: {exc.strerror}") from exc
+    return sock
+
+
+def _silent_port(address: Address) -> tuple[socket.socket, socket.socket]:
+    """A listener with backlog 0 and its accept queue full: Linux drops new SYNs to it.
+
+    With backlog 0 the queue holds one connection (the kernel counts "full" as more
+    than the backlog), so the lab's own connect fills it; it is never accepted.
+    """
+    listener = _listen(address, 0)
+    try:
+        filler = socket.create_connection(address, timeout=FILL_TIMEOUT)
+    except OSError:
+        listener.close()
+        raise
+    return listener, filler
+
+
 def _drain(sock: socket.socket) -> None:
     """Accept and at once close every pending connection of a listening socket."""
     while True:
@@ -129,7 +144,7 @@ def _drain(sock: socket.socket) -> None:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:  # closed by down() between select() and here
+        except OSError:  # closed by set() between select() and here
             return
         conn.close()
 

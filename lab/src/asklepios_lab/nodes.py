@@ -4,9 +4,11 @@ Each node added with :meth:`NodeOps.add_node` gets its own kwok process
 (``--manage-single-node``), which plays that node's kubelet: it posts the Ready
 condition once, renews the node Lease, runs and terminates pods. Its InternalIP is the
 next address of the lab's own 127.X.0.0/16 (:mod:`asklepios_lab.loopback`; kwok's
-node-initialize template keeps an InternalIP the Node already has), and a listener on
-InternalIP:``kubelet_port`` answers TCP connects while the node is powered
-(:mod:`asklepios_lab.listeners`). The faults are in :mod:`asklepios_lab.faults`.
+node-initialize template keeps an InternalIP the Node already has), and
+InternalIP:``kubelet_port`` accepts TCP connects while the node runs, refuses them while
+its kubelet is stopped and answers nothing while it is powered off
+(:mod:`asklepios_lab.listeners`). The faults are in :mod:`asklepios_lab.faults`;
+:meth:`NodeOps.as_node` acts as a node's own identity (``system:node:<name>``).
 
 Scale mode: :meth:`~NodeOps.add_nodes_bulk` puts many nodes under ONE kwok process
 (``--manage-nodes-with-label-selector``), with kubelet-port listeners only on request;
@@ -23,14 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import kwok
+from . import identities, kwok
 from .api import JSON, Api
-from .listeners import Listeners
+from .listeners import Address, Listeners, PortMode
 from .loopback import LoopbackNet
 from .procs import Proc, wait_until
 
 if TYPE_CHECKING:
     from .bmc import Bmc
+    from .leases import SkewedKubelet
+    from .pki import Pki
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
@@ -58,13 +62,18 @@ class NodeOps:
     log_dir: Path
     lease_seconds: int
     kubelet_port: int
+    pki: Pki
+    server: str
 
     def __init__(self) -> None:
         self._kwoks: dict[str, Proc] = {}  # by node name (single) or group name (bulk)
         self._group_of: dict[str, str] = {}  # bulk node -> group
-        self._cut: set[str] = set()  # bulk nodes powered off on their own (out of their kwok's selector)
+        self._cut: dict[str, PortMode] = {}  # bulk nodes out of their kwok's selector -> their port's mode
         self._ips: dict[str, str] = {}  # node -> InternalIP
-        self._listen_on: dict[str, list[tuple[str, int]]] = {}  # node or group -> kubelet ports
+        self._listen_on: dict[str, list[Address]] = {}  # node or group -> kubelet ports
+        self._modes: dict[str, PortMode] = {}  # node or group with ports -> their mode (cut members aside)
+        self._skewed: dict[str, SkewedKubelet] = {}  # node -> the lab's Lease renewer in its name
+        self._node_apis: dict[str, Api] = {}
         self._bulk_counter = 0
         self._net: LoopbackNet | None = None  # claimed by start()
         self._listeners: Listeners | None = None
@@ -151,7 +160,7 @@ class NodeOps:
         self.api.create("/api/v1/nodes", body)
         self._ips[name] = ip
         self._listen_on[name] = [(ip, self.kubelet_port)]
-        self.listeners.up(name, self._listen_on[name])
+        self._set_ports(name, "accept")
         proc = self._kwok_proc(ip, node=name)
         self._kwoks[name] = proc
         proc.start()
@@ -195,7 +204,7 @@ class NodeOps:
         self._ips.update(ips)
         if listeners:
             self._listen_on[group] = [(ip, self.kubelet_port) for ip in ips.values()]
-            self.listeners.up(group, self._listen_on[group])
+            self._set_ports(group, "accept")
         proc = self._kwok_proc(ips[names[0]], group=group, lease_seconds=lease_seconds)
         self._kwoks[group] = proc
         proc.start()
@@ -225,33 +234,39 @@ class NodeOps:
             self.api.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", 0)
         self.api.delete(f"/api/v1/nodes/{name}")
         with self._lock:
+            self._stop_skew(name)
             proc = self._kwoks.pop(name, None)
             if proc is not None:
                 proc.stop(grace=3.0)
-            self.listeners.down(name)
-            self._listen_on.pop(name, None)
+            self.listeners.set(self._listen_on.pop(name, []), "refuse")
+            self._modes.pop(name, None)
             group = self._group_of.pop(name, None)
             if group is not None and name in self._ips and group in self._listen_on:
                 address = (self._ips[name], self.kubelet_port)
-                self.listeners.drop(group, address)
+                self.listeners.set([address], "refuse")
                 self._listen_on[group] = [a for a in self._listen_on[group] if a != address]
-            self._cut.discard(name)
+            self._cut.pop(name, None)
         self._ips.pop(name, None)
+        self._close_node_api(name)
 
     def remove_group(self, group: str) -> None:
         """Delete every node of a bulk group (those powered off on their own too) and stop its kwok."""
         for label in (kwok.GROUP_LABEL, kwok.POWERED_OFF_LABEL):
             self.api.call("DELETE", "/api/v1/nodes", query={"labelSelector": f"{label}={group}"})
+        members = [n for n, g in self._group_of.items() if g == group]
         with self._lock:
+            for n in members:
+                self._stop_skew(n)
             proc = self._kwoks.pop(group, None)
             if proc is not None:
                 proc.stop(grace=3.0)
-            self.listeners.down(group)
-            self._listen_on.pop(group, None)
-        for n in [n for n, g in self._group_of.items() if g == group]:
+            self.listeners.set(self._listen_on.pop(group, []), "refuse")
+            self._modes.pop(group, None)
+        for n in members:
             del self._group_of[n]
             self._ips.pop(n, None)
-            self._cut.discard(n)
+            self._cut.pop(n, None)
+            self._close_node_api(n)
 
     def _kwok_of(self, name: str) -> Proc:
         if name in self._kwoks:
@@ -259,6 +274,42 @@ class NodeOps:
         if name in self._group_of:
             raise ValueError(f"{name} is in bulk group {self._group_of[name]!r}: use the group (or crash/restore)")
         raise KeyError(f"no kwok for {name!r}")
+
+    def _set_ports(self, key: str, mode: PortMode) -> None:
+        """Put the kubelet ports of node or group ``key`` in ``mode`` (a group's cut members keep theirs)."""
+        with self._lock:
+            if key not in self._listen_on:
+                return
+            cut = {(self._ips[n], self.kubelet_port) for n in self._cut if self._group_of.get(n) == key}
+            self.listeners.set([a for a in self._listen_on[key] if a not in cut], mode)
+            self._modes[key] = mode
+
+    def _stop_skew(self, name: str) -> None:
+        renewer = self._skewed.pop(name, None)
+        if renewer is not None:
+            renewer.stop()
+
+    def as_node(self, name: str) -> Api:
+        """A REST client authenticated as node ``name``'s kubelet: user ``system:node:<name>``,
+        group ``system:nodes`` (a client certificate of the lab CA), so the apiserver's Node
+        authorizer and NodeRestriction admission judge it as they judge a real kubelet.
+        Works for any name, node or not."""
+        with self._lock:
+            api = self._node_apis.get(name)
+            if api is None:
+                cert, key = identities.node_client_cert(self.pki, name)
+                api = self._node_apis[name] = Api(self.server, None, self.pki.ca_cert, client_cert=(cert, key))
+            return api
+
+    def _close_node_api(self, name: str) -> None:
+        api = self._node_apis.pop(name, None)
+        if api is not None:
+            api.close_all()
+
+    def node_kubeconfig(self, name: str) -> Path:
+        """A kubeconfig authenticating as node ``name`` (see :meth:`as_node`), for kubectl."""
+        cert, key = identities.node_client_cert(self.pki, name)
+        return identities.write_cert_kubeconfig(self.server, self.pki, name, cert, key)
 
     def node_ip(self, name: str) -> str:
         """The InternalIP the lab gave node ``name`` (in its own 127.X.0.0/16)."""

@@ -75,6 +75,8 @@ class _Environment:
     kickin_pod_wait_seconds: int = _var("KICKIN_POD_WAIT_SECONDS", "300", parse.integer(0))
     balancer_max_moves_per_hour: int = _var("BALANCER_MAX_MOVES_PER_HOUR", "6", parse.integer(1, 3600))
     force_delete: bool = _var("FORCE_DELETE", "true", parse.boolean)
+    flap_max_kickouts: int = _var("FLAP_MAX_KICKOUTS", "3", parse.integer(1, 1000))
+    flap_window_seconds: int = _var("FLAP_WINDOW_SECONDS", "3600", parse.integer(60, 30 * 86400))
 
 
 @attrs.frozen
@@ -107,6 +109,8 @@ class Settings:
     kickin_pod_wait_seconds: int = 300
     balancer_max_moves_per_hour: int = 6
     force_delete: bool = True
+    flap_max_kickouts: int = 3
+    flap_window_seconds: int = 3600
 
     @property
     def fencing_on(self) -> bool:

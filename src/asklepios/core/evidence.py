@@ -1,23 +1,24 @@
-"""Is the node dead? The death verdict, from every signal Asklepios can gather.
+"""Is the machine off? The death verdict that every write adding the out-of-service taint needs.
 
 The out-of-service taint tells Kubernetes "this node is off": its pods are
-force-deleted and their volumes force-detached at once. On a node that still runs,
-that lets two pods write one volume. So the Ready condition alone is never enough:
-a running kubelet reports Ready=False itself, and a node cut off from the
-apiserver turns Unknown while it keeps writing to its disks. At the kickout
-deadline every signal must agree that the node is dead:
+force-deleted and their volumes force-detached at once. On a machine that still
+runs, that lets two pods write one volume. So the Ready condition alone is never
+enough, and every write that adds the taint (a kickout, a repair, any other path)
+asks `death_verdict` at that moment. Dead needs every signal to agree:
 
-* its kubelet is silent: the node Lease is not renewed (no Lease counts as silent);
-* nothing answers a TCP connection to its InternalIP addresses on the probe ports;
+* its kubelet is silent: no renewal of the node Lease seen for `leaseDurationSeconds`
+  of Asklepios' OWN time (the kubelet's clock may be behind: a renewTime that changes
+  between two looks is a renewal whatever it says, as node-lifecycle's probeTimestamp;
+  a renewTime within a lease duration of our clock is one too; no Lease is silent);
+* nothing answers on the probe ports: an accepted OR refused connection comes from a
+  running kernel; only a timeout or "host/network unreachable" is no answer;
 * with fencing on, its BMC has confirmed power Off.
 
-Any evidence of life holds the kickout (the deadline stays); it is looked at again
-at each resync, and goes ahead once the evidence is gone. A renewed Lease always
-holds: the kubelet talks to the apiserver, so the normal eviction works there.
-A node that answers but whose kubelet is silent is alive and cut off: without
-fencing that holds; with fencing it is exactly what fencing is for, so it is
-powered off, and the probe is asked again once the BMC says Off (a node that still
-answers then is not the machine its `asklepios.io/bmc` names).
+Any evidence of life holds the kickout (the deadline stays); it is looked at again,
+and goes ahead once the evidence is gone. A node that answers but whose kubelet is
+silent is alive and cut off: without fencing that holds; with fencing it is what
+fencing is for, so it is powered off, and the probe is asked again once the BMC
+says Off (a machine that still answers then is not the one the inventory names).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class HoldReason(enum.Enum):
 
     TOO_MANY_NOTREADY = "too many NotReady"
     DRY_RUN = "dry run"
+    PAUSED = "paused"
     KUBELET_ALIVE = "kubelet alive"
     NODE_ANSWERS = "node answers"
     FENCING_FAILED = "fencing failed"
     NO_BMC = "no BMC"
+    BMC_MISMATCH = "BMC mismatch"
 
 
 @attrs.frozen
@@ -48,12 +51,71 @@ class LeaseSeen:
 
 
 @attrs.frozen
-class Evidence:
-    """The signals gathered at a kickout deadline (or a resync while held)."""
+class LeaseLook:
+    """What Asklepios has seen of a node's Lease during one NotReady period, on its own clock.
 
-    lease: LeaseSeen | None  # None: the node has no Lease, a silent kubelet
-    lease_before: LeaseSeen | None = None  # an earlier look in this NotReady period
-    answering: tuple[str, ...] = ()  # "ip:port" endpoints that accepted a connection
+    `seen_at` is when the current `renewed` value was first seen (our clock); `changed`
+    says that an earlier look in this period saw another value, i.e. a renewal.
+    """
+
+    present: bool
+    renewed: datetime | None
+    duration: timedelta
+    seen_at: datetime
+    changed: bool = False
+
+
+DEFAULT_LEASE = timedelta(seconds=40)
+
+
+def observe_lease(before: LeaseLook | None, seen: LeaseSeen | None, now: datetime) -> LeaseLook:
+    """The look after reading the Lease at `now` (None: the node has no Lease)."""
+    if seen is None:
+        if before is not None and not before.present:
+            return before
+        return LeaseLook(False, None, before.duration if before else DEFAULT_LEASE, now)
+    if before is not None and before.present and before.renewed == seen.renewed:
+        return attrs.evolve(before, duration=seen.duration)
+    changed = before is not None and before.present
+    return LeaseLook(True, seen.renewed, seen.duration, now, changed=changed)
+
+
+@attrs.frozen
+class Answer:
+    """How one probe endpoint answered."""
+
+    endpoint: str  # "ip:port"
+    how: str  # "accepted", "refused", or "timeout" / "unreachable" (no answer)
+
+    @property
+    def alive(self) -> bool:
+        return self.how not in NO_ANSWER
+
+
+NO_ANSWER = ("timeout", "unreachable")
+
+
+@attrs.frozen
+class Evidence:
+    """The signals gathered for one taint decision."""
+
+    lease: LeaseLook
+    answers: tuple[Answer, ...] = ()
+
+    @property
+    def answering(self) -> tuple[str, ...]:
+        """ "ip:port how" of every endpoint that answered (accepted or refused)."""
+        return tuple(f"{a.endpoint} {a.how}" for a in self.answers if a.alive)
+
+    def summary(self) -> tuple[str, ...]:
+        """One line per signal, for the record and `asklepios status NODE`."""
+        lease = self.lease
+        if not lease.present:
+            first = f"node Lease: none (looked {lease.seen_at:%H:%M:%S})"
+        else:
+            renewed = f"{lease.renewed:%Y-%m-%dT%H:%M:%SZ}" if lease.renewed else "never"
+            first = f"node Lease: renewTime {renewed}, unchanged since {lease.seen_at:%H:%M:%SZ} (our clock)"
+        return (first, *(f"probe {a.endpoint}: {a.how}" for a in self.answers))
 
 
 @attrs.frozen
@@ -61,9 +123,10 @@ class FenceOutcome:
     """What the BMC said: power Off confirmed, or why not."""
 
     off: bool
-    reason: HoldReason | None = None  # FENCING_FAILED or NO_BMC when not off
+    reason: HoldReason | None = None  # FENCING_FAILED, NO_BMC or BMC_MISMATCH when not off
     error: str = ""
     seconds: float = 0.0  # ForceOff sent to Off confirmed (0 when it already was Off)
+    found_off: bool = False  # the BMC read Off before Asklepios sent anything: not ours to switch on
 
 
 @attrs.frozen
@@ -71,25 +134,29 @@ class DeathVerdict:
     dead: bool
     hold: HoldReason | None = None
     fence_next: bool = False  # the other signals agree: ask the BMC to power it off
-    fenced: bool = False  # dead because the BMC confirmed power Off
+    fenced: bool = False  # dead because the BMC confirmed power Off after our ForceOff
+    found_off: bool = False  # dead because the BMC already read Off
     detail: str = ""
+    look_at: datetime | None = None  # when the evidence may have changed: look again then
 
 
-def kubelet_alive(evidence: Evidence, now: datetime) -> str | None:
-    """Why the node's kubelet is alive, or None when it is silent.
-
-    Renewed within its duration (on the kubelet's clock), or renewed since an
-    earlier look (on nobody's clock: a clock that is behind cannot hide a renewal
-    that happened between two looks).
-    """
-    lease = evidence.lease
-    if lease is None or lease.renewed is None:
+def kubelet_alive(lease: LeaseLook, now: datetime) -> tuple[str, datetime] | None:
+    """(why the kubelet counts as alive, when that may end), or None when it is silent."""
+    if not lease.present:
         return None
-    if lease.renewed + lease.duration > now:
-        return f"node Lease renewed at {lease.renewed:%H:%M:%S} (duration {lease.duration.total_seconds():.0f}s)"
-    before = evidence.lease_before
-    if before is not None and before.renewed is not None and lease.renewed != before.renewed:
-        return f"node Lease renewed at {lease.renewed:%H:%M:%S} since the last look"
+    watched = now - lease.seen_at
+    if lease.changed and watched < lease.duration:
+        return f"node Lease renewed (seen {lease.seen_at:%H:%M:%S}, our clock)", lease.seen_at + lease.duration
+    renewed = lease.renewed
+    if renewed is not None and abs(now - renewed) < lease.duration:
+        when = f"{renewed:%H:%M:%S}"
+        return (
+            f"node Lease renewed at {when} (duration {lease.duration.total_seconds():.0f}s)",
+            renewed + lease.duration,
+        )
+    if watched < lease.duration:
+        why = f"node Lease watched for {watched.total_seconds():.0f}s of its {lease.duration.total_seconds():.0f}s"
+        return why, lease.seen_at + lease.duration
     return None
 
 
@@ -98,11 +165,11 @@ def death_verdict(
 ) -> DeathVerdict:
     """Dead only when every signal agrees; with fencing, only once the BMC said Off.
 
-    With `fence` given, `evidence.answering` is the probe asked after the power Off.
+    With `fence` given, `evidence.answers` is the probe asked after the power Off.
     """
-    alive = kubelet_alive(evidence, now)
+    alive = kubelet_alive(evidence.lease, now)
     if alive is not None:
-        return DeathVerdict(dead=False, hold=HoldReason.KUBELET_ALIVE, detail=alive)
+        return DeathVerdict(dead=False, hold=HoldReason.KUBELET_ALIVE, detail=alive[0], look_at=alive[1])
     answers = "answers on " + ", ".join(evidence.answering) if evidence.answering else ""
     if not fencing:
         if answers:
@@ -114,6 +181,17 @@ def death_verdict(
     if not fence.off:
         return DeathVerdict(dead=False, hold=fence.reason or HoldReason.FENCING_FAILED, detail=fence.error)
     if answers:
-        detail = f"still {answers} after its BMC reported power Off: does asklepios.io/bmc name this machine?"
+        detail = f"still {answers} after its BMC reported power Off: is the inventory row for this machine?"
         return DeathVerdict(dead=False, hold=HoldReason.NODE_ANSWERS, detail=detail)
-    return DeathVerdict(dead=True, fenced=True, detail="kubelet silent, BMC confirmed power Off, no answer")
+    how = "BMC already read power Off" if fence.found_off else "BMC confirmed power Off"
+    return DeathVerdict(
+        dead=True,
+        fenced=not fence.found_off,
+        found_off=fence.found_off,
+        detail=f"kubelet silent, {how}, no answer",
+    )
+
+
+def life_signs(evidence: Evidence, now: datetime) -> bool:
+    """Any evidence of life at all (for properties and the soak's invariant)."""
+    return kubelet_alive(evidence.lease, now) is not None or bool(evidence.answering)

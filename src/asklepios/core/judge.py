@@ -31,11 +31,11 @@ class State(enum.Enum):
 
 
 class Action(enum.Enum):
-    CHECK_DEATH = "kickout"  # gather the evidence; kick out (fencing first) if the node is dead
+    KICKOUT = "kickout"  # gather the evidence; kick out (fencing first) if the node is dead
     KICKIN = "kickin"
-    REPAIR = "repair"  # re-apply a cordon or taint of ours that someone removed
+    REPAIR = "repair"  # re-apply a cordon or taint of ours that someone removed (a taint: only if dead)
     RELEASE = "release"  # the last pre-kickout pod is gone: record it, PodsReleased
-    POWER_ON = "power on"  # a fenced node whose pods are gone boots again
+    POWER_ON = "power on"  # a node Asklepios powered off boots again (pods gone, or waited long enough)
 
 
 @attrs.frozen
@@ -72,17 +72,21 @@ def judge(
     guard: str | None = None,
     pods: NodePods | None = None,
     power_on: bool = True,
+    paused: str | None = None,
 ) -> Verdict:
     """Decide the node's state, the action due now (if any) and when to look again.
 
     `memory` must be `remember(view, ...)`'s result; `guard` is why new kickouts
-    are held right now (too many NotReady), if they are; `pods` summarises the pod
-    watch of a kicked-out node; `power_on` is ASKLEPIOS_FENCING_POWER_ON.
+    are held right now (too many NotReady), if they are; `paused` the operator's
+    pause (`asklepios pause`), if any; `pods` summarises the pod watch of a
+    kicked-out node; `power_on` is ASKLEPIOS_FENCING_POWER_ON.
     """
     if view.kickout is None:
-        return _not_kicked_out(view, memory, now, timing, guard)
+        return _not_kicked_out(view, memory, now, timing, guard, paused)
+    if view.record is not None and view.record.release is not None:
+        return _released(view, memory, now, power_on and paused is None)
     if not view.ready.is_ready:
-        return _down(view, memory, now, pods, power_on)
+        return _down(view, memory, now, timing, pods, power_on and paused is None)
     return _back(view, memory, now, timing, pods)
 
 
@@ -90,7 +94,9 @@ def _due(memory: NodeMemory, now: datetime) -> bool:
     return memory.look_at is None or now >= memory.look_at
 
 
-def _not_kicked_out(view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, guard: str | None) -> Verdict:
+def _not_kicked_out(
+    view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, guard: str | None, paused: str | None
+) -> Verdict:
     if view.ready.is_ready:
         return Verdict(State.READY, since=view.ready_since)
     excluded = view.excluded_by
@@ -100,13 +106,15 @@ def _not_kicked_out(view: NodeView, memory: NodeMemory, now: datetime, timing: T
     deadline = since + timing.kickout
     if now < deadline:
         return Verdict(State.COUNTING_DOWN, deadline=deadline, since=since, wake=deadline)
+    if paused is not None:
+        return Verdict(State.HELD, deadline=deadline, since=since, hold=HoldReason.PAUSED, detail=paused)
     if guard is not None:
         return Verdict(State.HELD, deadline=deadline, since=since, hold=HoldReason.TOO_MANY_NOTREADY, detail=guard)
     state = State.HELD if memory.hold is not None else State.COUNTING_DOWN
     due = _due(memory, now)  # not due: held by the evidence, or backing off after a failure
     return Verdict(
         state,
-        Action.CHECK_DEATH if due else None,
+        Action.KICKOUT if due else None,
         deadline=deadline,
         since=since,
         hold=memory.hold,
@@ -115,7 +123,9 @@ def _not_kicked_out(view: NodeView, memory: NodeMemory, now: datetime, timing: T
     )
 
 
-def _down(view: NodeView, memory: NodeMemory, now: datetime, pods: NodePods | None, power_on: bool) -> Verdict:
+def _down(
+    view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, pods: NodePods | None, power_on: bool
+) -> Verdict:
     record = view.kickout
     assert record is not None
     since = record.at
@@ -126,20 +136,57 @@ def _down(view: NodeView, memory: NodeMemory, now: datetime, pods: NodePods | No
         lost.append("out-of-service taint")
     if record.cordoned and not view.unschedulable:
         lost.append("cordon")
+    flapping = view.record is not None and view.record.flapping
     if lost and view.excluded_by is None:
         action, detail = Action.REPAIR, " and ".join(lost) + " removed"
     elif record.released is None and pods is not None and pods.synced and not pods.left:
         action = Action.RELEASE
-    elif record.fenced and record.released is not None and record.powered_on is None and power_on:
+    elif _power_on_due(view, now, timing, power_on and not flapping):
         action = Action.POWER_ON
+        if record.released is None:
+            left = pods.left if pods is not None and pods.synced else ("(pods on the node not listed yet)",)
+            return _kicked_out(memory, now, since, action, detail, left)
+    elif record.fenced and record.powered_on is None and record.released is None and power_on and not flapping:
+        wake = record.at + timing.pod_wait  # power on at the latest then, pods gone or not
+        return Verdict(State.KICKED_OUT, since=since, wake=wake)
+    return _kicked_out(memory, now, since, action, detail, ())
+
+
+def _released(view: NodeView, memory: NodeMemory, now: datetime, power_on: bool) -> Verdict:
+    """`asklepios release NODE`: end the kickout now, whatever the countdown, the pods or the flapping."""
+    record = view.kickout
+    assert record is not None
+    detail = "released by an operator (asklepios release)"
+    action = Action.KICKIN
+    if power_on and record.fenced and record.powered_on is None and view.excluded_by is None:
+        action = Action.POWER_ON  # undo the power-off first; the kickin follows
+    return _kicked_out(memory, now, record.at, action, detail, ())
+
+
+def _power_on_due(view: NodeView, now: datetime, timing: Timing, allowed: bool) -> bool:
+    """Only a machine Asklepios itself powered off, never an excluded node; pods gone or waited enough."""
+    record = view.kickout
+    assert record is not None
+    if not allowed or not record.fenced or record.powered_on is not None or view.excluded_by is not None:
+        return False
+    return record.released is not None or now >= record.at + timing.pod_wait
+
+
+def _kicked_out(
+    memory: NodeMemory, now: datetime, since: datetime, action: Action | None, detail: str, pods: tuple[str, ...]
+) -> Verdict:
     if action is not None and not _due(memory, now):
-        return Verdict(State.KICKED_OUT, since=since, detail=detail, wake=memory.look_at)
-    return Verdict(State.KICKED_OUT, action, since=since, detail=detail)
+        return Verdict(State.KICKED_OUT, since=since, detail=detail, pods=pods, wake=memory.look_at)
+    hold = memory.hold if action is Action.REPAIR else None
+    return Verdict(State.KICKED_OUT, action, since=since, detail=detail, pods=pods, hold=hold)
 
 
 def _back(view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, pods: NodePods | None) -> Verdict:
     record = view.kickout
     assert record is not None
+    if view.record is not None and view.record.flapping:
+        detail = "flapping: kicked out too often; stays kicked out until `asklepios release`"
+        return Verdict(State.KICKED_OUT, since=record.at, detail=detail)
     since = memory.ready.since if memory.ready is not None else now
     deadline = since + timing.kickin
     if now < deadline:

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import attrs
 
-from asklepios.core.records import KickoutRecord, PeriodMark
+from asklepios.core.records import KickoutRecord, NodeRecord, PeriodMark
 
 OUT_OF_SERVICE_TAINT_KEY = "node.kubernetes.io/out-of-service"
 OUT_OF_SERVICE_TAINT_VALUE = "nodeshutdown"
@@ -78,9 +78,26 @@ class NodeView:
     taints: tuple[Taint, ...] = ()
     addresses: tuple[str, ...] = ()  # InternalIP addresses, probed before a kickout
     bmc: str = ""  # the asklepios.io/bmc annotation: the node's Redfish System URL
-    kickout: KickoutRecord | None = None
-    notready_mark: PeriodMark | None = None
-    ready_mark: PeriodMark | None = None
+    mirror: str | None = None  # the asklepios.io/kickout annotation as found: for people, never trusted
+    record: NodeRecord | None = None  # Asklepios' own record, attached from its ConfigMap (never from the node)
+
+    @property
+    def kickout(self) -> KickoutRecord | None:
+        return self.record.kickout if self.record is not None else None
+
+    @property
+    def notready_mark(self) -> PeriodMark | None:
+        return self.record.notready if self.record is not None else None
+
+    @property
+    def ready_mark(self) -> PeriodMark | None:
+        return self.record.ready if self.record is not None else None
+
+    @property
+    def mirror_out_of_date(self) -> bool:
+        """The node's mirror annotation differs from what our record says (forged, stale, or missing)."""
+        wanted = self.kickout.mirror() if self.kickout is not None else None
+        return self.mirror != wanted
 
     @property
     def has_out_of_service_taint(self) -> bool:

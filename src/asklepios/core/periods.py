@@ -5,8 +5,8 @@ condition's `lastTransitionTime` comes from the kubelet's clock (False) or the
 controller-manager's (Unknown), and a node back from a power cut with its clock
 behind reports a transition in the past, which would shorten the countdown to
 nothing. So a period starts at the later of the condition's time and the moment
-this replica first saw it, unless the node's own mark annotation (written by
-whichever replica saw it first) still describes the same transition.
+this replica first saw it, unless Asklepios' own record of the period (kept in its
+ConfigMap by whichever replica saw it first) still describes the same transition.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 
 import attrs
 
-from asklepios.core.evidence import HoldReason, LeaseSeen
+from asklepios.core.evidence import HoldReason, LeaseLook
 from asklepios.core.node import NodeView
 from asklepios.core.records import PeriodMark
 
@@ -24,17 +24,18 @@ from asklepios.core.records import PeriodMark
 class NodeMemory:
     """What this replica remembers about one node between events.
 
-    Lost on restart by design: the marks live on in annotations, and the rest
-    (holds, backoff, the last Lease seen) is simply gathered again.
+    Lost on restart by design: the marks live on in Asklepios' records, and the rest
+    (holds, backoff, the Lease looks) is simply gathered again (a restart may
+    delay a kickout by up to one lease duration: silence is watched anew).
     """
 
-    notready: PeriodMark | None = None  # start of the NotReady period (not kicked out)
+    notready: PeriodMark | None = None  # start of the current NotReady period
     ready: PeriodMark | None = None  # start of a kicked-out node's Ready period
     hold: HoldReason | None = None  # why the due kickout is held, from the evidence
     detail: str = ""  # the evidence behind `hold`, for Events and status
     look_at: datetime | None = None  # when to gather the evidence (or retry a failed action) again
     failures: int = 0  # consecutive failed fencing / power / write attempts (backoff)
-    lease: LeaseSeen | None = None  # the node Lease at the last look in this NotReady period
+    lease: LeaseLook | None = None  # the node Lease as watched during this NotReady period
 
 
 def continue_period(
@@ -56,8 +57,10 @@ def continue_period(
 def remember(view: NodeView, memory: NodeMemory, now: datetime) -> NodeMemory:
     """Update the marks for the newest view of the node.
 
-    Ready ends a NotReady period (and everything learnt during it); NotReady ends
-    a kicked-out node's Ready period.
+    Ready ends a NotReady period (and everything learnt during it, the Lease looks
+    too); NotReady ends a kicked-out node's Ready period. A kicked-out node's NotReady
+    period is followed as well: a repair's taint and force delete need the verdict
+    within the current one.
     """
     record = view.kickout
     if view.ready.is_ready:
@@ -65,14 +68,12 @@ def remember(view: NodeView, memory: NodeMemory, now: datetime) -> NodeMemory:
             return NodeMemory() if memory != NodeMemory() else memory
         ready = continue_period(memory.ready, view.ready_mark, view.ready_since, now, floor=record.at)
         return attrs.evolve(memory, notready=None, ready=ready, hold=None, detail="", lease=None)
-    if record is not None:
-        return attrs.evolve(memory, notready=None, ready=None, hold=None, detail="", lease=None)
     notready = continue_period(memory.notready, view.notready_mark, view.ready_since, now)
     return attrs.evolve(memory, notready=notready, ready=None)
 
 
 def wanted_marks(view: NodeView, memory: NodeMemory) -> tuple[PeriodMark | None, PeriodMark | None]:
-    """The (notready-since, ready-since) annotations the node should carry."""
+    """The (NotReady, Ready) period marks the node's record should hold."""
     if view.excluded_by is not None and view.kickout is None:
         return None, None  # nothing is ever written to an excluded node
     return memory.notready, memory.ready

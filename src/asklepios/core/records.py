@@ -1,23 +1,31 @@
-"""What Asklepios keeps on a node in its own annotations, so a restart continues exactly.
+"""Asklepios' own records: what it changed on a node, when its periods began, what it saw.
 
-Everything the controller needs to resume lives in the cluster, not in process
-memory: what a kickout changed (`asklepios.io/kickout`, so kickin undoes exactly
-that), and when the current NotReady or Ready period was first seen
-(`asklepios.io/notready-since`, `asklepios.io/ready-since`, so a countdown keeps its
-deadline across restarts and leader changes). These are their values and codecs.
+Every kubelet may rewrite its own Node's annotations, so nothing Asklepios relies on
+to act or to undo may live there. Its records live in one ConfigMap in its own
+namespace (`asklepios-records`), which only Asklepios and admins can write; one data
+key per node (`node.<name>`) holds that node's `NodeRecord`, and the key `pause` an
+operator's pause. The node annotation `asklepios.io/kickout` is only a mirror for
+`kubectl describe node`: written with the kickout, never read back as truth.
+
+Decoding is total: anything that is not exactly ours (a damaged entry, an admin's
+typo, a value nested a million deep) decodes to None and is logged and ignored by
+the caller; it never makes Asklepios undo anything, act sooner, or stop.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
+import orjson
 
-KICKOUT_ANNOTATION = "asklepios.io/kickout"
-NOTREADY_ANNOTATION = "asklepios.io/notready-since"
-READY_ANNOTATION = "asklepios.io/ready-since"
-BMC_ANNOTATION = "asklepios.io/bmc"
+KICKOUT_ANNOTATION = "asklepios.io/kickout"  # the mirror on the node, for people
+BMC_ANNOTATION = "asklepios.io/bmc"  # no longer read: `check` warns where it is left
+RECORDS_CONFIGMAP = "asklepios-records"
+NODE_KEY_PREFIX = "node."
+PAUSE_KEY = "pause"
+MAX_RECORD_BYTES = 16_384  # far above any record of ours: a longer value is not ours
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -28,78 +36,110 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(raw: object) -> datetime | None:
-    """RFC 3339 timestamp as written by the apiserver, or None."""
-    if not isinstance(raw, str) or not raw:
+    """RFC 3339 timestamp as written by the apiserver, or None (never raises)."""
+    if not isinstance(raw, str) or not raw or len(raw) > 64:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _object(raw: str) -> dict[str, object] | None:
+def load_object(raw: object) -> dict[str, Any] | None:
+    """A JSON object from a stored string, or None for anything else (never raises)."""
+    if not isinstance(raw, str) or len(raw) > MAX_RECORD_BYTES:
+        return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
+def _times(raw: object) -> tuple[datetime, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(t for t in (parse_time(item) for item in raw[:100]) if t is not None)
+
+
+def _opt(data: dict[str, Any], key: str, moment: datetime | None) -> None:
+    if moment is not None:
+        data[key] = format_time(moment)
+
+
 @attrs.frozen
 class KickoutRecord:
-    """What Asklepios changed at kickout: the `asklepios.io/kickout` annotation.
+    """What one kickout changed, and what happened since.
 
     `cordoned`/`tainted` are False where the node already was cordoned or tainted
-    before: kickin then leaves that alone. `fenced`: its BMC powered it off first.
-    `since` (NotReady period start), `released` (the last pre-kickout pod gone) and
-    `powered_on` (a fenced node switched on again) let a restarted replica carry on
-    without repeating an Event, a metric or a power action.
-    A `damaged` record (not our JSON) is treated as "cordoned and tainted by us":
-    forgetting it would leave the node cordoned and tainted for good.
+    before: kickin then leaves that alone. `fenced`: Asklepios powered it off (a BMC
+    that already read Off is `found_off`, and is never switched on by Asklepios).
+    `since`: start of the NotReady period it ended. `verified`: the last time the death
+    verdict passed for this kickout's taint (at kickout, at a repair); force delete
+    needs one in the current NotReady period. `released`, `powered_on`: the last
+    pre-kickout pod gone, a fenced node switched on again. `evidence`: what the
+    verdict saw, for `asklepios status NODE` the next morning.
     """
 
     at: datetime
     cordoned: bool
     tainted: bool
     fenced: bool = False
+    found_off: bool = False
     since: datetime | None = None
+    verified: datetime | None = None
     released: datetime | None = None
     powered_on: datetime | None = None
-    damaged: bool = False
+    evidence: tuple[str, ...] = ()
 
-    def encode(self) -> str:
-        data: dict[str, object] = {"at": format_time(self.at), "cordoned": self.cordoned, "tainted": self.tainted}
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"at": format_time(self.at), "cordoned": self.cordoned, "tainted": self.tainted}
         if self.fenced:
             data["fenced"] = True
-        for key, moment in (("since", self.since), ("released", self.released), ("powered_on", self.powered_on)):
-            if moment is not None:
-                data[key] = format_time(moment)
-        return json.dumps(data, separators=(",", ":"))
+        if self.found_off:
+            data["found_off"] = True
+        for key, moment in (
+            ("since", self.since),
+            ("verified", self.verified),
+            ("released", self.released),
+            ("powered_on", self.powered_on),
+        ):
+            _opt(data, key, moment)
+        if self.evidence:
+            data["evidence"] = list(self.evidence)
+        return data
 
     @classmethod
-    def decode(cls, raw: str) -> KickoutRecord:
-        """Parse the annotation; a value that is not ours gives a `damaged` record."""
-        data = _object(raw)
-        at = parse_time(data.get("at")) if data else None
-        if data is None or at is None:
-            return cls.damaged_record()
-        cordoned, tainted, fenced = data.get("cordoned"), data.get("tainted"), data.get("fenced", False)
-        if not isinstance(cordoned, bool) or not isinstance(tainted, bool) or not isinstance(fenced, bool):
-            return cls.damaged_record()
+    def from_json(cls, data: object) -> KickoutRecord | None:
+        if not isinstance(data, dict):
+            return None
+        at = parse_time(data.get("at"))
+        flags = [data.get("cordoned"), data.get("tainted"), data.get("fenced", False), data.get("found_off", False)]
+        if at is None or not all(isinstance(f, bool) for f in flags):
+            return None
+        evidence = data.get("evidence", [])
+        if not isinstance(evidence, list) or not all(isinstance(e, str) for e in evidence):
+            return None
         return cls(
             at=at,
-            cordoned=cordoned,
-            tainted=tainted,
-            fenced=fenced,
+            cordoned=flags[0],
+            tainted=flags[1],
+            fenced=flags[2],
+            found_off=flags[3],
             since=parse_time(data.get("since")),
+            verified=parse_time(data.get("verified")),
             released=parse_time(data.get("released")),
             powered_on=parse_time(data.get("powered_on")),
+            evidence=tuple(e[:500] for e in evidence[:20]),
         )
 
-    @classmethod
-    def damaged_record(cls) -> KickoutRecord:
-        return cls(at=EPOCH, cordoned=True, tainted=True, damaged=True)
+    def mirror(self) -> str:
+        """The `asklepios.io/kickout` annotation: the contract's shape, for people."""
+        data: dict[str, Any] = {"at": format_time(self.at), "cordoned": self.cordoned, "tainted": self.tainted}
+        if self.fenced:
+            data["fenced"] = True
+        return orjson.dumps(data).decode()
 
 
 @attrs.frozen
@@ -115,14 +155,92 @@ class PeriodMark:
     since: datetime
     condition: datetime | None
 
-    def encode(self) -> str:
-        cond = None if self.condition is None else format_time(self.condition)
-        return json.dumps({"since": format_time(self.since), "condition": cond}, separators=(",", ":"))
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "since": format_time(self.since),
+            "condition": None if self.condition is None else format_time(self.condition),
+        }
 
     @classmethod
-    def decode(cls, raw: str) -> PeriodMark | None:
-        data = _object(raw)
+    def from_json(cls, data: object) -> PeriodMark | None:
+        if not isinstance(data, dict):
+            return None
+        since = parse_time(data.get("since"))
+        return None if since is None else cls(since=since, condition=parse_time(data.get("condition")))
+
+
+@attrs.frozen
+class NodeRecord:
+    """Everything Asklepios keeps about one node (the data key `node.<name>`)."""
+
+    kickout: KickoutRecord | None = None
+    notready: PeriodMark | None = None  # the current NotReady period (kicked out or not)
+    ready: PeriodMark | None = None  # a kicked-out node's current Ready period
+    kickouts: tuple[datetime, ...] = ()  # recent kickout times: flap damping
+    flapping: bool = False  # kicked out too often: stays out until `asklepios release`
+    release: datetime | None = None  # `asklepios release NODE` asked at this time: end the kickout now
+
+    @property
+    def empty(self) -> bool:
+        return self == NodeRecord()
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {}
+        if self.kickout is not None:
+            data["kickout"] = self.kickout.to_json()
+        if self.notready is not None:
+            data["notready"] = self.notready.to_json()
+        if self.ready is not None:
+            data["ready"] = self.ready.to_json()
+        if self.kickouts:
+            data["kickouts"] = [format_time(t) for t in self.kickouts]
+        if self.flapping:
+            data["flapping"] = True
+        _opt(data, "release", self.release)
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def decode(cls, raw: object) -> NodeRecord | None:
+        """Our record, or None when the value is not exactly ours (never raises)."""
+        data = load_object(raw)
+        if data is None:
+            return None
+        kickout = KickoutRecord.from_json(data["kickout"]) if "kickout" in data else None
+        if "kickout" in data and kickout is None:
+            return None  # a damaged kickout record is not ours: never undo anything from it
+        flapping = data.get("flapping", False)
+        if not isinstance(flapping, bool):
+            return None
+        return cls(
+            kickout=kickout,
+            notready=PeriodMark.from_json(data.get("notready")),
+            ready=PeriodMark.from_json(data.get("ready")),
+            kickouts=_times(data.get("kickouts")),
+            flapping=flapping,
+            release=parse_time(data.get("release")),
+        )
+
+
+@attrs.frozen
+class Pause:
+    """`asklepios pause`: no kickout, fencing, power action or eviction starts."""
+
+    since: datetime
+    reason: str = ""
+    by: str = ""
+
+    def encode(self) -> str:
+        return orjson.dumps({"since": format_time(self.since), "reason": self.reason, "by": self.by}).decode()
+
+    @classmethod
+    def decode(cls, raw: object) -> Pause | None:
+        data = load_object(raw)
         since = parse_time(data.get("since")) if data else None
         if data is None or since is None:
             return None
-        return cls(since=since, condition=parse_time(data.get("condition")))
+        reason, by = data.get("reason", ""), data.get("by", "")
+        return cls(since, reason[:500] if isinstance(reason, str) else "", by[:200] if isinstance(by, str) else "")
+
+
+def node_key(node: str) -> str:
+    return f"{NODE_KEY_PREFIX}{node}"

@@ -36,8 +36,10 @@ from asklepios.engine.ports import (
     PodWatchPort,
     ProbePort,
 )
+from asklepios.engine.records import RecordBook, RecordPort, RecordWriter
 from asklepios.engine.recovery import Recovery
 from asklepios.engine.retry import count_failure
+from asklepios.engine.verdict import DeathCheck
 from asklepios.engine.writes import NodeWriter
 from asklepios.fence.probe import TcpProbe
 from asklepios.kube.client import KubeClient
@@ -46,6 +48,7 @@ from asklepios.kube.lease import LeaseApi
 from asklepios.kube.nodeleases import NodeLeaseApi
 from asklepios.kube.nodes import NodeApi, parse_node
 from asklepios.kube.pods import Evictions, PodApi, parse_pod
+from asklepios.kube.records import RecordApi, RecordData, parse_records
 from asklepios.kube.reflector import Hooks, Reflector
 from asklepios.kube.secrets import SecretApi
 from asklepios.observe import metrics
@@ -55,11 +58,12 @@ log = logging.getLogger("asklepios")
 LEASE_NAME = "asklepios"
 
 
-def _hooks(health: Health | None, resource: str) -> Hooks:
+def _hooks(health: Health | None, resource: str, kind: str) -> Hooks:
     return Hooks(
         progress=(lambda: health.beat(resource)) if health else lambda: None,
         restarted=lambda cause: metrics.WATCH_RESTARTS.labels(resource=resource, cause=cause).inc(),
         synced=(lambda: health.synced(resource)) if health else lambda: None,
+        skipped=lambda: metrics.OBJECTS_SKIPPED.labels(kind=kind).inc(),
     )
 
 
@@ -76,15 +80,19 @@ def build_healer(
     pods: PodWatchPort,
     deleter: PodDeletePort,
     events: EventPort,
+    records: RecordPort,
 ) -> Healer:
     """The healer and its helpers, from its ports (the real ones here, fakes in unit tests)."""
-    notes, writer = Notes(), NodeWriter(nodes, gate)
+    notes, book = Notes(), RecordBook()
+    writer = NodeWriter(nodes, gate, attach=book.attach)
+    record_writer = RecordWriter(records, book, gate, writer.budget)
     fencer = None
     if settings.fencing_on and bmc is not None and credentials is not None:
         fencer = Fencer(bmc, credentials, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
-    kickout = Kickout(settings, clock, gate, leases, probe, fencer, writer, events, notes)
-    recovery = Recovery(settings, clock, gate, pods, deleter, fencer, writer, events, notes)
-    return Healer(settings, clock, gate, writer, kickout, recovery, pods, events, notes)
+    check = DeathCheck(settings, clock, gate, leases, probe, fencer, events, notes)
+    kickout = Kickout(settings, clock, gate, check, nodes, writer, record_writer, events)
+    recovery = Recovery(settings, clock, gate, pods, deleter, fencer, check, writer, record_writer, events, notes)
+    return Healer(settings, clock, gate, writer, kickout, recovery, check, book, record_writer, pods, events, notes)
 
 
 async def run_controller(settings: Settings, client: KubeClient, health: Health, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -105,7 +113,8 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
     else:
         metrics.IS_LEADER.set(1)
     events = EventRecorder(client, now=clock.now, failed=lambda exc: count_failure("event", exc))
-    pod_watches = NodePodWatches(client, settings.watch_timeout_seconds, _hooks(None, "node pods"))
+    pod_watches = NodePodWatches(client, settings.watch_timeout_seconds, _hooks(None, "node pods", "pod"))
+    record_api = RecordApi(client, settings.namespace)
     bmc: BmcPort | None = None
     credentials: CredentialsPort | None = None
     if settings.fencing_on:
@@ -126,8 +135,17 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         pods=pod_watches,
         deleter=PodApi(client),
         events=events,
+        records=record_api,
     )
     pod_watches.changed = healer.schedule
+    records: Reflector[RecordData] = Reflector(
+        client=client,
+        path=record_api.collection,
+        parse=parse_records,
+        field_selector=record_api.field_selector,
+        watch_timeout=settings.watch_timeout_seconds,
+        hooks=_hooks(health, "records", "record"),
+    )
 
     def node_reflector(kind: str, label_selector: str = "", field_selector: str = "") -> Reflector[NodeView]:
         return Reflector(
@@ -137,10 +155,10 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
             label_selector=label_selector,
             field_selector=field_selector,
             watch_timeout=settings.watch_timeout_seconds,
-            hooks=_hooks(health, f"nodes ({kind})" if kind != SELECTED else "nodes"),
+            hooks=_hooks(health, f"nodes ({kind})" if kind != SELECTED else "nodes", "node"),
         )
 
-    for name in ("nodes", f"nodes ({CORDONED})"):
+    for name in ("records", "nodes", f"nodes ({CORDONED})"):
         health.expect(name, silence=settings.watch_timeout_seconds + 60)
     log.info(
         "starting",
@@ -159,6 +177,8 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(health.tick)
+        tg.start_soon(records.run, healer.records)
+        await healer.records.synced.wait()  # no node is judged before Asklepios knows its own records
         tg.start_soon(node_reflector(SELECTED, label_selector=str(settings.node_selector)).run, healer.source(SELECTED))
         tg.start_soon(node_reflector(CORDONED, field_selector="spec.unschedulable=true").run, healer.source(CORDONED))
         tg.start_soon(pod_watches.run)
@@ -198,7 +218,7 @@ def _start_balancer(
             parse=parse_pod,
             label_selector=str(settings.balancer_selector),
             watch_timeout=settings.watch_timeout_seconds,
-            hooks=_hooks(health, "pods"),
+            hooks=_hooks(health, "pods", "pod"),
         )
         tg.start_soon(pods.run, balancer.shard())
     tg.start_soon(balancer.run)

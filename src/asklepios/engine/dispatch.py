@@ -1,10 +1,13 @@
 """Acting on many nodes at once, but never twice at once on the same node.
 
-The timer wheel fires node names; each is acted on in a task of its own, at most
-`slots` at a time (thousands of nodes due together must not open thousands of
-requests), and never concurrently with itself: a node that fires again while it is
-being acted on is acted on once more right after. When a node is done, `after` is
-called to set its next look.
+The timer wheel fires node names; each is acted on in a task of its own, never
+concurrently with itself: a node that fires again while it is being acted on is
+acted on once more right after. When a node is done, `after` is called to set its
+next look. There is deliberately no shared slot limit: a node waiting for a slow
+BMC (up to ASKLEPIOS_FENCING_TIMEOUT_SECONDS) must never delay another node's
+kickout or kickin. What bounds the load instead: at most one task per followed
+node, the apiserver client's connection pool (requests wait for a connection), and
+the BMC adapter's own thread limit.
 """
 
 from __future__ import annotations
@@ -22,15 +25,12 @@ from asklepios.engine.wheel import TimerWheel
 class Dispatcher:
     act: Callable[[str], Awaitable[None]]
     after: Callable[[str], None]
-    slots: int = 16
     _inflight: set[str] = attrs.Factory(set)
     _again: set[str] = attrs.Factory(set)
     _tg: TaskGroup | None = None
-    _limiter: anyio.CapacityLimiter | None = None
 
     async def run(self, wheel: TimerWheel) -> None:
         """Act on what the wheel fires, until cancelled."""
-        self._limiter = anyio.CapacityLimiter(self.slots)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await wheel.run(self.fire)
@@ -47,9 +47,7 @@ class Dispatcher:
         try:
             while True:
                 self._again.discard(name)
-                assert self._limiter is not None
-                async with self._limiter:
-                    await self.act(name)
+                await self.act(name)
                 if name not in self._again:
                     return
         finally:

@@ -46,9 +46,9 @@ class Fencer:
             )
         try:
             target = await self.target(view)
-            if await self.bmc.power_state(target) == OFF:
+            if await self.bmc.power_state(target) == OFF:  # not ours: never switched on by Asklepios
                 metrics.FENCING.labels(action="off", result="ok").inc()
-                return FenceOutcome(off=True)
+                return FenceOutcome(off=True, found_off=True)
             started = self.clock.monotonic()
             await self.bmc.reset(target, "ForceOff")
             log.warning("ForceOff sent", extra={"node": view.name, "bmc": target.system_url})

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from asklepios.config import Settings
@@ -26,22 +27,27 @@ from asklepios.core.judge import Action, Verdict, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
 from asklepios.core.pod import NodePods
+from asklepios.core.records import NodeRecord
 from asklepios.engine.clock import Clock
 from asklepios.engine.dispatch import Dispatcher
 from asklepios.engine.gate import WriteGate
-from asklepios.engine.kickout import Kickout, backoff, node_ref
-from asklepios.engine.nodebook import SELECTED, NodeBook
+from asklepios.engine.kickout import Kickout
+from asklepios.engine.nodebook import CORDONED, SELECTED, NodeBook
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, PodWatchPort
+from asklepios.engine.records import RecordBook, RecordWriter
 from asklepios.engine.recovery import Recovery
+from asklepios.engine.retry import backoff_delay
+from asklepios.engine.verdict import DeathCheck
 from asklepios.engine.wheel import TimerWheel
 from asklepios.engine.writes import NodeWriter
 from asklepios.kube.client import ApiError, NotFound
-from asklepios.kube.nodes import marks_patch
+from asklepios.kube.events import node_ref
+from asklepios.kube.nodes import mirror_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
-WRITE_SLOTS = 16
+YIELD_EVERY = 200  # nodes judged in one go before the resync lets the Lease renewal and HTTP run
 
 
 @attrs.define(eq=False)
@@ -69,6 +75,9 @@ class Healer:
     writer: NodeWriter
     kickout: Kickout
     recovery: Recovery
+    check: DeathCheck
+    records: RecordBook
+    record_writer: RecordWriter
     pods: PodWatchPort
     events: EventPort
     notes: Notes
@@ -76,10 +85,15 @@ class Healer:
     book: NodeBook = attrs.Factory(NodeBook)
     memory: dict[str, NodeMemory] = attrs.Factory(dict)
     wheel: TimerWheel = attrs.field(default=None)
+    judgements: int = 0  # how many times a node was judged (work, for the storm's unit test)
+    _guard_held: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.wheel is None:
             self.wheel = TimerWheel(lambda: self.clock.now().timestamp())
+        self.records.on_node = self.record_changed
+        self.records.on_pause = self.resync
+        self.kickout.guard_count = self.guard_count
 
     def source(self, kind: str) -> NodeSource:
         return NodeSource(self, kind)
@@ -99,6 +113,8 @@ class Healer:
                 self.memory.pop(name, None)
             self._cache(view)
         for name in gone:
+            if kind == CORDONED:
+                self.book.parked.pop(name, None)
             self._refollow(name)
         self.book.publish()
 
@@ -108,7 +124,15 @@ class Healer:
 
     def delete(self, kind: str, key: str) -> None:
         self.book.members[kind].discard(key)
+        if kind == CORDONED:
+            self.book.parked.pop(key, None)
         self._refollow(key)
+
+    def record_changed(self, name: str) -> None:
+        """Our own record of a node changed (our write, another replica's, an admin's)."""
+        view = self.book.latest(name)
+        if view is not None:
+            self._cache(view)
 
     def _refollow(self, name: str) -> None:
         if not self.book.still_followed(name):
@@ -116,6 +140,7 @@ class Healer:
 
     def _cache(self, view: NodeView) -> NodeView:
         name = view.name
+        view = self.records.attach(view)
         change = self.book.put(view)
         if change is None:  # not (or no longer) followed
             if name in self.book.views:
@@ -128,9 +153,9 @@ class Healer:
         else:
             self.pods.unfollow(name)
             self.recovery.forget(name)
-        if change.guard_moved:
+        if change.guard_moved and self._guard_flipped():
             for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
-                self.schedule(other)  # the guard's count moved: held nodes may go now
+                self.schedule(other)  # the guard's decision flipped: held nodes may go now, or must wait
         self.schedule(name)
         if change.old is not None and view.takes_new_pods and not change.old.takes_new_pods:
             self.on_schedulable(name)  # kicked in (and the cordon's taint gone), uncordoned, Ready again
@@ -148,9 +173,26 @@ class Healer:
         """Why new kickouts are held now (only nodes that can be kicked out are counted)."""
         return self.book.guard(self.settings.max_unhealthy)
 
+    def _guard_flipped(self) -> bool:
+        held = self.guard() is not None
+        flipped, self._guard_held = held != self._guard_held, held
+        return flipped
+
+    def guard_count(self) -> str:
+        watched, down = self.book.counts()
+        return f"{down} of {watched} watched nodes NotReady (ASKLEPIOS_MAX_UNHEALTHY={self.settings.max_unhealthy})"
+
+    def paused(self) -> str | None:
+        pause = self.records.pause
+        if pause is None:
+            return None
+        by = f" by {pause.by}" if pause.by else ""
+        return f"paused{by} since {pause.since:%Y-%m-%dT%H:%M:%SZ}: {pause.reason or 'no reason given'}"
+
     # --- deciding ---------------------------------------------------------------------
     def judge(self, name: str, view: NodeView | None = None) -> tuple[NodeView, NodeMemory, Verdict]:
         view = view or self.views[name]
+        self.judgements += 1
         memory = remember(view, self.memory.get(name, NodeMemory()), self.clock.now())
         self.memory[name] = memory
         pods = None
@@ -164,6 +206,7 @@ class Healer:
             guard=self.guard(),
             pods=pods,
             power_on=self.settings.fencing_power_on and self.settings.fencing_on,
+            paused=self.paused(),
         )
         return view, memory, verdict
 
@@ -176,11 +219,24 @@ class Healer:
             return False
         if self.notes.hold_pending(view.name, verdict):
             return True
+        if self._first_look_due(view, memory, verdict):
+            return True
         if self.settings.dry_run:
             return False
-        if marks_out_of_date(view, memory) or (view.kickout is not None and view.kickout.damaged):
+        if marks_out_of_date(view, memory) or view.mirror_out_of_date:
             return True
-        return self.settings.force_delete and self.recovery.pending_deletes(view)
+        return self.settings.force_delete and self.recovery.pending_deletes(view, memory)
+
+    def _first_look_due(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> bool:
+        """A NotReady period started: watch the node's Lease from now on, on our clock.
+
+        Not while the guard or a pause holds every kickout anyway (a storm of NotReady
+        nodes must not cost a Lease read each); the first look then happens when the
+        hold lifts, and silence is watched for a lease duration from there.
+        """
+        if memory.notready is None or memory.lease is not None or view.excluded_by is not None:
+            return False
+        return verdict.hold not in (HoldReason.TOO_MANY_NOTREADY, HoldReason.PAUSED)
 
     def schedule(self, name: str) -> None:
         """Judge `name` and set its timer: now when something is due, else at its next deadline."""
@@ -200,6 +256,13 @@ class Healer:
         for name in list(self.views):
             self.schedule(name)
 
+    async def resync_yielding(self) -> None:
+        """`resync`, letting the event loop run every YIELD_EVERY nodes (thousands of nodes)."""
+        for i, name in enumerate(list(self.views)):
+            self.schedule(name)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await anyio.lowlevel.checkpoint()
+
     def leadership_gained(self) -> None:
         self.notes.leadership_gained()
         self.resync()
@@ -207,15 +270,15 @@ class Healer:
     # --- running ----------------------------------------------------------------------
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(Dispatcher(self.act, self._after_act, WRITE_SLOTS).run, self.wheel)
+            tg.start_soon(Dispatcher(self.act, self.after_act).run, self.wheel)
             tg.start_soon(self._resync_loop)
 
     async def _resync_loop(self) -> None:
         while True:
             await anyio.sleep(self.settings.resync_seconds)
-            self.resync()
+            await self.resync_yielding()
 
-    def _after_act(self, name: str) -> None:
+    def after_act(self, name: str) -> None:
         """Wait for the next deadline; what is still due now waits for the next event or
         resync, so a failing write or a follower never spins."""
         if name not in self.views or name in self.wheel:
@@ -223,17 +286,6 @@ class Healer:
         _, _, verdict = self.judge(name)
         if verdict.wake is not None and verdict.wake > self.clock.now():
             self.wheel.schedule(name, verdict.wake.timestamp())
-
-    async def act_due(self) -> list[str]:
-        """Act on every node whose timer is due, one after the other (`run` does it concurrently).
-
-        For deterministic tests (the hypothesis state machine); returns the nodes acted on.
-        """
-        due = self.wheel.pop_due(self.clock.now().timestamp())
-        for name in due:
-            await self.act(name)
-            self._after_act(name)
-        return due
 
     async def act(self, name: str) -> None:
         """Judge `name` afresh and carry out whatever is due now (the leader only)."""
@@ -244,9 +296,11 @@ class Healer:
         if not self.gate.may_write():
             return
         try:
+            if self._first_look_due(view, memory, verdict):
+                self.memory[name] = memory = await self.check.look(view, memory)
             if not self.settings.dry_run:
                 view = await self._write_marks(view, memory)
-                await self.recovery.report_damaged(view)
+                view = await self._write_mirror(view)
             if verdict.action is not None:
                 view = await self._carry_out(view, memory, verdict)
         except NotFound:
@@ -259,48 +313,62 @@ class Healer:
         if verdict.hold is not None and self.notes.hold_to_announce(name, verdict):
             await self._announce_hold(view, verdict)
         if self.settings.force_delete and not self.settings.dry_run:
-            await self.recovery.release_pods(view)
+            await self.recovery.release_pods(view, memory)
 
     async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
         if not marks_out_of_date(view, memory):
             return view
-
-        def build(node: NodeView) -> dict[str, object] | None:
-            mem = remember(node, self.memory.get(node.name, memory), self.clock.now())
-            return marks_patch(node, *wanted_marks(node, mem)) if marks_out_of_date(node, mem) else None
-
+        notready, ready = wanted_marks(view, memory)
+        record = attrs.evolve(view.record or NodeRecord(), notready=notready, ready=ready)
         try:
-            written = await self.writer.write("mark", view, build)
+            await self.record_writer.put_node(view.name, record)
         except ApiError as exc:  # the marks make restarts exact; the next event or resync retries
             log.warning("could not record the period start", extra={"node": view.name, "error": str(exc)})
+            return view
+        return self.views.get(view.name, view)
+
+    async def _write_mirror(self, view: NodeView) -> NodeView:
+        """The `asklepios.io/kickout` annotation says what our record says (a forged one is rewritten)."""
+        if not view.mirror_out_of_date:
+            return view
+
+        def build(node: NodeView) -> dict[str, object] | None:
+            return mirror_patch(node, node.kickout) if node.mirror_out_of_date else None
+
+        try:
+            written = await self.writer.write("mirror", view, build)
+        except ApiError as exc:
+            log.warning("could not rewrite the kickout annotation", extra={"node": view.name, "error": str(exc)})
             return view
         return self._cache(written) if written is not None else view
 
     async def _carry_out(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> NodeView:
         action, written = verdict.action, None
-        if action is Action.CHECK_DEATH:
+        if action is Action.KICKOUT:
             written, memory = await self.kickout.attempt(view, verdict, memory, self._rejudge)
             self.memory[view.name] = memory
         elif self.settings.dry_run:
             log.debug("dry run: not acting", extra={"node": view.name, "action": action.value if action else None})
         elif action is Action.REPAIR:
-            written = await self.recovery.repair(view, verdict, self._rejudge)
+            paused = self.paused() is not None
+            written, memory = await self.recovery.repair(view, memory, verdict, self._rejudge, paused=paused)
+            self.memory[view.name] = memory
         elif action is Action.RELEASE:
-            written = await self.recovery.release(view, self._rejudge)
+            written = await self.recovery.release(view)
         elif action is Action.POWER_ON:
-            written = await self.recovery.power_on(view, self._rejudge)
+            written = await self.recovery.power_on(view, verdict)
         elif action is Action.KICKIN:
             written = await self.recovery.kick_in(view, verdict, self._rejudge)
         if written is None:
-            return view
-        if action is not Action.CHECK_DEATH:
+            return self.views.get(view.name, view)
+        if action not in (Action.KICKOUT, Action.REPAIR):
             self.memory[view.name] = attrs.evolve(self.memory.get(view.name, memory), failures=0, look_at=None)
         return self._cache(written)
 
     def _failed(self, name: str, verdict: Verdict, exc: Exception) -> None:
         memory = self.memory.get(name, NodeMemory())
         failures = memory.failures + 1
-        delay = backoff(failures, base=1.0, cap=float(self.settings.resync_seconds) * 6)
+        delay = backoff_delay(failures, base=1.0, cap=float(self.settings.resync_seconds) * 6)
         look_at: datetime = self.clock.now() + timedelta(seconds=delay)
         self.memory[name] = attrs.evolve(memory, failures=failures, look_at=look_at)
         action = verdict.action.value if verdict.action else None

@@ -1,55 +1,51 @@
-"""The kickout at its deadline: gather the evidence, fence if asked, then cordon and taint.
+"""The kickout at its deadline: the death verdict (fencing first, if on), then cordon and taint.
 
 This is where a wrong decision costs data, so the order is fixed:
 
-1. the node Lease and the TCP probe: any sign of life holds the kickout
-   (`kubelet alive`, `node answers`), looked at again at the next resync;
-2. with fencing on, the BMC must confirm power Off (`fencing failed`, `no BMC`
-   otherwise, retried with backoff capped at 60 s);
-3. only then the one patch that cordons, taints and records what it changed.
+1. `DeathCheck.confirm`: the node Lease watched on our clock, the probe, and with
+   fencing the BMC's power Off: any sign of life holds the kickout (`kubelet alive`,
+   `node answers`, `fencing failed`, `no BMC`, `BMC mismatch`), looked at again later;
+2. Asklepios' own record of what it is about to change (what it cordons and taints,
+   what it saw) is stored in its ConfigMap, so a crash right after the next step
+   still leaves a record that the kickin undoes exactly;
+3. the one node patch that cordons, taints and writes the mirror annotation.
 
-Leadership is checked before fencing and again before the patch; in dry run
-everything up to the patch is decided, announced and not done.
+If the patch is no longer due (the node came back) the record is rolled back. A
+node kicked out more than ASKLEPIOS_FLAP_MAX_KICKOUTS times within
+ASKLEPIOS_FLAP_WINDOW_SECONDS is marked flapping: it stays kicked out (no kickin, no
+power on) until `asklepios release`. In dry run everything up to step 2 is decided,
+announced and not done.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason, death_verdict
+from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason
 from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
-from asklepios.core.records import KickoutRecord
+from asklepios.core.records import KickoutRecord, NodeRecord
 from asklepios.engine.clock import Clock
-from asklepios.engine.fencing import Fencer
 from asklepios.engine.gate import WriteGate
-from asklepios.engine.notes import Notes
-from asklepios.engine.ports import EventPort, NodeLeasePort, ProbePort
+from asklepios.engine.ports import EventPort, NodePort
+from asklepios.engine.records import RecordWriter
+from asklepios.engine.retry import backoff_delay
+from asklepios.engine.verdict import DeathCheck, look_again
 from asklepios.engine.writes import NodeWriter
-from asklepios.kube.client import ApiError, NotFound
-from asklepios.kube.events import ObjectRef
+from asklepios.kube.client import NotFound
+from asklepios.kube.events import node_ref
 from asklepios.kube.nodes import kickout_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
 FENCING_BACKOFF_CAP = 60.0
-
-
-def node_ref(view: NodeView) -> ObjectRef:
-    return ObjectRef(kind="Node", name=view.name, uid=view.uid)
-
-
-def backoff(failures: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter over the upper half."""
-    ceiling = min(cap, base * 2 ** max(0, failures - 1))
-    return random.uniform(ceiling / 2, ceiling)
+_FENCING_HOLDS = (HoldReason.FENCING_FAILED, HoldReason.NO_BMC, HoldReason.BMC_MISMATCH)
 
 
 @attrs.define(eq=False)
@@ -57,12 +53,12 @@ class Kickout:
     settings: Settings
     clock: Clock
     gate: WriteGate
-    leases: NodeLeasePort
-    probe: ProbePort
-    fencer: Fencer | None
+    check: DeathCheck
+    nodes: NodePort
     writer: NodeWriter
+    records: RecordWriter
     events: EventPort
-    notes: Notes
+    guard_count: Callable[[], str] = lambda: ""  # "N of M watched nodes NotReady", for the record
 
     async def attempt(
         self, view: NodeView, verdict: Verdict, memory: NodeMemory, rejudge: Callable[[NodeView], Verdict]
@@ -70,97 +66,127 @@ class Kickout:
         """Gather the evidence and kick out if the node is dead; returns (node as written, memory)."""
         now = self.clock.now()
         resync = timedelta(seconds=self.settings.resync_seconds)
-        try:
-            lease = await self.leases.get(view.name, self.writer.budget())
-        except ApiError as exc:  # no evidence is no verdict: look again at the next resync
-            log.warning("could not read the node Lease", extra={"node": view.name, "error": str(exc)})
-            return None, attrs.evolve(memory, look_at=now + resync)
-        answering = await self.probe.answering(view.addresses, self.settings.liveness_probe_ports)
-        evidence = Evidence(lease=lease, lease_before=memory.lease, answering=answering)
-        memory = attrs.evolve(memory, lease=lease)
-        death = death_verdict(evidence, now, fencing=self.settings.fencing_on)
+        death, evidence, memory = await self.check.confirm(view, memory, fence=not self.settings.dry_run)
+        if death.hold in _FENCING_HOLDS:
+            failures = memory.failures + 1
+            delay = backoff_delay(failures, base=self.settings.resync_seconds / 2, cap=FENCING_BACKOFF_CAP)
+            look_at = self.clock.now() + timedelta(seconds=delay)
+            return None, attrs.evolve(self._held(memory, death, look_at), failures=failures)
         if death.hold is not None:
-            return None, self._held(memory, death.hold, death.detail, now + resync)
+            return None, self._held(memory, death, look_again(death, now, resync))
         if self.settings.dry_run:
             what = "would fence and kick out" if death.fence_next else "would kick out"
-            return None, self._held(memory, HoldReason.DRY_RUN, f"{what}: {death.detail}", now + resync)
-        if death.fence_next:
-            death, memory = await self._fence(view, evidence, memory)
-            if not death.dead:
-                return None, memory
-        return await self._write(view, verdict, death, memory, rejudge), attrs.evolve(memory, failures=0)
+            dry = DeathVerdict(False, HoldReason.DRY_RUN, detail=f"{what}: {death.detail}")
+            return None, self._held(memory, dry, now + resync)
+        assert death.dead
+        assert evidence is not None
+        written = await self._write(view, verdict, death, evidence, memory, rejudge)
+        return written, attrs.evolve(memory, failures=0, hold=None, detail="", look_at=None)
 
-    def _held(self, memory: NodeMemory, hold: HoldReason, detail: str, look_at: datetime) -> NodeMemory:
-        return attrs.evolve(memory, hold=hold, detail=detail, look_at=look_at)
+    def _held(self, memory: NodeMemory, death: DeathVerdict, look_at: datetime) -> NodeMemory:
+        return attrs.evolve(memory, hold=death.hold, detail=death.detail, look_at=look_at)
 
-    async def _fence(self, view: NodeView, evidence: Evidence, memory: NodeMemory) -> tuple[DeathVerdict, NodeMemory]:
-        assert self.fencer is not None
-        if not self.gate.may_write():
-            return DeathVerdict(dead=False), memory
-        outcome = await self.fencer.power_off(view)
-        if outcome.off:  # every signal must agree now: the machine that was switched off no longer answers
-            answering = await self.probe.answering(view.addresses, self.settings.liveness_probe_ports)
-            evidence = attrs.evolve(evidence, answering=answering)
-        death = death_verdict(evidence, self.clock.now(), fencing=True, fence=outcome)
-        if death.dead:
-            log.warning("BMC confirmed power Off", extra={"node": view.name, "fencing_seconds": outcome.seconds})
-            return death, memory
-        failures = memory.failures + 1
-        delay = backoff(failures, base=self.settings.resync_seconds / 2, cap=FENCING_BACKOFF_CAP)
-        log.warning("fencing failed", extra={"node": view.name, "error": death.detail, "retry_in": round(delay, 1)})
-        if self.notes.fencing_error_to_emit(view.name, death.detail):
-            await self.events.emit(node_ref(view), "FencingFailed", death.detail, warning=True)
-        assert death.hold is not None
-        look_at = self.clock.now() + timedelta(seconds=delay)
-        return death, attrs.evolve(self._held(memory, death.hold, death.detail, look_at), failures=failures)
+    def _record(
+        self, node: NodeView, death: DeathVerdict, evidence: Evidence, memory: NodeMemory, at: datetime
+    ) -> NodeRecord:
+        since = memory.notready.since if memory.notready is not None else None
+        seen = (*evidence.summary(), f"guard: {self.guard_count()}") if self.guard_count() else evidence.summary()
+        kickout = KickoutRecord(
+            at=at,
+            cordoned=not node.unschedulable,
+            tainted=not node.has_out_of_service_taint,
+            fenced=death.fenced,
+            found_off=death.found_off,
+            since=since,
+            verified=at,
+            evidence=(*seen, f"verdict: {death.detail}"),
+        )
+        old = node.record or NodeRecord()
+        window = timedelta(seconds=self.settings.flap_window_seconds)
+        kickouts = (*(t for t in old.kickouts if t > at - window), at)
+        flapping = len(kickouts) > self.settings.flap_max_kickouts
+        return attrs.evolve(
+            old, kickout=kickout, notready=memory.notready, ready=None, kickouts=kickouts, flapping=flapping
+        )
 
     async def _write(
         self,
         view: NodeView,
         verdict: Verdict,
         death: DeathVerdict,
+        evidence: Evidence,
         memory: NodeMemory,
         rejudge: Callable[[NodeView], Verdict],
     ) -> NodeView | None:
-        since = memory.notready.since if memory.notready is not None else verdict.since
-        record = KickoutRecord(at=self.clock.now().replace(microsecond=0), cordoned=False, tainted=False)
+        at = self.clock.now().replace(microsecond=0)
+        before = view.record or NodeRecord()
+        for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
+            record = self._record(view, death, evidence, memory, at)
+            await self.records.put_node(view.name, record)
+            stale: list[bool] = []
 
-        def build(node: NodeView) -> dict[str, object] | None:
-            nonlocal record
-            if rejudge(node).action is not Action.CHECK_DEATH:
-                return None
-            record = KickoutRecord(
-                at=record.at,
-                cordoned=not node.unschedulable,
-                tainted=not node.has_out_of_service_taint,
-                fenced=death.fenced,
-                since=since,
-            )
-            return kickout_patch(node, record)
+            def build(
+                node: NodeView, record: NodeRecord = record, stale: list[bool] = stale
+            ) -> dict[str, object] | None:
+                if rejudge(attrs.evolve(node, record=before)).action is not Action.KICKOUT:
+                    return None
+                if self._record(node, death, evidence, memory, at) != record:
+                    stale.append(True)  # someone cordoned or tainted it meanwhile: record that first
+                    return None
+                assert record.kickout is not None
+                return kickout_patch(node, record.kickout, death)
 
+            try:
+                written = await self.writer.write("kickout", view, build)
+            except BaseException:
+                await self._roll_back(view.name, before)
+                raise
+            if written is not None:
+                return await self._announce(written, record, verdict, death)
+            if not stale:
+                break
+            try:
+                view = await self.nodes.get(view.name)
+            except NotFound:
+                break
+        await self._roll_back(view.name, before)
+        return None
+
+    async def _roll_back(self, node: str, before: NodeRecord) -> None:
         try:
-            written = await self.writer.write("kickout", view, build)
-        except NotFound:
-            return None
-        if written is None:
-            return None
+            await self.records.put_node(node, before)
+        except Exception as exc:  # the record then claims a kickout the node does not show: repaired or kicked in
+            log.error("could not roll back the kickout record", extra={"node": node, "error": str(exc)})
+
+    async def _announce(self, written: NodeView, record: NodeRecord, verdict: Verdict, death: DeathVerdict) -> NodeView:
+        kickout = record.kickout
+        assert kickout is not None
         delay = (self.clock.now() - verdict.deadline).total_seconds() if verdict.deadline else 0.0
         metrics.KICKOUTS.inc()
         metrics.KICKOUT_DELAY.observe(max(0.0, delay))
         log.info(
             "node kicked out",
             extra={
-                "node": view.name,
+                "node": written.name,
                 "status": written.ready.value,
                 "action": "kickout",
-                "cordoned": record.cordoned,
-                "tainted": record.tainted,
-                "fenced": record.fenced,
+                "cordoned": kickout.cordoned,
+                "tainted": kickout.tainted,
+                "fenced": kickout.fenced,
                 "late_seconds": round(delay, 3),
                 "evidence": death.detail,
             },
         )
-        started = f"NotReady since {since:%Y-%m-%dT%H:%M:%SZ}; " if since else ""
+        started = f"NotReady since {kickout.since:%Y-%m-%dT%H:%M:%SZ}; " if kickout.since else ""
         message = f"{started}{death.detail}; cordoned and tainted node.kubernetes.io/out-of-service=nodeshutdown"
         await self.events.emit(node_ref(written), "NodeKickedOut", message)
-        return written
+        if record.flapping:
+            window = self.settings.flap_window_seconds
+            why = (
+                f"kicked out {len(record.kickouts)} times within {window}s "
+                f"(ASKLEPIOS_FLAP_MAX_KICKOUTS={self.settings.flap_max_kickouts}): stays kicked out, "
+                "no kickin and no power on, until `asklepios release " + written.name + "`"
+            )
+            log.warning("node is flapping", extra={"node": written.name, "kickouts": len(record.kickouts)})
+            await self.events.emit(node_ref(written), "NodeFlapping", why, warning=True)
+        return attrs.evolve(written, record=record)

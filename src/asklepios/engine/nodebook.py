@@ -38,6 +38,7 @@ class Change:
 @attrs.define(eq=False)
 class NodeBook:
     views: dict[str, NodeView] = attrs.Factory(dict)
+    parked: dict[str, NodeView] = attrs.Factory(dict)  # cordoned, not followed (yet): a record may follow
     members: dict[str, set[str]] = attrs.Factory(lambda: {SELECTED: set(), CORDONED: set()})
     _guarded: set[str] = attrs.Factory(set)  # selected, not excluded: what the guard counts
     _guarded_down: set[str] = attrs.Factory(set)
@@ -57,12 +58,21 @@ class NodeBook:
         if old is not None and _older(view, old):
             return Change(old=old, stale=True)
         if not self.followed(view):
+            if view.name in self.members[CORDONED]:
+                self.parked[view.name] = view
             return None
+        self.parked.pop(view.name, None)
         self.views[view.name] = view
         return Change(old=old, guard_moved=self._count(view))
 
+    def latest(self, name: str) -> NodeView | None:
+        """The newest view of a node, followed or parked."""
+        return self.views.get(name) or self.parked.get(name)
+
     def forget(self, name: str) -> None:
         self.views.pop(name, None)
+        if name not in self.members[CORDONED]:
+            self.parked.pop(name, None)
         for counted in (self._guarded, self._guarded_down, self._down):
             counted.discard(name)
         self.publish()
@@ -80,6 +90,10 @@ class NodeBook:
             self._guarded_down.discard(name)
         self.publish()
         return before != len(self._guarded_down)
+
+    def counts(self) -> tuple[int, int]:
+        """(watched nodes the guard counts, of which NotReady)."""
+        return len(self._guarded), len(self._guarded_down)
 
     def guard(self, max_unhealthy: MaxUnhealthy) -> str | None:
         """Why new kickouts are held now, from the counts of nodes that can be kicked out."""

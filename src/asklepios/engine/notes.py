@@ -32,7 +32,6 @@ class NodeNotes:
     waiting: tuple[str, ...] = ()  # the pods last logged as holding kickin
     announced: HoldReason | None = None  # the hold this replica announced as leader
     fencing_error: str = ""  # the last FencingFailed message emitted
-    damaged_reported: bool = False
     published: tuple[str, HoldReason | None] | None = None  # (state, hold) of the per-node gauges
 
 
@@ -94,13 +93,6 @@ class Notes:
         notes.fencing_error = error
         return True
 
-    def damaged_to_report(self, name: str) -> bool:
-        notes = self._of(name)
-        if notes.damaged_reported:
-            return False
-        notes.damaged_reported = True
-        return True
-
     def leadership_gained(self) -> None:
         """A new leader cannot know which holds were announced: announce them again."""
         for notes in self.by_node.values():
@@ -133,7 +125,7 @@ class Notes:
             metrics.NODE_DEADLINE.labels(node=view.name).set(verdict.deadline.timestamp())
         else:
             _remove(metrics.NODE_DEADLINE, view.name)
-        if view.kickout is not None and not view.kickout.damaged:
+        if view.kickout is not None:
             metrics.NODE_KICKOUT.labels(node=view.name).set(view.kickout.at.timestamp())
         else:
             _remove(metrics.NODE_KICKOUT, view.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from asklepios.core.evidence import LeaseSeen
+from asklepios.core.evidence import Answer, LeaseSeen
 from asklepios.core.fencing import BmcTarget
 from asklepios.core.node import NodeView
 from asklepios.core.pod import PodRef
@@ -35,8 +35,8 @@ class NodeLeasePort(Protocol):
 
 
 class ProbePort(Protocol):
-    async def answering(self, addresses: tuple[str, ...], ports: tuple[int, ...]) -> tuple[str, ...]:
-        """The "ip:port" endpoints that accept a TCP connection."""
+    async def answers(self, addresses: tuple[str, ...], ports: tuple[int, ...]) -> tuple[Answer, ...]:
+        """How each "ip:port" answered a TCP connect (accepted, refused, timeout, unreachable)."""
         ...
 
 

@@ -1,44 +1,60 @@
 """After the kickout: the pods leave, the node is repaired if tampered with, powered on, kicked in.
 
-* Force delete: while the node is NotReady and tainted out-of-service, its
+* Force delete: while the node is NotReady and tainted out-of-service, and the taint
+  passed the death verdict in the current NotReady period (`verified`), its
   Terminating pods are deleted with grace period 0 and a UID precondition (the pod
   GC's own rule, without its 20 s period). A pod that tolerates the taint is never
   touched.
 * Release: once no pod from before the kickout is left, the record says so
   (`released`), `PodsReleased` is emitted and `asklepios_recovery_seconds` observed.
-* Power on: a fenced node is switched on again once released (unless
-  ASKLEPIOS_FENCING_POWER_ON=false); it then comes back through the normal kickin.
-* Repair: a cordon or taint of ours that someone removed while the node is still
-  down is put back. Kickin: exactly what the record says is undone, after the
-  pre-kickout pods are gone, or once ASKLEPIOS_KICKIN_POD_WAIT_SECONDS ran out
-  (`KickinForced`).
+* Power on: only a machine Asklepios itself powered off, never an excluded node, not
+  while paused or flapping: once released, or at the latest
+  ASKLEPIOS_KICKIN_POD_WAIT_SECONDS after the kickout (`PowerOnForced`, naming the
+  pods). It then comes back through the normal kickin.
+* Repair: a cordon of ours that someone removed while the node is still down is put
+  back; our taint only through the death verdict of that moment (a live kubelet
+  behind a short NotReady must never be tainted again). Kickin: exactly what the
+  record says is undone, after the pre-kickout pods are gone, or once
+  ASKLEPIOS_KICKIN_POD_WAIT_SECONDS ran out (`KickinForced`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.fencing import FencingError
 from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
+from asklepios.core.periods import NodeMemory
 from asklepios.core.pod import force_delete_candidates
+from asklepios.core.records import NodeRecord
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
 from asklepios.engine.gate import WriteGate
-from asklepios.engine.kickout import node_ref
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, PodDeletePort, PodWatchPort
+from asklepios.engine.records import RecordWriter
 from asklepios.engine.retry import count_failure
+from asklepios.engine.verdict import DeathCheck, look_again
 from asklepios.engine.writes import NodeWriter
 from asklepios.kube.client import ApiError, Conflict, NotFound
-from asklepios.kube.nodes import kickin_patch, record_patch, repair_patch
+from asklepios.kube.events import node_ref
+from asklepios.kube.nodes import kickin_patch, repair_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
+
+
+def verified_now(view: NodeView, memory: NodeMemory) -> bool:
+    """The taint passed the death verdict in the node's current NotReady period."""
+    record = view.kickout
+    if record is None or record.verified is None or memory.notready is None:
+        return False
+    return record.verified >= memory.notready.since
 
 
 @attrs.define(eq=False)
@@ -49,21 +65,26 @@ class Recovery:
     pods: PodWatchPort
     deleter: PodDeletePort
     fencer: Fencer | None
+    check: DeathCheck
     writer: NodeWriter
+    records: RecordWriter
     events: EventPort
     notes: Notes
     _deleted: dict[str, set[str]] = attrs.Factory(dict)  # node -> pod UIDs already force-deleted (or in flight)
 
-    def pending_deletes(self, view: NodeView) -> bool:
+    def _may_force_delete(self, view: NodeView, memory: NodeMemory) -> bool:
+        return not view.ready.is_ready and view.has_out_of_service_taint and verified_now(view, memory)
+
+    def pending_deletes(self, view: NodeView, memory: NodeMemory) -> bool:
         """Terminating pods of this out-of-service node not force-deleted yet."""
-        if view.ready.is_ready or not view.has_out_of_service_taint or view.kickout is None:
+        if not self._may_force_delete(view, memory):
             return False
         done = self._deleted.get(view.name, set())
         return any(p.uid not in done for p in force_delete_candidates(self.pods.pods(view.name) or []))
 
-    async def release_pods(self, view: NodeView) -> None:
+    async def release_pods(self, view: NodeView, memory: NodeMemory) -> None:
         """Force-delete the Terminating pods of a NotReady, out-of-service node (the pod GC's rule)."""
-        if view.ready.is_ready or not view.has_out_of_service_taint or view.kickout is None:
+        if not self._may_force_delete(view, memory):
             return
         pods = self.pods.pods(view.name)
         done = self._deleted.setdefault(view.name, set())
@@ -85,58 +106,102 @@ class Recovery:
     def forget(self, node: str) -> None:
         self._deleted.pop(node, None)
 
-    async def repair(self, view: NodeView, verdict: Verdict, rejudge: Callable[[NodeView], Verdict]) -> NodeView | None:
+    async def repair(
+        self,
+        view: NodeView,
+        memory: NodeMemory,
+        verdict: Verdict,
+        rejudge: Callable[[NodeView], Verdict],
+        *,
+        paused: bool = False,
+    ) -> tuple[NodeView | None, NodeMemory]:
+        """Put back a cordon of ours; our taint only if the node is dead right now (and not paused)."""
+        record = view.kickout
+        assert record is not None
+        death = None
+        if record.tainted and not view.has_out_of_service_taint and not self.settings.dry_run and not paused:
+            now = self.clock.now()
+            death, _, memory = await self.check.confirm(view, memory)
+            if not death.dead:
+                resync = timedelta(seconds=self.settings.resync_seconds)
+                memory = attrs.evolve(
+                    memory, hold=death.hold, detail=death.detail, look_at=look_again(death, now, resync)
+                )
+                log.warning(
+                    "taint not repaired: the node shows signs of life",
+                    extra={
+                        "node": view.name,
+                        "reason": death.hold.value if death.hold else None,
+                        "detail": death.detail,
+                    },
+                )
+                death = None
+            else:
+                verified = attrs.evolve(record, verified=now.replace(microsecond=0))
+                await self.records.put_node(view.name, attrs.evolve(view.record or NodeRecord(), kickout=verified))
+                memory = attrs.evolve(memory, hold=None, detail="", look_at=None)
+
         def build(node: NodeView) -> dict[str, object] | None:
             if node.kickout is None or rejudge(node).action is not Action.REPAIR:
                 return None
-            return repair_patch(node, node.kickout)
+            return repair_patch(node, node.kickout, death)
 
         written = await self.writer.write("repair", view, build)
         if written is not None:
             metrics.REPAIRS.inc()
-            log.warning("repaired kickout", extra={"node": view.name, "action": "repair", "reason": verdict.detail})
-        return written
+            what = "cordon and taint" if death is not None else "cordon"
+            log.warning(
+                "repaired kickout",
+                extra={"node": view.name, "action": "repair", "reason": verdict.detail, "restored": what},
+            )
+        return written, memory
 
-    async def release(self, view: NodeView, rejudge: Callable[[NodeView], Verdict]) -> NodeView | None:
+    async def release(self, view: NodeView) -> NodeView | None:
+        record = view.kickout
+        assert record is not None
         now = self.clock.now().replace(microsecond=0)
-
-        def build(node: NodeView) -> dict[str, object] | None:
-            if node.kickout is None or rejudge(node).action is not Action.RELEASE:
-                return None
-            return record_patch(node, attrs.evolve(node.kickout, released=now))
-
-        written = await self.writer.write("release", view, build)
-        if written is None or written.kickout is None:
-            return written
-        record = written.kickout
+        await self.records.put_node(
+            view.name, attrs.evolve(view.record or NodeRecord(), kickout=attrs.evolve(record, released=now))
+        )
         after = (now - record.at).total_seconds()
         if record.since is not None:
             metrics.RECOVERY_SECONDS.observe(max(0.0, (now - record.since).total_seconds()))
         log.info("pods released", extra={"node": view.name, "action": "release", "seconds_since_kickout": after})
         message = f"no pod from before the kickout is left on the node, {after:.0f}s after the kickout"
-        await self.events.emit(node_ref(written), "PodsReleased", message)
-        return written
+        await self.events.emit(node_ref(view), "PodsReleased", message)
+        return view
 
-    async def power_on(self, view: NodeView, rejudge: Callable[[NodeView], Verdict]) -> NodeView | None:
+    async def power_on(self, view: NodeView, verdict: Verdict) -> NodeView | None:
         assert self.fencer is not None
+        record = view.kickout
+        assert record is not None
         if not self.gate.may_write():
             return None
+        if verdict.pods:  # waited ASKLEPIOS_KICKIN_POD_WAIT_SECONDS: on anyway, and say which pods are left
+            names = ", ".join(verdict.pods[:20])
+            waited = self.settings.kickin_pod_wait_seconds
+            log.warning(
+                "powering on although pods from before the kickout are left", extra={"node": view.name, "pods": names}
+            )
+            await self.events.emit(
+                node_ref(view),
+                "PowerOnForced",
+                f"waited {waited}s after the kickout; still there: {names}",
+                warning=True,
+            )
         try:
             await self.fencer.power_on(view)
-        except FencingError as exc:
+        except Exception as exc:
             log.warning("could not power the node on", extra={"node": view.name, "error": str(exc)})
             if self.notes.fencing_error_to_emit(view.name, str(exc)):
                 await self.events.emit(node_ref(view), "FencingFailed", f"power on: {exc}", warning=True)
             raise
         now = self.clock.now().replace(microsecond=0)
         log.warning("node powered on", extra={"node": view.name, "action": "power on"})
-
-        def build(node: NodeView) -> dict[str, object] | None:
-            if node.kickout is None or rejudge(node).action is not Action.POWER_ON:
-                return None
-            return record_patch(node, attrs.evolve(node.kickout, powered_on=now))
-
-        return await self.writer.write("power on", view, build)
+        await self.records.put_node(
+            view.name, attrs.evolve(view.record or NodeRecord(), kickout=attrs.evolve(record, powered_on=now))
+        )
+        return view
 
     async def kick_in(
         self, view: NodeView, verdict: Verdict, rejudge: Callable[[NodeView], Verdict]
@@ -146,9 +211,11 @@ class Recovery:
                 return None
             return kickin_patch(node, node.kickout)
 
+        record = view.record or NodeRecord()
         written = await self.writer.write("kickin", view, build)
         if written is None:
             return None
+        await self.records.put_node(view.name, NodeRecord(kickouts=record.kickouts))  # the flap history stays
         metrics.KICKINS.inc()
         ref = node_ref(written)
         if verdict.pods:
@@ -160,10 +227,3 @@ class Recovery:
         log.info("node kicked in", extra={"node": view.name, "status": written.ready.value, "action": "kickin"})
         await self.events.emit(ref, "NodeKickedIn", "Ready again; undid what the kickout changed")
         return written
-
-    async def report_damaged(self, view: NodeView) -> None:
-        if view.kickout is None or not view.kickout.damaged or not self.notes.damaged_to_report(view.name):
-            return
-        message = "the asklepios.io/kickout annotation is not readable: treating the node as cordoned and tainted by us"
-        log.error(message, extra={"node": view.name})
-        await self.events.emit(node_ref(view), "KickoutRecordDamaged", message, warning=True)

@@ -1,6 +1,9 @@
 """Retrying writes: stamina with the kube layer's `retryable` policy, counted in metrics.
 
-Every failed attempt of a write is counted (`asklepios_write_conflicts_total` for a
+Two shapes of one policy: `attempts` retries a request in place (stamina), and
+`backoff_delay` says when to try a failed action again from the timer wheel (the
+same jittered exponential backoff: a node or a StatefulSet waits for it without
+holding anything). Every failed attempt of a write is counted (`asklepios_write_conflicts_total` for a
 409, `asklepios_api_errors_total{operation}` for anything else), where it happens.
 A write gives up after a few attempts or its time budget, whichever comes first,
 so a failing node never holds a write slot for long: the resync tries again later.
@@ -8,6 +11,7 @@ so a failing node never holds a write slot for long: the resync tries again late
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 
 import stamina
@@ -45,3 +49,9 @@ def attempts(operation: str, budget: float) -> AsyncIterator[stamina.Attempt]:
 def count_failure(operation: str, exc: Exception) -> None:
     """Count a failed single-shot write (one that is not retried here)."""
     _counted(operation)(exc)
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds before the next try after `failures` in a row: exponential, full jitter over the upper half."""
+    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    return random.uniform(ceiling / 2, ceiling)

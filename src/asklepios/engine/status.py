@@ -27,9 +27,11 @@ from asklepios.core.pod import NodePods
 from asklepios.core.records import parse_time
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
+from asklepios.engine.records import RecordBook
 from asklepios.kube.client import ApiError, KubeClient
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import PodApi
+from asklepios.kube.records import RecordApi
 from asklepios.kube.secrets import SecretApi
 
 
@@ -84,7 +86,7 @@ def row(
     """One node's line, from the same judge the controller runs."""
     verdict = judge(view, memory, now=now, timing=settings.timing, guard=guard, pods=pods)
     state, reason = verdict.state.value, verdict.hold.value if verdict.hold else verdict.detail
-    overdue = verdict.action is Action.CHECK_DEATH
+    overdue = verdict.action is Action.KICKOUT
     if overdue and held is not None and verdict.since is not None and held.at >= verdict.since:
         state, reason = State.HELD.value, held.message
     seconds = None if overdue else verdict.seconds_left(now)
@@ -92,10 +94,20 @@ def row(
     return NodeRow(view.name, view.ready.value, since, state, reason, seconds, verdict.pods, power)
 
 
+async def record_book(settings: Settings, client: KubeClient) -> RecordBook:
+    """Asklepios' own records, read once (the kickouts, the period marks, a pause)."""
+    book = RecordBook()
+    data = await RecordApi(client, settings.namespace).get(timeout=10)
+    if data is not None:
+        book.load(data, force=True)
+    return book
+
+
 async def followed_nodes(settings: Settings, client: KubeClient) -> list[NodeView]:
-    api = NodeApi(client)
-    views = {v.name: v for v in await api.list(str(settings.node_selector))}
-    for view in await api.list("", field_selector="spec.unschedulable=true"):
+    api, book = NodeApi(client), await record_book(settings, client)
+    views = {v.name: book.attach(v) for v in await api.list(str(settings.node_selector))}
+    for raw in await api.list("", field_selector="spec.unschedulable=true"):
+        view = book.attach(raw)
         if view.kickout is not None:
             views.setdefault(view.name, view)
     return sorted(views.values(), key=lambda v: v.name)
@@ -155,3 +167,33 @@ async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views:
             row(view, memory, now=now, settings=settings, guard=guard, pods=pods, held=held.get(view.name), power=power)
         )
     return rows
+
+
+def describe_record(view: NodeView) -> list[str]:
+    """Asklepios' own record of a node, in words: what it changed, when, and on what evidence."""
+    record = view.record
+    if record is None or (record.kickout is None and not record.kickouts):
+        return [f"{view.name}: no record of Asklepios (never kicked out, or kicked in and forgotten)"]
+    lines = [f"{view.name}: Asklepios' record (ConfigMap asklepios-records)"]
+    kickout = record.kickout
+    if kickout is not None:
+        changed = [w for w, done in (("cordoned", kickout.cordoned), ("tainted", kickout.tainted)) if done]
+        lines.append(f"  kicked out at {kickout.at:%Y-%m-%dT%H:%M:%SZ}: {' and '.join(changed) or 'changed nothing'}")
+        if kickout.since is not None:
+            lines.append(f"  NotReady since {kickout.since:%Y-%m-%dT%H:%M:%SZ} (first seen by Asklepios)")
+        if kickout.fenced:
+            lines.append("  powered off by Asklepios through its BMC before the taint")
+        if kickout.found_off:
+            lines.append("  its BMC already read power Off: Asklepios will not switch it on")
+        for what, when in (("pods released", kickout.released), ("powered on", kickout.powered_on)):
+            if when is not None:
+                lines.append(f"  {what} at {when:%Y-%m-%dT%H:%M:%SZ}")
+        lines += [f"  evidence: {line}" for line in kickout.evidence]
+    if record.kickouts:
+        stamps = ", ".join(f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in record.kickouts)
+        lines.append(f"  recent kickouts: {stamps}")
+    if record.flapping:
+        lines.append(f"  flapping: stays kicked out until `asklepios release {view.name}`")
+    if record.release is not None:
+        lines.append(f"  release asked at {record.release:%Y-%m-%dT%H:%M:%SZ}")
+    return lines

@@ -25,9 +25,11 @@ from asklepios.core.records import parse_time
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
 from asklepios.engine.nodepods import NodePodWatches
+from asklepios.engine.records import RecordBook
 from asklepios.engine.status import Held, NodeRow, fencer_for, guard_of, power_of, row
 from asklepios.kube.client import JSON, KubeClient
 from asklepios.kube.nodes import parse_node
+from asklepios.kube.records import RecordApi, parse_records
 from asklepios.kube.reflector import Reflector
 
 LEASE_NAME = "asklepios"
@@ -79,6 +81,8 @@ class StatusWatch:
         """Redraw until cancelled (Ctrl-C)."""
         selected, cordoned = Book(self._changed), Book(self._changed)
         events, lease = Book(self._changed), Book(self._changed)
+        records = RecordBook(on_node=lambda _n: self._changed(), on_pause=self._changed)
+        record_api = RecordApi(self.client, self.settings.namespace)
         pods = NodePodWatches(self.client, self.settings.watch_timeout_seconds, changed=lambda _n: self._changed())
 
         def watch(path: str, parse: Callable[[JSON], Any], labels: str = "", fields: str = "") -> Reflector[Any]:
@@ -100,12 +104,14 @@ class StatusWatch:
         async with anyio.create_task_group() as tg:
             for reflector, book in reflectors:
                 tg.start_soon(reflector.run, book)
+            records_reflector = watch(record_api.collection, parse_records, fields=record_api.field_selector)
+            tg.start_soon(records_reflector.run, records)
             tg.start_soon(pods.run)
             while True:
                 with anyio.move_on_after(1.0):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                views = self._views(selected, cordoned)
+                views = self._views(selected, cordoned, records)
                 for view in views:
                     (pods.follow if view.kickout is not None else pods.unfollow)(view.name)
                 rows = self._rows(views, events, pods)
@@ -113,11 +119,12 @@ class StatusWatch:
                 leader = str(next(iter(lease.items.values()), ""))
                 self.render(self._header(leader, len(rows)), rows)
 
-    def _views(self, selected: Book, cordoned: Book) -> list[NodeView]:
+    def _views(self, selected: Book, cordoned: Book, records: RecordBook) -> list[NodeView]:
         views: dict[str, NodeView] = {}
         for book in (selected, cordoned):
-            for view in book.items.values():
-                assert isinstance(view, NodeView)
+            for raw in book.items.values():
+                assert isinstance(raw, NodeView)
+                view = records.attach(raw)
                 if book is selected or view.kickout is not None:
                     views[view.name] = view
         return sorted(views.values(), key=lambda v: v.name)

@@ -24,6 +24,7 @@ from asklepios.engine.retry import attempts
 class NodeWriter:
     nodes: NodePort
     gate: WriteGate
+    attach: Callable[[NodeView], NodeView] = lambda view: view  # a re-read node gets our record again
 
     def budget(self) -> float:
         """A write may take no longer than this replica is sure to stay the leader."""
@@ -39,7 +40,7 @@ class NodeWriter:
         async for attempt in attempts(operation, self.budget()):
             with attempt:
                 if attempt.num > 1:
-                    view = await self.nodes.get(view.name)
+                    view = self.attach(await self.nodes.get(view.name))
                 body = build(view)
                 if body is None or not self.gate.may_write():
                     return None

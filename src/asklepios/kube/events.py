@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import attrs
 
+from asklepios.core.node import NodeView
 from asklepios.core.records import format_time
 from asklepios.kube.client import ApiError, KubeClient
 
@@ -29,6 +30,11 @@ class ObjectRef:
     uid: str = ""
     namespace: str = ""  # empty for cluster-scoped objects such as Node
     api_version: str = "v1"
+
+
+def node_ref(view: NodeView) -> ObjectRef:
+    """The Event target for a node."""
+    return ObjectRef(kind="Node", name=view.name, uid=view.uid)
 
 
 def _utcnow() -> datetime:

@@ -1,8 +1,10 @@
 """The kubelets' heartbeats: node Leases in kube-node-lease, read one at a time.
 
 A running kubelet renews its node's Lease every few seconds, even when it reports
-the node NotReady. Asklepios reads one Lease at a kickout deadline (and once per
-resync while the kickout is held), never keeps a watch on thousands of them.
+the node NotReady. Asklepios reads a node's Lease when its NotReady period starts
+and again when a taint is due (and while it is held), so it can see the Lease
+change on its own clock; it never keeps a watch on thousands of them. The Lease
+is the node's own word: any field of the wrong type or size reads as absent.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ class NodeLeaseApi:
             obj = await self.client.request("GET", path, timeout=timeout)
         except NotFound:
             return None
-        spec = obj.get("spec", {})
-        return LeaseSeen(
-            renewed=parse_time(spec.get("renewTime")),
-            duration=timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40)),
-        )
+        return parse_lease(obj)
+
+
+def parse_lease(obj: object) -> LeaseSeen:
+    """Total: a Lease the node wrote strangely still reads as a Lease (no renewal known)."""
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    spec = spec if isinstance(spec, dict) else {}
+    raw = spec.get("leaseDurationSeconds")
+    seconds = raw if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= 3600 else 40
+    return LeaseSeen(renewed=parse_time(spec.get("renewTime")), duration=timedelta(seconds=seconds))

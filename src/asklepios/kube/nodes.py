@@ -9,10 +9,12 @@ our read and our write is never lost.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from asklepios.core.evidence import DeathVerdict
 from asklepios.core.node import (
     OUT_OF_SERVICE_TAINT,
     OUT_OF_SERVICE_TAINT_KEY,
@@ -20,52 +22,78 @@ from asklepios.core.node import (
     ReadyStatus,
     Taint,
 )
-from asklepios.core.records import (
-    BMC_ANNOTATION,
-    KICKOUT_ANNOTATION,
-    NOTREADY_ANNOTATION,
-    READY_ANNOTATION,
-    KickoutRecord,
-    PeriodMark,
-    parse_time,
-)
+from asklepios.core.records import BMC_ANNOTATION, KICKOUT_ANNOTATION, KickoutRecord, parse_time
 from asklepios.kube.client import JSON, KubeClient, list_items
 
 MERGE_PATCH = "application/merge-patch+json"
 
 
+def _dict(raw: object) -> dict[str, Any]:
+    return raw if isinstance(raw, dict) else {}
+
+
+def _list(raw: object) -> list[Any]:
+    return raw if isinstance(raw, list) else []
+
+
+def _str(raw: object) -> str:
+    return raw if isinstance(raw, str) else ""
+
+
 def parse_node(obj: JSON) -> NodeView:
-    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    """A Node as the healer sees it. Total over what a node may write about itself.
+
+    Status and annotations are the node's own words: a field of the wrong type is
+    read as absent, never as an error. Only a Node without a name raises (KeyError),
+    which the reflector skips and counts. Asklepios' records are attached later, from
+    its own ConfigMap; the `asklepios.io/kickout` annotation is kept as found, only
+    to rewrite it when it disagrees with the record.
+    """
+    meta, spec, status = _dict(obj.get("metadata")), _dict(obj.get("spec")), _dict(obj.get("status"))
+    name = meta["name"]
+    if not isinstance(name, str):
+        raise TypeError("metadata.name is not a string")
     ready, since = ReadyStatus.MISSING, None
-    for cond in status.get("conditions") or ():
-        if cond.get("type") == "Ready":
-            ready, since = (
-                ReadyStatus.parse(cond.get("status")),
-                parse_time(cond.get("lastTransitionTime")),
-            )
+    for cond in _list(status.get("conditions")):
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            ready = ReadyStatus.parse(cond.get("status") if isinstance(cond.get("status"), str) else "Unknown")
+            since = parse_time(cond.get("lastTransitionTime"))
             break
-    annotations = meta.get("annotations") or {}
-    kickout = annotations.get(KICKOUT_ANNOTATION)
-    notready = annotations.get(NOTREADY_ANNOTATION)
-    ready_mark = annotations.get(READY_ANNOTATION)
-    addresses = tuple(a["address"] for a in status.get("addresses") or () if a.get("type") == "InternalIP")
+    annotations = _dict(meta.get("annotations"))
+    mirror = annotations.get(KICKOUT_ANNOTATION)
+    addresses = tuple(
+        a["address"]
+        for a in _list(status.get("addresses"))
+        if isinstance(a, dict) and a.get("type") == "InternalIP" and _is_ip(a.get("address"))
+    )
+    labels = {k: v for k, v in _dict(meta.get("labels")).items() if isinstance(k, str) and isinstance(v, str)}
     return NodeView(
-        name=meta["name"],
-        uid=meta.get("uid", ""),
-        resource_version=str(meta.get("resourceVersion", "")),
-        labels=MappingProxyType(dict(meta.get("labels") or {})),
+        name=name,
+        uid=_str(meta.get("uid")),
+        resource_version=_str(meta.get("resourceVersion")),
+        labels=MappingProxyType(labels),
         ready=ready,
         ready_since=since,
-        unschedulable=bool(spec.get("unschedulable", False)),
+        unschedulable=spec.get("unschedulable") is True,
         taints=tuple(
-            Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", "")) for t in spec.get("taints") or ()
+            Taint(_str(t.get("key")), _str(t.get("value")), _str(t.get("effect")))
+            for t in _list(spec.get("taints"))
+            if isinstance(t, dict)
         ),
         addresses=addresses,
-        bmc=str(annotations.get(BMC_ANNOTATION, "")),
-        kickout=KickoutRecord.decode(kickout) if kickout is not None else None,
-        notready_mark=PeriodMark.decode(notready) if notready else None,
-        ready_mark=PeriodMark.decode(ready_mark) if ready_mark else None,
+        bmc=_str(annotations.get(BMC_ANNOTATION)),
+        mirror=mirror if isinstance(mirror, str) else None,
     )
+
+
+def _is_ip(raw: object) -> bool:
+    if not isinstance(raw, str):
+        return False
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _taints(taints: tuple[Taint, ...]) -> list[dict[str, str]] | None:
@@ -82,52 +110,48 @@ def _patch(view: NodeView, annotations: Mapping[str, str | None], spec: dict[str
     return body
 
 
-def kickout_patch(view: NodeView, record: KickoutRecord) -> JSON:
-    """Cordon and taint (what is not there yet) and record what we changed, in one write."""
+def _dead(death: DeathVerdict, what: str) -> None:
+    """The one rule of every write that adds the out-of-service taint."""
+    if not death.dead:
+        raise ValueError(f"{what}: the out-of-service taint needs the death verdict ({death.hold}: {death.detail})")
+
+
+def kickout_patch(view: NodeView, record: KickoutRecord, death: DeathVerdict) -> JSON:
+    """Cordon and taint (what is not there yet), with the mirror annotation, in one write."""
     spec: dict[str, Any] = {}
     if record.cordoned:
         spec["unschedulable"] = True
     if record.tainted:
+        _dead(death, "kickout")
         spec["taints"] = _taints((*view.taints, OUT_OF_SERVICE_TAINT))
-    annotations = {KICKOUT_ANNOTATION: record.encode(), NOTREADY_ANNOTATION: None, READY_ANNOTATION: None}
-    return _patch(view, annotations, spec)
+    return _patch(view, {KICKOUT_ANNOTATION: record.mirror()}, spec)
 
 
 def kickin_patch(view: NodeView, record: KickoutRecord) -> JSON:
-    """Undo exactly what `record` says the kickout changed, and drop our annotations."""
+    """Undo exactly what `record` says the kickout changed, and drop the mirror annotation."""
     spec: dict[str, Any] = {}
     if record.cordoned and view.unschedulable:
         spec["unschedulable"] = None
     if record.tainted and view.has_out_of_service_taint:
         ours = (OUT_OF_SERVICE_TAINT_KEY, OUT_OF_SERVICE_TAINT.effect)
         spec["taints"] = _taints(tuple(t for t in view.taints if (t.key, t.effect) != ours))
-    annotations = {KICKOUT_ANNOTATION: None, NOTREADY_ANNOTATION: None, READY_ANNOTATION: None}
-    return _patch(view, annotations, spec)
+    return _patch(view, {KICKOUT_ANNOTATION: None} if view.mirror is not None else {}, spec)
 
 
-def repair_patch(view: NodeView, record: KickoutRecord) -> JSON:
+def repair_patch(view: NodeView, record: KickoutRecord, death: DeathVerdict | None) -> JSON | None:
+    """Re-apply a cordon of ours; and our taint only with a death verdict of this moment."""
     spec: dict[str, Any] = {}
     if record.cordoned and not view.unschedulable:
         spec["unschedulable"] = True
-    if record.tainted and not view.has_out_of_service_taint:
+    if record.tainted and not view.has_out_of_service_taint and death is not None:
+        _dead(death, "repair")
         spec["taints"] = _taints((*view.taints, OUT_OF_SERVICE_TAINT))
-    return _patch(view, {}, spec)
+    return _patch(view, {}, spec) if spec else None
 
 
-def record_patch(view: NodeView, record: KickoutRecord) -> JSON:
-    """Rewrite our kickout record (released, powered on)."""
-    return _patch(view, {KICKOUT_ANNOTATION: record.encode()})
-
-
-def marks_patch(view: NodeView, notready: PeriodMark | None, ready: PeriodMark | None) -> JSON:
-    """Record (or clear) the NotReady / Ready period starts; touches only our own annotations."""
-    return _patch(
-        view,
-        {
-            NOTREADY_ANNOTATION: None if notready is None else notready.encode(),
-            READY_ANNOTATION: None if ready is None else ready.encode(),
-        },
-    )
+def mirror_patch(view: NodeView, record: KickoutRecord | None) -> JSON:
+    """Rewrite (or remove) the mirror annotation from our record."""
+    return _patch(view, {KICKOUT_ANNOTATION: None if record is None else record.mirror()})
 
 
 class NodeApi:

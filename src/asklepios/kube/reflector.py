@@ -40,6 +40,7 @@ class Hooks:
     progress: Callable[[], None] = lambda: None
     restarted: Callable[[str], None] = lambda cause: None
     synced: Callable[[], None] = lambda: None
+    skipped: Callable[[], None] = lambda: None  # an object that could not be read was skipped
 
 
 def object_key(obj: JSON) -> str:
@@ -141,6 +142,8 @@ class Reflector(Generic[T]):
 
     def _apply(self, store: Store[T], event: JSON) -> None:
         kind, obj = event.get("type"), event.get("object", {})
+        if not isinstance(obj, dict):
+            return
         if kind == "ERROR":
             status = int(obj.get("code", 0))
             message = str(obj.get("message", "watch error"))
@@ -160,12 +163,19 @@ class Reflector(Generic[T]):
                 store.upsert(object_key(obj), parsed)
 
     def _parse(self, obj: JSON) -> T | None:
-        """One object the decisions cannot read is logged and skipped, never fatal."""
+        """One object the decisions cannot read is logged, counted and skipped, never fatal.
+
+        Whatever a node (or anyone) wrote into an object: a wrong type, a number too
+        big, a value nested a million deep. Only cancellation and the like escape.
+        """
         try:
             return self.parse(obj)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            name = (obj.get("metadata") or {}).get("name")
+        except Exception as exc:
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+            name = meta.get("name") if isinstance(meta, dict) else None
+            self.hooks.skipped()
             log.error(
-                "object skipped: cannot read it", extra={"resource": self.path, "object": name, "error": repr(exc)}
+                "object skipped: cannot read it",
+                extra={"resource": self.path, "object": str(name)[:253], "error": repr(exc)[:300]},
             )
             return None

@@ -57,3 +57,8 @@ NODE_DEADLINE = Gauge(
 )
 NODE_KICKOUT = Gauge("asklepios_node_kickout_timestamp_seconds", "Unix time the node was kicked out", ["node"])
 BUILD = Info("asklepios_build", "The running Asklepios")
+OBJECTS_SKIPPED = Counter(
+    "asklepios_objects_skipped", "Objects (or record entries) that could not be read and were ignored", ["kind"]
+)
+PAUSED = Gauge("asklepios_paused", "1 while an operator's `asklepios pause` is in force")
+FLAPPING_NODES = Gauge("asklepios_flapping_nodes", "Nodes kept kicked out for flapping, until `asklepios release NODE`")

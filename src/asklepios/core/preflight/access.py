@@ -25,6 +25,7 @@ from asklepios.core.preflight.findings import (
     plural,
     warning,
 )
+from asklepios.core.records import RECORDS_CONFIGMAP
 
 # --- server version -------------------------------------------------------------------
 
@@ -157,6 +158,11 @@ def required_access(
         *(
             Need(v, "leases", "coordination.k8s.io", NODE_LEASE_NAMESPACE, why="is the kubelet silent?")
             for v in ("get", "list")
+        ),
+        Need("create", "configmaps", "", namespace, why="Asklepios' own records (first use)"),
+        *(
+            Need(v, "configmaps", "", namespace, RECORDS_CONFIGMAP, why="Asklepios' own records")
+            for v in ("get", "list", "watch", "patch")
         ),
     ]
     if leader_election:

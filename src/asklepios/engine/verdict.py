@@ -1,0 +1,99 @@
+"""Gathering the death verdict: the one gate of every write that adds the out-of-service taint.
+
+`DeathCheck.look` follows a NotReady node's Lease from the start of the period, on
+Asklepios' own clock (`core.evidence.observe_lease`); `DeathCheck.confirm` gathers
+everything at the moment a taint is wanted (the Lease again, the probe, and with
+fencing the BMC: power off, then probe once more) and asks `core.evidence.death_verdict`.
+The kickout and the repair both call `confirm`, and the node patches that add the
+taint (`kube.nodes.kickout_patch`, `repair_patch`) refuse a verdict that is not
+`dead`: no path can add the taint without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import attrs
+
+from asklepios.config import Settings
+from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason, death_verdict, observe_lease
+from asklepios.core.node import NodeView
+from asklepios.core.periods import NodeMemory
+from asklepios.engine.clock import Clock
+from asklepios.engine.fencing import Fencer
+from asklepios.engine.gate import WriteGate
+from asklepios.engine.notes import Notes
+from asklepios.engine.ports import EventPort, NodeLeasePort, ProbePort
+from asklepios.kube.client import ApiError
+from asklepios.kube.events import node_ref
+
+log = logging.getLogger("asklepios.healer")
+
+
+@attrs.define(eq=False)
+class DeathCheck:
+    settings: Settings
+    clock: Clock
+    gate: WriteGate
+    leases: NodeLeasePort
+    probe: ProbePort
+    fencer: Fencer | None
+    events: EventPort
+    notes: Notes
+
+    def budget(self) -> float:
+        return max(0.5, min(10.0, self.gate.write_budget()))
+
+    async def look(self, view: NodeView, memory: NodeMemory) -> NodeMemory:
+        """Read the node's Lease once more and note on our clock whether it changed."""
+        seen = await self.leases.get(view.name, self.budget())
+        return attrs.evolve(memory, lease=observe_lease(memory.lease, seen, self.clock.now()))
+
+    async def confirm(
+        self, view: NodeView, memory: NodeMemory, *, fence: bool = True
+    ) -> tuple[DeathVerdict, Evidence | None, NodeMemory]:
+        """The verdict of this moment: (verdict, what it saw, memory with the new Lease look).
+
+        A failed Lease read is no verdict: held (`kubelet alive`: not known to be
+        silent), looked at again at the next resync. `fence=False` (a dry run, a
+        pause) stops before any power action.
+        """
+        now = self.clock.now()
+        try:
+            memory = await self.look(view, memory)
+        except ApiError as exc:
+            log.warning("could not read the node Lease", extra={"node": view.name, "error": str(exc)})
+            return DeathVerdict(False, HoldReason.KUBELET_ALIVE, detail=f"node Lease not readable: {exc}"), None, memory
+        assert memory.lease is not None
+        answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
+        evidence = Evidence(lease=memory.lease, answers=answers)
+        death = death_verdict(evidence, now, fencing=self.settings.fencing_on)
+        if death.fence_next and fence:
+            death, evidence = await self._fence(view, evidence)
+        return death, evidence, memory
+
+    async def _fence(self, view: NodeView, evidence: Evidence) -> tuple[DeathVerdict, Evidence]:
+        assert self.fencer is not None
+        if not self.gate.may_write():
+            return DeathVerdict(dead=False, hold=HoldReason.FENCING_FAILED, detail="no longer the leader"), evidence
+        outcome = await self.fencer.power_off(view)
+        if outcome.off:  # every signal must agree now: the machine that was switched off no longer answers
+            answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
+            evidence = attrs.evolve(evidence, answers=answers)
+        death = death_verdict(evidence, self.clock.now(), fencing=True, fence=outcome)
+        if death.dead:
+            how = "found Off" if outcome.found_off else "confirmed power Off"
+            log.warning(f"BMC {how}", extra={"node": view.name, "fencing_seconds": outcome.seconds})
+            return death, attrs.evolve(evidence, answers=evidence.answers)
+        log.warning("fencing failed", extra={"node": view.name, "error": death.detail})
+        if death.hold is HoldReason.FENCING_FAILED and self.notes.fencing_error_to_emit(view.name, death.detail):
+            await self.events.emit(node_ref(view), "FencingFailed", death.detail, warning=True)
+        return death, evidence
+
+
+def look_again(death: DeathVerdict, now: datetime, resync: timedelta) -> datetime:
+    """When a held verdict may have changed: when the kubelet's grace runs out, else the next resync."""
+    if death.look_at is not None and death.look_at > now:
+        return min(death.look_at, now + resync)
+    return now + resync
