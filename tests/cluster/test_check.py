@@ -361,6 +361,9 @@ def test_a_catch_all_toleration_is_named_by_owner(
 
     # `asklepios run` runs the same checks at start-up and logs the warning once, then heals as usual.
     healer = asklepios(env(nodes.prefix))  # started: /readyz answered
+    # /readyz answers 200 before the first watch registers (nothing required yet), so it can
+    # come before the start-up checks are logged: wait for their last line
+    healer.wait_log(lambda r: r.get("logger") == "asklepios.check" and r.get("msg") == "checks done", 30, "checks")
     logged = healer.find(lambda r: r.get("logger") == "asklepios.check" and "result" in r)
     assert [(r["level"], r["check"], r["result"]) for r in logged] == [("warning", "pods", "warning")], logged
     assert f"DaemonSet {namespace}/agent: 3 pods" in logged[0]["detail"]
