@@ -46,9 +46,20 @@ HELM_ONLY = re.compile(r"^\s+(app\.kubernetes\.io/(instance|managed-by)|helm\.sh
 SOURCE = re.compile(r"^---\n# Source: asklepios/templates/(\S+)\n", re.M)
 # (directory, kind, helm arguments, what it is)
 VARIANTS = [
-    ("overlays/burrito", "Kustomization", ["-f", str(CHART / "values-burrito.yaml")], "The original Burrito setup"),
-    ("components/balancer", "Component", ["--set", "settings.balancer=true"], "The balancer on"),
-    ("components/fencing", "Component", ["--set", "settings.fencing=redfish"], "Fencing through Redfish BMCs on"),
+    (
+        "overlays/burrito",
+        "Kustomization",
+        ["-f", str(CHART / "values-burrito.yaml")],
+        "The original Burrito setup: the balancer moving MariaDB and RabbitMQ pods of\n"
+        "# openstack back (the image from the genesis registry: docs/install.md, Burrito)",
+    ),
+    ("components/balancer", "Component", ["--set", "settings.balancer=true"], "A kustomize Component: the balancer on"),
+    (
+        "components/fencing",
+        "Component",
+        ["--set", "settings.fencing=redfish"],
+        "A kustomize Component: fencing through Redfish BMCs on",
+    ),
 ]
 NAMESPACE_TRANSFORMER = """\
 # Everything lives in kube-system, except the node-Lease Role and its binding, which
@@ -189,7 +200,7 @@ def render() -> dict[Path, str]:
         shown = " ".join(a.replace(str(ROOT) + "/", "") for a in args)
         files[out_dir / "kustomization.yaml"] = (
             GENERATED
-            + f"# {what}: the base, plus what `helm template` adds with {shown}.\n"
+            + f"# {what}.\n# What `helm template` adds to k8s/base with {shown}.\n"
             + (
                 f"#   kubectl apply --server-side -k k8s/{directory}/\n"
                 if kind == "Kustomization"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -401,3 +402,32 @@ def test_containerfile_is_hadolint_clean() -> None:
         check=False,
     )
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+# --- lock files --------------------------------------------------------------------------
+
+LOCKS = ROOT / "requirements"
+
+
+def pins(lock: str) -> dict[str, str]:
+    """name -> version of a lock file; every entry must carry at least one hash."""
+    text = (LOCKS / lock).read_text()
+    # name==version, maybe " ; markers", then one or more " \\" + newline + "--hash=sha256:..." lines
+    entry = r"^([A-Za-z0-9_.\-]+)==(\S+)(?: ;[^\\\n]*)?((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)"
+    entries = re.findall(entry, text, re.M)
+    names = re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)
+    assert len(entries) == len(names) > 0, f"{lock}: an entry without a hash"
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
+
+
+def test_locks_pin_every_dependency_with_hashes_and_agree() -> None:
+    runtime, test = pins("runtime.lock"), pins("test.lock")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)
+    assert dependencies
+    for requirement in re.findall(r'^\s*"([A-Za-z0-9_.\-]+)', dependencies[1], re.M):
+        assert re.sub(r"[-_.]+", "-", requirement).lower() in runtime, requirement
+    # CI tests the versions the image ships.
+    assert {name: test[name] for name in runtime} == runtime
+    assert {"hatchling", "editables", "cyclonedx-bom", "uv"} <= test.keys()
+    assert {"hatchling", "cyclonedx-bom"} <= pins("build.lock").keys()
