@@ -354,3 +354,10 @@ def test_the_package_carries_the_monitoring_files(tmp_path: Path) -> None:
             member = tar.extractfile(f"asklepios/files/{inside}")
             assert member is not None
             assert member.read().decode() == (ROOT / "k8s/monitoring" / source).read_text()
+
+
+def test_fencing_off_unquoted_is_off() -> None:
+    """`fencing: off` in a values file is YAML's false: still off, and no Secret access."""
+    manifests = template("--set", "settings.fencing=false")
+    assert settings_of(manifests)["ASKLEPIOS_FENCING"] == "off"
+    assert not [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"].endswith("-fencing")]

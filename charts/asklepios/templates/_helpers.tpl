@@ -48,7 +48,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if kindIs "float64" . -}}{{- int64 . -}}{{- else -}}{{- toString . -}}{{- end -}}
 {{- end -}}
 
+{{/* ASKLEPIOS_FENCING: `fencing: off` unquoted is YAML's false, which means off too. */}}
+{{- define "asklepios.fencingValue" -}}
+{{- $v := .Values.settings.fencing -}}
+{{- if and (kindIs "bool" $v) (not $v) -}}off{{- else -}}{{- toString $v -}}{{- end -}}
+{{- end -}}
+
 {{/* Fencing is on unless the setting says off (bad values are refused by Asklepios). */}}
 {{- define "asklepios.fencing" -}}
-{{- if ne (toString .Values.settings.fencing) "off" -}}true{{- end -}}
+{{- if ne (include "asklepios.fencingValue" .) "off" -}}true{{- end -}}
 {{- end -}}
