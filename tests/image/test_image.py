@@ -36,6 +36,8 @@ IMAGE = f"localhost/asklepios:{__version__}"
 LIMIT_BYTES = 120_000_000  # 120 MB, the goal of the image's size
 VENV = "opt/asklepios"
 SITE = f"{VENV}/lib/python3.11/site-packages"
+# Whichever test comes first builds the image (the module's fixture): up to minutes.
+pytestmark = pytest.mark.timeout(1500)
 
 
 def buildah(*args: str, timeout: float = 120) -> str:
@@ -71,7 +73,6 @@ def rootfs(archive: Path) -> Iterator[Path]:
         buildah("rm", container)
 
 
-@pytest.mark.timeout(1500)
 def test_the_image_runs_as_65532_with_asklepios_as_entrypoint(archive: Path) -> None:
     config = buildah(
         "inspect", "--format", "{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}", IMAGE
@@ -163,7 +164,6 @@ def test_the_venv_is_the_lock(rootfs: Path) -> None:
     assert found == wanted | {"asklepios": __version__}
 
 
-@pytest.mark.timeout(300)
 def test_asklepios_run_in_the_image_gets_ready(archive: Path, tmp_path: Path) -> None:
     """`asklepios run` as UID 65532 in the image, against the lab's apiserver, until /readyz."""
     with ControlPlane(tmp_path / "cp", bin_dir=binaries.ensure(binaries.supported()[0])) as cp:
