@@ -24,6 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from asklepios import __version__
 from asklepios.core.preflight import required_access
 from tests.unit.test_manifests import (
     BASE_SETTINGS,
@@ -361,3 +362,10 @@ def test_fencing_off_unquoted_is_off() -> None:
     manifests = template("--set", "settings.fencing=false")
     assert settings_of(manifests)["ASKLEPIOS_FENCING"] == "off"
     assert not [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"].endswith("-fencing")]
+
+
+def test_the_chart_versions_follow_asklepios() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == __version__
+    [deployment] = [m for m in template() if m["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"asklepios:{__version__}"
