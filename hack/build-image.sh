@@ -40,7 +40,7 @@ while (($#)); do
         --ca-bundle) ca_bundle=$2; shift 2 ;;
         --save) save=$2; shift 2 ;;
         --no-verify) verify=0; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-image.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
