@@ -98,13 +98,22 @@ build_log=${XDG_CACHE_HOME:-$HOME/.cache}/asklepios/logs/build-image.log
 mkdir -p "$(dirname "$build_log")"
 log "building $image from Containerfile (BASE=$base, storage $storage_driver, isolation $isolation; log: $build_log)"
 start=$(date +%s)
-# No --layers: buildah (1.28) keys its layer cache for `RUN --mount=...,from=build`
-# without the mounted content, and would reuse the old install step after the
-# source changed. The base image above is what is worth keeping between builds.
+# buildah 1.28 leaves the build stage's working container behind (a full vfs copy of the
+# base plus the venv, about 250 MB): remove the ones this build adds, and the image that
+# this tag named before (untagged by this build).
+stage_containers() { bah containers --format '{{.ContainerID}} {{.ImageName}}' | awk -v b="$base" '$2 == b {print $1}' | sort; }
+stages_before=$(stage_containers)
+previous=$(bah images --noheading --format '{{.ID}}' "$image" 2>/dev/null || true)
+# No --layers: every build installs from the lock anew (a stale cached step would cost
+# more than the minute it saves); the base image above is what is kept between builds.
 bah build --isolation "$isolation" "${secret[@]}" \
     --build-arg BASE="$base" --build-arg VERSION="$version" \
     -f Containerfile -t "$image" . >"$build_log" 2>&1 \
     || { echo "build-image.sh: buildah build failed; the end of $build_log:" >&2; tail -30 "$build_log" >&2; exit 1; }
+for ctr in $(comm -13 <(printf '%s\n' "$stages_before") <(stage_containers)); do bah rm "$ctr" >/dev/null; done
+if [[ -n $previous && $previous != "$(bah images --noheading --format '{{.ID}}' "$image")" ]]; then
+    bah rmi "$previous" >/dev/null 2>&1 || true  # still used by a container: kept
+fi
 log "built $image in $(( $(date +%s) - start ))s, $(bah images --format '{{.Size}}' "$image")"
 # --- check it -----------------------------------------------------------------
 if ((verify)); then
