@@ -63,8 +63,10 @@ class Lab:
         self.kubeconfig = cp.kubeconfig_for(token, "asklepios")
 
     def apply_rbac(self) -> None:
-        """Create the ClusterRole/Role and bindings of k8s/base/rbac.yaml."""
-        for doc in yaml.safe_load_all((REPO_DIR / "k8s/base/rbac.yaml").read_text()):
+        """Create the ClusterRoles/Roles and bindings of k8s/base/rbac.yaml, plus those of the
+        balancer and fencing components (k8s/ grants them only with those settings on)."""
+        files = ("base/rbac.yaml", "components/balancer/rbac-balancer.yaml", "components/fencing/rbac-fencing.yaml")
+        for doc in (d for f in files for d in yaml.safe_load_all((REPO_DIR / "k8s" / f).read_text())):
             if not doc:
                 continue
             namespace = doc["metadata"].get("namespace", "")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the Asklepios container image on a machine with neither a container
-# registry nor a Docker engine, then check it runs.
+# registry nor a Docker engine, then check it runs. The venv comes from the lock file
+# requirements/runtime.lock (hashes required); the image is FROM scratch plus what that
+# venv's Python needs (Containerfile, hack/image/assemble.py).
 #
 #   hack/build-image.sh [--base IMAGE] [--rebuild-base] [--ca-bundle FILE]
 #                       [--save FILE] [--no-verify]
@@ -18,6 +20,9 @@
 # --save FILE writes the image as a docker-archive tarball, loadable with
 #   ctr -n k8s.io images import FILE      (containerd, e.g. on Burrito nodes)
 #   podman load -i FILE / docker load -i FILE
+# and beside it the CycloneDX SBOM of the image's venv (FILE without .tar, plus
+# .cdx.json: asklepios-0.1.0.tar -> asklepios-0.1.0.cdx.json), the copy of the
+# image's own /opt/asklepios.cdx.json. Output: one line per step; buildah's in a log.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,7 +40,7 @@ while (($#)); do
         --ca-bundle) ca_bundle=$2; shift 2 ;;
         --save) save=$2; shift 2 ;;
         --no-verify) verify=0; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-image.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -78,7 +83,7 @@ if [[ $base == localhost/python:3.11-slim ]] && { ((rebuild_base)) || ! bah insp
     bah umount "$ctr" >/dev/null
     bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env LANG=C.UTF-8 --cmd python3 "$ctr"
-    bah commit --rm "$ctr" "$base" >/dev/null
+    bah commit --quiet --rm "$ctr" "$base" >/dev/null
     containers=()
     rm -rf "$work/rootfs"
 fi
@@ -89,14 +94,27 @@ if [[ -n $ca_bundle ]]; then
     [[ -f $ca_bundle ]] || { echo "build-image.sh: no such CA bundle: $ca_bundle" >&2; exit 1; }
     secret=(--secret "id=pip-ca,src=$ca_bundle")
 fi
-log "building $image from Containerfile (BASE=$base, storage $storage_driver, isolation $isolation)"
-# No --layers: buildah (1.28) keys its layer cache for `RUN --mount=...,from=build`
-# without the mounted content, and would reuse the old install step after the
-# source changed. The base image above is what is worth keeping between builds.
+build_log=${XDG_CACHE_HOME:-$HOME/.cache}/asklepios/logs/build-image.log
+mkdir -p "$(dirname "$build_log")"
+log "building $image from Containerfile (BASE=$base, storage $storage_driver, isolation $isolation; log: $build_log)"
+start=$(date +%s)
+# buildah 1.28 leaves the build stage's working container behind (a full vfs copy of the
+# base plus the venv, about 250 MB): remove the ones this build adds, and the image that
+# this tag named before (untagged by this build).
+stage_containers() { bah containers --format '{{.ContainerID}} {{.ImageName}}' | awk -v b="$base" '$2 == b {print $1}' | sort; }
+stages_before=$(stage_containers)
+previous=$(bah images --noheading --format '{{.ID}}' "$image" 2>/dev/null || true)
+# No --layers: every build installs from the lock anew (a stale cached step would cost
+# more than the minute it saves); the base image above is what is kept between builds.
 bah build --isolation "$isolation" "${secret[@]}" \
     --build-arg BASE="$base" --build-arg VERSION="$version" \
-    -f Containerfile -t "$image" .
-
+    -f Containerfile -t "$image" . >"$build_log" 2>&1 \
+    || { echo "build-image.sh: buildah build failed; the end of $build_log:" >&2; tail -30 "$build_log" >&2; exit 1; }
+for ctr in $(comm -13 <(printf '%s\n' "$stages_before") <(stage_containers)); do bah rm "$ctr" >/dev/null; done
+if [[ -n $previous && $previous != "$(bah images --noheading --format '{{.ID}}' "$image")" ]]; then
+    bah rmi "$previous" >/dev/null 2>&1 || true  # still used by a container: kept
+fi
+log "built $image in $(( $(date +%s) - start ))s, $(bah images --format '{{.Size}}' "$image")"
 # --- check it -----------------------------------------------------------------
 if ((verify)); then
     cfg=$(bah inspect --type image --format '{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$image")
@@ -110,8 +128,13 @@ if ((verify)); then
 fi
 
 if [[ -n $save ]]; then
-    log "saving $image to $save (docker-archive)"
+    sbom=${save%.tar}.cdx.json
+    log "saving $image to $save (docker-archive) and its SBOM to $sbom"
     rm -f "$save"
-    bah push "$image" "docker-archive:$save:asklepios:$version"
+    bah push --quiet "$image" "docker-archive:$save:asklepios:$version" >/dev/null
+    ctr=$(bah from --pull=never "$image"); containers+=("$ctr")
+    mnt=$(bah mount "$ctr")
+    cp "$mnt/opt/asklepios.cdx.json" "$sbom"
+    bah umount "$ctr" >/dev/null
 fi
 log "done: $image"

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
 
 bash hack/setup.sh
+step "building helm (charts/asklepios tests; first time: minutes, one line; skipped when present)"
+bash hack/helm/build.sh >/dev/null
 if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null || ! command -v tmux >/dev/null; then
   step "installing buildah, debootstrap (the image test) and tmux (status --watch test), Debian packages"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah debootstrap crun tmux >/dev/null

@@ -2,7 +2,8 @@
 # Builds the pinned upstream binaries of the local control plane (etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kwok) from the Go
 # module proxy, one at a time (a 2-core machine), into a cache directory outside
-# the repository. A binary already there is not rebuilt.
+# the repository. A binary already there is not rebuilt. One line per binary on stderr
+# (with its elapsed time); go's own output goes to the log file the line names.
 #
 #   hack/controlplane/build.sh            # build what is missing, print the bin dir last
 #   hack/controlplane/build.sh 1.28       # the same for another release (v1.28/versions.env)
@@ -35,17 +36,15 @@ version_ldflags() {  # version_ldflags <vX.Y.Z>: what the binaries report as the
 }
 k8s_ldflags=$(version_ldflags "$KUBERNETES_VERSION")
 
+. "$here/../lib/gobuild.sh"
+gobuild_log_dir+=/$KUBERNETES_VERSION  # one log per release and binary
 build() {  # build <module dir> <package> <binary name> <ldflags>
-  local dir=$1 pkg=$2 name=$3 ldflags=$4 start
+  local dir=$1 pkg=$2 name=$3 ldflags=$4
   if [[ -x "$bin_dir/$name" ]]; then
     log "$name: already built"
     return
   fi
-  start=$(date +%s)
-  log "$name: building $pkg (first build downloads modules and compiles; minutes)"
-  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/$name.tmp" "$pkg")
-  mv "$bin_dir/$name.tmp" "$bin_dir/$name"
-  log "$name: built in $(( $(date +%s) - start ))s"
+  go_build_quiet "$dir" "$pkg" "$bin_dir/$name" "$ldflags" "$name"
 }
 
 etcd_dir=$(module_dir etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION")

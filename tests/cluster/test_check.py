@@ -292,7 +292,7 @@ PROBES = [
         "name": "asklepios",
     },
     {"verb": "list", "group": "coordination.k8s.io", "resource": "leases", "namespace": "kube-node-lease"},
-    {"verb": "get", "resource": "secrets", "namespace": "kube-system", "name": "asklepios-bmc"},
+    {"verb": "get", "resource": "configmaps", "namespace": "kube-system", "name": "asklepios-records"},
 ]
 
 

@@ -1,9 +1,12 @@
 """k8s/ on the real apiserver: server-side apply, Pod Security `restricted`, and RBAC that
-is enough for a full kickout/kickin/balancer cycle and no more."""
+is enough for a full kickout/kickin/balancer cycle and no more (k8s/ with the balancer
+and fencing components, as an operator's overlay adds them)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,22 @@ def rendered() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def apply_k8s(kube: Kube) -> str:
-    return kube.kubectl("apply", "--server-side", "--field-manager=asklepios-test", "-k", str(REPO / "k8s"))
+def apply_k8s(kube: Kube, *components: str) -> str:
+    """k8s/ (or k8s/ plus components of k8s/components, through a temporary overlay), applied."""
+    if not components:
+        return kube.kubectl("apply", "--server-side", "--field-manager=asklepios-test", "-k", str(REPO / "k8s"))
+    with tempfile.TemporaryDirectory() as overlay:
+        (Path(overlay) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(REPO / "k8s", overlay)],  # kustomize takes relative paths only
+                    "components": [os.path.relpath(REPO / "k8s" / "components" / c, overlay) for c in components],
+                }
+            )
+        )
+        return kube.kubectl("apply", "--server-side", "--field-manager=asklepios-test", "-k", overlay)
 
 
 @pytest.mark.timeout(120)
@@ -77,7 +94,7 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
     asklepios_kubeconfig: Path,
 ) -> None:
     cp = control_plane
-    apply_k8s(kube)
+    apply_k8s(kube, "balancer", "fencing")
     kube.kubectl("delete", "-n", "kube-system", "deployment/asklepios", "--ignore-not-found", "--wait=false")
     names = nodes.watched("control1", "control2", "control3", control_plane=True)
     for sts in ("mariadb-server", "rabbitmq-rabbitmq"):
@@ -107,15 +124,18 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
         for name in ("asklepios-bmc", "another-secret"):
             cp.api.create("/api/v1/namespaces/kube-system/secrets", {**fencing_secret, "metadata": {"name": name}})
         assert sa.request("GET", "/api/v1/namespaces/kube-system/secrets/asklepios-bmc")[0] == 200  # fencing
-        records = "/api/v1/namespaces/kube-system/configmaps/asklepios-records"
-        assert sa.request("GET", records)[0] == 200  # its own records, written during the cycle
-        assert sa.request("PATCH", records, {"data": {}}, content_type="application/merge-patch+json")[0] == 200
+        records = "/api/v1/namespaces/kube-system/configmaps"
+        # Asklepios' records: its own ConfigMap by name (get/list/watch by name), create.
+        assert sa.request("GET", f"{records}/asklepios-records")[0] == 200  # written during the cycle
+        by_name = {"fieldSelector": "metadata.name=asklepios-records"}
+        assert sa.request("GET", records, query=by_name)[0] == 200
+        patch: dict[str, dict[str, str]] = {"data": {}}
+        merge = "application/merge-patch+json"
+        assert sa.request("PATCH", f"{records}/asklepios-records", patch, content_type=merge)[0] == 200
         refused = {
-            "read another configmap": sa.request("GET", "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt")[
-                0
-            ],
-            "list configmaps": sa.request("GET", "/api/v1/namespaces/kube-system/configmaps")[0],
-            "delete its records": sa.request("DELETE", records)[0],
+            "read another configmap": sa.request("GET", f"{records}/kube-root-ca.crt")[0],
+            "list configmaps": sa.request("GET", records)[0],
+            "delete its records": sa.request("DELETE", f"{records}/asklepios-records")[0],
             "delete a node": sa.request("DELETE", f"/api/v1/nodes/{victim}")[0],
             "list secrets": sa.request("GET", "/api/v1/namespaces/kube-system/secrets")[0],
             "read another secret": sa.request("GET", "/api/v1/namespaces/kube-system/secrets/another-secret")[0],
@@ -126,6 +146,14 @@ def test_rbac_is_enough_for_a_full_cycle_and_no_more(
             )[0],
             "update another lease": sa.request(
                 "PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler", {}
+            )[0],
+            "read another configmap": sa.request("GET", f"{records}/kube-root-ca.crt")[0],
+            "list configmaps": sa.request("GET", records)[0],
+            "patch another configmap": sa.request(
+                "PATCH",
+                f"{records}/kube-root-ca.crt",
+                {"metadata": {"labels": {"x": "y"}}},
+                content_type="application/merge-patch+json",
             )[0],
         }
         assert refused == dict.fromkeys(refused, 403), refused

@@ -1,14 +1,17 @@
-"""The deployment manifests (k8s/) and the Containerfile, checked without a cluster.
+"""The deployment manifests (k8s/), the Containerfile and the lock files, checked without a cluster.
 
 `kubectl kustomize` renders the base and every overlay; each object is validated
 against the Kubernetes 1.37 OpenAPI schemas (strict: unknown fields fail), then
 the parts that operators rely on are pinned: every setting of the contract with
 its default, the Pod Security `restricted` fields, and RBAC verb by verb.
+(k8s/ is rendered from the Helm chart: tests/unit/test_chart.py keeps them equal.)
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,13 +81,20 @@ SETTINGS = {"k8s": BASE_SETTINGS, "k8s/overlays/burrito": BURRITO_SETTINGS}
 
 # (apiGroup, resource, verb, resourceNames): exactly these, nothing more.
 Rule = tuple[str, str, str, tuple[str, ...]]
-CLUSTER_RULES: set[Rule] = {
-    *(("", "nodes", v, ()) for v in ("get", "list", "watch", "patch")),
-    *(("", "pods", v, ()) for v in ("list", "watch", "delete")),
-    ("", "pods/eviction", "create", ()),
-    ("", "events", "create", ()),
-    ("apps", "statefulsets", "get", ()),
-    ("policy", "poddisruptionbudgets", "list", ()),
+# ClusterRole name -> its rules; the balancer's only where the balancer is on.
+CLUSTER_ROLES: dict[str, set[Rule]] = {
+    NAME: {
+        *(("", "nodes", v, ()) for v in ("get", "list", "watch", "patch")),
+        *(("", "pods", v, ()) for v in ("list", "watch", "delete")),
+        ("", "events", "create", ()),
+    },
+}
+BALANCER_ROLE: dict[str, set[Rule]] = {
+    f"{NAME}-balancer": {
+        ("", "pods/eviction", "create", ()),
+        ("apps", "statefulsets", "get", ()),
+        ("policy", "poddisruptionbudgets", "list", ()),
+    },
 }
 # (Role name, namespace) -> its rules
 ROLES: dict[tuple[str, str], set[Rule]] = {
@@ -92,28 +102,32 @@ ROLES: dict[tuple[str, str], set[Rule]] = {
         ("coordination.k8s.io", "leases", "create", ()),
         *(("coordination.k8s.io", "leases", v, ("asklepios",)) for v in ("get", "update")),
     },
-    ("asklepios-node-leases", "kube-node-lease"): {
-        *(("coordination.k8s.io", "leases", v, ()) for v in ("get", "list")),
-    },
-    ("asklepios-fencing", NAMESPACE): {("", "secrets", "get", ("asklepios-bmc",))},
     ("asklepios-records", NAMESPACE): {
         ("", "configmaps", "create", ()),
         *(("", "configmaps", v, ("asklepios-records",)) for v in ("get", "list", "watch", "patch")),
     },
+    ("asklepios-node-leases", "kube-node-lease"): {
+        *(("coordination.k8s.io", "leases", v, ()) for v in ("get", "list")),
+    },
 }
+FENCING_ROLE: dict[tuple[str, str], set[Rule]] = {
+    ("asklepios-fencing", NAMESPACE): {("", "secrets", "get", ("asklepios-bmc",))}
+}
+EXPECTED_CLUSTER_ROLES = {"k8s": CLUSTER_ROLES, "k8s/overlays/burrito": CLUSTER_ROLES | BALANCER_ROLE}
 KINDS = Counter(
     {
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
-        "Role": 4,
-        "RoleBinding": 4,
+        "Role": 3,
+        "RoleBinding": 3,
         "ConfigMap": 1,
         "Deployment": 1,
         "PodDisruptionBudget": 1,
         "Service": 1,
     }
 )
+EXPECTED_KINDS = {"k8s": KINDS, "k8s/overlays/burrito": KINDS + Counter({"ClusterRole": 1, "ClusterRoleBinding": 1})}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
@@ -130,6 +144,7 @@ def tool(name: str) -> str:
 
 @functools.cache
 def render(directory: str) -> tuple[Manifest, ...]:
+    """`kubectl kustomize` of a directory of the repository (or an absolute one)."""
     out = subprocess.run(
         [tool("kubectl"), "kustomize", str(ROOT / directory)],
         capture_output=True,
@@ -176,7 +191,7 @@ DIRECTORIES = pytest.mark.parametrize("directory", sorted(SETTINGS))
 @DIRECTORIES
 def test_renders_the_expected_objects(directory: str) -> None:
     manifests = render(directory)
-    assert Counter(m["kind"] for m in manifests) == KINDS
+    assert Counter(m["kind"] for m in manifests) == EXPECTED_KINDS[directory]
     for m in manifests:
         if m["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in m["metadata"]
@@ -285,28 +300,61 @@ def test_pod_security_restricted(directory: str) -> None:
     assert "ports" not in c or all("hostPort" not in p for p in c["ports"])
 
 
-@DIRECTORIES
-def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
-    cluster_role = one(directory, "ClusterRole")
-    assert cluster_role["metadata"]["name"] == NAME
-    assert rules(cluster_role) == CLUSTER_RULES
-    roles = {(m["metadata"]["name"], m["metadata"]["namespace"]): m for m in render(directory) if m["kind"] == "Role"}
-    assert set(roles) == set(ROLES)
-    for key, role in roles.items():
+def check_rbac(
+    manifests: tuple[Manifest, ...], cluster_roles: dict[str, set[Rule]], roles: dict[tuple[str, str], set[Rule]]
+) -> None:
+    found = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "ClusterRole"}
+    assert {name: rules(m) for name, m in found.items()} == cluster_roles
+    namespaced = {(m["metadata"]["name"], m["metadata"]["namespace"]): m for m in manifests if m["kind"] == "Role"}
+    assert set(namespaced) == set(roles)
+    for key, role in namespaced.items():
         # Also guards against kustomize rewriting resourceNames when a generated ConfigMap shares them.
-        assert rules(role) == ROLES[key], key
-    for rule in rules(cluster_role).union(*(rules(r) for r in roles.values())):
+        assert rules(role) == roles[key], key
+    for rule in set().union(*(rules(r) for r in [*found.values(), *namespaced.values()])):
         assert "*" not in rule
         assert rule[1] != "secrets" or rule[3] == ("asklepios-bmc",)  # the fencing Secret only
     subject = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
-    bindings: list[tuple[str, str, str, str | None]] = [("ClusterRoleBinding", "ClusterRole", NAME, None)]
-    bindings += [("RoleBinding", "Role", name, namespace) for name, namespace in ROLES]
+    bindings: list[tuple[str, str, str, str | None]] = [
+        ("ClusterRoleBinding", "ClusterRole", n, None) for n in cluster_roles
+    ]
+    bindings += [("RoleBinding", "Role", name, namespace) for name, namespace in roles]
+    assert Counter(m["kind"] for m in manifests if m["kind"].endswith("Binding")) == Counter(b[0] for b in bindings)
     for kind, ref_kind, ref_name, namespace in bindings:
-        [binding] = [m for m in render(directory) if m["kind"] == kind and m["metadata"]["name"] == ref_name]
+        [binding] = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == ref_name]
         assert binding["metadata"].get("namespace") == namespace
         assert binding["subjects"] == [subject]
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": ref_name}
-    assert one(directory, "ServiceAccount")["metadata"]["name"] == NAME
+    [account] = [m for m in manifests if m["kind"] == "ServiceAccount"]
+    assert account["metadata"]["name"] == NAME
+
+
+@DIRECTORIES
+def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
+    check_rbac(render(directory), EXPECTED_CLUSTER_ROLES[directory], ROLES)
+
+
+def with_components(tmp_path: Path, *components: str) -> tuple[Manifest, ...]:
+    """k8s/ plus components of k8s/components, the way an operator's overlay adds them."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S, tmp_path)],  # kustomize takes relative paths only
+                "components": [os.path.relpath(K8S / "components" / c, tmp_path) for c in components],
+            }
+        )
+    )
+    return render(str(tmp_path))
+
+
+def test_components_add_the_rbac_and_the_setting_of_their_feature(tmp_path: Path) -> None:
+    manifests = with_components(tmp_path, "fencing", "balancer")
+    check_rbac(manifests, CLUSTER_ROLES | BALANCER_ROLE, ROLES | FENCING_ROLE)
+    [config_map] = [m for m in manifests if m["kind"] == "ConfigMap"]
+    assert config_map["data"] == BASE_SETTINGS | {"ASKLEPIOS_FENCING": "redfish", "ASKLEPIOS_BALANCER": "true"}
+    for m in manifests:
+        kubernetes_validate.validate(m, KUBERNETES_VERSION, strict=True)
 
 
 @DIRECTORIES
@@ -354,3 +402,32 @@ def test_containerfile_is_hadolint_clean() -> None:
         check=False,
     )
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+# --- lock files --------------------------------------------------------------------------
+
+LOCKS = ROOT / "requirements"
+
+
+def pins(lock: str) -> dict[str, str]:
+    """name -> version of a lock file; every entry must carry at least one hash."""
+    text = (LOCKS / lock).read_text()
+    # name==version, maybe " ; markers", then one or more " \\" + newline + "--hash=sha256:..." lines
+    entry = r"^([A-Za-z0-9_.\-]+)==(\S+)(?: ;[^\\\n]*)?((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)"
+    entries = re.findall(entry, text, re.M)
+    names = re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)
+    assert len(entries) == len(names) > 0, f"{lock}: an entry without a hash"
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
+
+
+def test_locks_pin_every_dependency_with_hashes_and_agree() -> None:
+    runtime, test = pins("runtime.lock"), pins("test.lock")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)
+    assert dependencies
+    for requirement in re.findall(r'^\s*"([A-Za-z0-9_.\-]+)', dependencies[1], re.M):
+        assert re.sub(r"[-_.]+", "-", requirement).lower() in runtime, requirement
+    # CI tests the versions the image ships.
+    assert {name: test[name] for name in runtime} == runtime
+    assert {"hatchling", "editables", "cyclonedx-bom", "uv"} <= test.keys()
+    assert {"hatchling", "cyclonedx-bom"} <= pins("build.lock").keys()
