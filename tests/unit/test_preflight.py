@@ -191,11 +191,6 @@ def test_the_manifests_grant_exactly_the_needs_of_everything_on(tmp_path: Path) 
     settings = load_settings({**env, "ASKLEPIOS_FENCING": "redfish"})
     assert (settings.leader_election, settings.force_delete, settings.balancer, settings.fencing_on) == (True,) * 4
     needed = {(n.namespace, n.group, n.resource, n.verb, n.name) for n in needs_of(settings)}
-    # The Role asklepios-records (Asklepios' own record object), whether or not the needs table has it yet.
-    needed |= {("kube-system", "", "configmaps", "create", "")}
-    needed |= {
-        ("kube-system", "", "configmaps", v, "asklepios-records") for v in ("get", "list", "watch", "patch", "update")
-    }
     assert granted == needed, (sorted(granted - needed), sorted(needed - granted))
 
 
