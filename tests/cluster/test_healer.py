@@ -330,7 +330,7 @@ def test_a_pod_stuck_for_good_delays_kickin_at_most_the_pod_wait(
         assert kickin_deadline + wait - 0.1 <= seen <= kickin_deadline + wait + LATE, seen - kickin_deadline
         assert "deletionTimestamp" in cp.api.get(path)["metadata"]  # still there: the kickin did not wait for it
         assert not back["spec"].get("unschedulable")
-        [forced] = events(cp, "KickinForced", name)
+        [forced] = wait_value(lambda: events(cp, "KickinForced", name), 10, "KickinForced")  # after the write
         assert forced["type"] == "Warning" and f"{namespace}/stuck" in forced["message"]
         assert healer.metric("asklepios_kickins_forced_total") == 1
     finally:
