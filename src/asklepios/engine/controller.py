@@ -41,6 +41,7 @@ from asklepios.engine.retry import count_failure
 from asklepios.engine.writes import NodeWriter
 from asklepios.fence.probe import TcpProbe
 from asklepios.kube.client import KubeClient
+from asklepios.kube.configmaps import ConfigMapRecord
 from asklepios.kube.events import EventRecorder
 from asklepios.kube.lease import LeaseApi
 from asklepios.kube.nodeleases import NodeLeaseApi
@@ -53,6 +54,7 @@ from asklepios.observe.health import Health
 
 log = logging.getLogger("asklepios")
 LEASE_NAME = "asklepios"
+BALANCER_RECORD = "asklepios-balancer"  # ConfigMap in ASKLEPIOS_NAMESPACE: the balancer's ledgers
 
 
 def _hooks(health: Health | None, resource: str) -> Hooks:
@@ -187,6 +189,7 @@ def _start_balancer(
         nodes=lambda: healer.views,
         gate=gate,
         clock=clock,
+        record=ConfigMapRecord(client, settings.namespace, BALANCER_RECORD),
     )
     healer.on_schedulable = lambda _node: balancer.trigger()  # a kicked-in node may take its pods back
     health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)

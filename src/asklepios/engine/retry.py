@@ -4,10 +4,13 @@ Every failed attempt of a write is counted (`asklepios_write_conflicts_total` fo
 409, `asklepios_api_errors_total{operation}` for anything else), where it happens.
 A write gives up after a few attempts or its time budget, whichever comes first,
 so a failing node never holds a write slot for long: the resync tries again later.
+What fails again on a later round (a refused eviction, a move that did not land) waits
+`backoff(failures, ...)`, the same jittered exponential policy, between rounds.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 
 import stamina
@@ -45,3 +48,11 @@ def attempts(operation: str, budget: float) -> AsyncIterator[stamina.Attempt]:
 def count_failure(operation: str, exc: Exception) -> None:
     """Count a failed single-shot write (one that is not retried here)."""
     _counted(operation)(exc)
+
+
+def backoff(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait after `failures` failures in a row, for what is retried across rounds
+    (a refused eviction, a failed move): exponential from `base`, at most `cap`, with full
+    jitter over the upper half. Within one write, stamina's `attempts` does the same."""
+    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    return random.uniform(ceiling / 2, ceiling)
