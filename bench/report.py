@@ -217,12 +217,45 @@ def _podwatch(docs: list[JSON]) -> list[str]:
     return out
 
 
+def _mass_outage(docs: list[JSON]) -> list[str]:
+    out = ["## Mass outage (two replicas, leader election on)", "",
+           "Event-loop lag per replica (leader first at the end of the window): p50 / p99 / max-at-most seconds, "
+           "from its own `asklepios_event_loop_lag_seconds`. Kickout lag against the countdown Asklepios wrote.",
+           ""]  # fmt: skip
+    rows = []
+    for d in docs:
+        s = d["summary"]
+        for name in ("quiet", "storm1", "storm2"):
+            w = s.get(name)
+            if not w:
+                continue
+            reps = sorted(w["replicas"], key=lambda r: not r.get("leader_at_end"))
+            lag = "; ".join(
+                " / ".join(num(r["event_loop_lag"].get(k), 3) for k in ("p50_s", "p99_s", "max_at_most_s"))
+                for r in reps
+            )
+            kick = tri(w.get("kickout_lag_s")) if name == "storm2" else "-"
+            rows.append([d["scenario"], d.get("asklepios_commit", "-"), name,
+                         f"{w.get('nodes', 0)} in {num(w.get('down_within_s'), 1)} s" if w.get("nodes") else "-",
+                         str(w.get("kicked_out", "-")), lag, str(w["lease"]["missed"]), str(w["leadership_changes"]),
+                         str(sum(w["healthz_failures"].values())),
+                         " + ".join(num(r.get("cpu_seconds"), 1) for r in reps),
+                         num(max((r.get("rss_max_mib") or 0.0) for r in reps), 1),
+                         num(w["apiserver_requests"], 0), kick,
+                         num(w.get("first_crash_to_last_taint_s"), 1)])  # fmt: skip
+    header = ["run", "commit", "window", "down", "kicked out", "loop lag (s)", "Lease renewals missed",
+              "leader changes", "/healthz failures", "CPU s", "RSS peak MiB", "apiserver requests",
+              "kickout lag p50/p99/max (s)", "first crash -> last taint (s)"]  # fmt: skip
+    return out + table(header, rows)
+
+
 RENDER: dict[str, Callable[[list[JSON]], list[str]]] = {
     "lag": _lag,
     "load": _load,
     "memory": _memory,
     "recovery": _recovery,
     "podwatch": _podwatch,
+    "mass-outage": _mass_outage,
 }
 
 
