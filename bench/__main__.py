@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import REPO_DIR, lag, load, massoutage, memory, podwatch, recovery
+from bench import REPO_DIR, lag, lists, load, massoutage, memory, podwatch, recovery
 from bench.controller import SOURCE
 from bench.report import write_table
 
@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storm2", type=int, default=100, help="nodes dead at once (below the guard)")
     p.add_argument("--kickout-seconds", type=int, default=10)
     p.add_argument("--hold", type=float, default=30.0, help="seconds storm 1 lasts past the kickout deadline")
+    p = sub.add_parser("lists", help="what each kind of list costs the apiserver and etcd")
+    p.add_argument("--nodes", type=int, default=500)
+    p.add_argument("--pods", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--release", default=None, help="Kubernetes release, e.g. 1.28 (default: the lab's default)")
     p = sub.add_parser("memory", help="RSS/CPU at many nodes and balancer pods")
     p.add_argument("--nodes", type=int, default=5000)
     p.add_argument("--pods-per-node", type=int, default=10)
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "mass-outage":
         massoutage.run(args.nodes, storm1=args.storm1, storm2=args.storm2, kickout_s=args.kickout_seconds,
                        hold=args.hold, keep=args.keep)  # fmt: skip
+    elif args.scenario == "lists":
+        lists.run(nodes=args.nodes, pods=args.pods, repeat=args.repeat, version=args.release, keep=args.keep)
     elif args.scenario == "memory":
         memory.run(args.nodes, pods_per_node=args.pods_per_node, window=args.window, burst=args.burst,
                    profiled=not args.no_profile, keep=args.keep)  # fmt: skip
