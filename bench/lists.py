@@ -61,19 +61,26 @@ def kinds(node: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def storage_metrics(text: str, resource: str) -> dict[str, float]:
-    """The METRICS' samples that concern ``resource`` (any label naming it), summed by name and operation."""
+    """The METRICS' samples that concern ``resource``, summed by name, storage backend and operation.
+
+    ``apiserver_storage_list_*`` carry the backend that served the list (1.37: ``storage``
+    etcd or watch cache; 1.28 records etcd lists only); ``etcd_request_duration_seconds``
+    names the resource by its type (1.28: ``*core.PodList``) or by ``resource`` (1.37)."""
+    singular = "minion" if resource == "nodes" else resource[:-1]  # 1.28's watch cache keys nodes as /minions
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name not in METRICS:
                 continue
-            values = sample.labels.values()
-            if not any(v in (resource, f"/{resource}", f"/registry/{resource}") for v in values):
+            if not any(
+                v == resource or singular in v.lower() or v.endswith("NodeList") for v in sample.labels.values()
+            ):
                 continue
-            op = sample.labels.get("operation")
-            if sample.name.startswith("etcd_") and not (op or "").startswith("list"):
+            op = sample.labels.get("operation", "")
+            if sample.name.startswith("etcd_") and not (op.startswith("list") or op == "getCurrentResourceVersion"):
                 continue
-            key = f"{sample.name}{{operation={op}}}" if op else sample.name
+            extra = ",".join(f"{k}={sample.labels[k]}" for k in ("storage", "operation") if sample.labels.get(k))
+            key = f"{sample.name}{{{extra}}}" if extra else sample.name
             out[key] = out.get(key, 0.0) + float(sample.value)
     return out
 

@@ -249,6 +249,32 @@ def _mass_outage(docs: list[JSON]) -> list[str]:
     return out + table(header, rows)
 
 
+def _lists(docs: list[JSON]) -> list[str]:
+    out = ["## What a list costs", "",
+           "Per list (all its pages), averaged over the repeats: who served it and what it fetched, from the "
+           "apiserver's storage metrics; its latency from the audit log.", ""]  # fmt: skip
+    rows = []
+    for d in docs:
+        for r in d["summary"]["lists"]:
+            cost = r["apiserver_per_list"]
+            fetched = {
+                (k.split("{")[1].rstrip("}") if "{" in k else "etcd"): v
+                for k, v in cost.items()
+                if k.startswith("apiserver_storage_list_fetched_objects_total")
+            }
+            if "apiserver_cache_list_fetched_objects_total" in cost:  # 1.28: the watch cache's own metric
+                fetched["watchcache"] = cost["apiserver_cache_list_fetched_objects_total"]
+            etcd = sum(v for k, v in cost.items() if k.startswith("etcd_request_duration_seconds_count"))
+            served = ", ".join(
+                f"{k.removeprefix('storage=') or 'etcd'}: {num(v, 0)} fetched" for k, v in fetched.items()
+            )
+            rows.append([d["params"]["release"], r["list"], str(r["pages"]), num(r["objects"], 0),
+                         served or "-", num(etcd, 1), num(r["audit_seconds"].get("p50"), 3)])  # fmt: skip
+    header = ["release", "list", "pages", "objects", "served by (objects fetched)", "etcd requests",
+              "latency p50 per request (s)"]  # fmt: skip
+    return out + table(header, rows)
+
+
 RENDER: dict[str, Callable[[list[JSON]], list[str]]] = {
     "lag": _lag,
     "load": _load,
@@ -256,6 +282,7 @@ RENDER: dict[str, Callable[[list[JSON]], list[str]]] = {
     "recovery": _recovery,
     "podwatch": _podwatch,
     "mass-outage": _mass_outage,
+    "lists": _lists,
 }
 
 
