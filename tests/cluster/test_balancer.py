@@ -165,6 +165,7 @@ def test_three_statefulsets_converge_one_move_at_a_time(
     wait_value(lambda: healer.metric("asklepios_rebalanced_pods_total") == 3, 10, "the moves confirmed")
 
 
+@pytest.mark.both_releases
 @pytest.mark.timeout(180)
 def test_a_pdb_that_never_allows_gets_few_evictions_and_one_event(
     control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
