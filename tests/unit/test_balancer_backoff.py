@@ -253,3 +253,24 @@ async def test_unreadable_record_entries_are_ignored_and_logged(caplog: pytest.L
     skipped = sorted(r.__dict__["key"] for r in caplog.records if "unreadable" in r.getMessage())
     assert skipped == ["ns.broken", "ns.other", "ns.wrong"]
     assert evictions.evictions == 1 and [e.reason for e in events.emitted] == ["RebalanceFailed"]  # 4 + 1
+
+
+@attrs.define(eq=False)
+class FailingRecord(FakeRecord):
+    status: int = 503
+
+    async def load(self) -> dict[str, str]:
+        await anyio.lowlevel.checkpoint()
+        self.loads += 1
+        raise ApiError(self.status, "no")
+
+
+async def test_a_record_it_cannot_read_stops_moves_unless_rbac_forbids_it() -> None:
+    evictions = RefusingEvictions()
+    b, _ = balancer(evictions, FailingRecord(status=503))
+    await rounds(b, 3)
+    assert evictions.evictions == 0  # an apiserver hiccup: wait for the record rather than forget the cap
+    forbidden = RefusingEvictions()
+    b, _ = balancer(forbidden, FailingRecord(status=403))
+    await rounds(b, 1)
+    assert forbidden.evictions == 1  # no RBAC for the record: the balancer still works, from memory

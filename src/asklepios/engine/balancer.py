@@ -155,8 +155,13 @@ class Balancer:
             stored = await self.record.load()
         except ApiError as exc:
             count_failure("balancer record", exc)
-            log.warning("cannot read the balancer's record; not moving pods", extra={"error": str(exc)})
-            return False
+            if exc.status != 403:
+                log.warning("cannot read the balancer's record; not moving pods", extra={"error": str(exc)})
+                return False
+            # RBAC without the record: go on from memory (its writes fail and are counted, so it shows)
+            log.warning("may not read the balancer's record; its limits do not survive a leader change",
+                        extra={"error": str(exc)})  # fmt: skip
+            stored = {}
         ledgers: dict[Key, MoveLedger] = {}
         for name, raw in stored.items():
             namespace = name.partition(".")[0]
