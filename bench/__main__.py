@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import REPO_DIR, lag, load, memory, podwatch, recovery
+from bench import REPO_DIR, lag, lists, load, massoutage, memory, podwatch, recovery
 from bench.controller import SOURCE
 from bench.report import write_table
 
@@ -38,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--window", type=float, default=180.0, help="steady-state window, seconds")
     p.add_argument("--burst", type=int, default=100, help="nodes kicked out at once for per-kickout counts")
+    p = sub.add_parser("mass-outage", help="two storms of dead nodes against two replicas (loop lag, Lease, cost)")
+    p.add_argument("--nodes", type=int, default=5000)
+    p.add_argument("--storm1", type=int, default=3000, help="nodes Unknown within seconds (above the guard)")
+    p.add_argument("--storm2", type=int, default=100, help="nodes dead at once (below the guard)")
+    p.add_argument("--kickout-seconds", type=int, default=10)
+    p.add_argument("--hold", type=float, default=30.0, help="seconds storm 1 lasts past the kickout deadline")
+    p = sub.add_parser("lists", help="what each kind of list costs the apiserver and etcd")
+    p.add_argument("--nodes", type=int, default=500)
+    p.add_argument("--pods", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--release", default=None, help="Kubernetes release, e.g. 1.28 (default: the lab's default)")
     p = sub.add_parser("memory", help="RSS/CPU at many nodes and balancer pods")
     p.add_argument("--nodes", type=int, default=5000)
     p.add_argument("--pods-per-node", type=int, default=10)
@@ -67,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, child in sub.choices.items():
         if name not in ("all", "table"):
             child.add_argument("--keep", action="store_true", help="keep the lab's work directory")
-        if name in ("lag", "load", "recovery", "podwatch"):
+        if name in ("lag", "load", "recovery", "podwatch", "mass-outage"):
             child.add_argument("--source", default="HEAD",
                                help="Asklepios to measure: a commit (snapshot of its src/asklepios, default "
                                     "HEAD) or 'worktree' (src/ as it is now)")  # fmt: skip
@@ -112,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 kickin_s=args.kickin_seconds, restore_after=args.restore_after, keep=args.keep)  # fmt: skip
     elif args.scenario == "load":
         load.run(args.nodes, window=args.window, burst=args.burst, keep=args.keep)
+    elif args.scenario == "mass-outage":
+        massoutage.run(args.nodes, storm1=args.storm1, storm2=args.storm2, kickout_s=args.kickout_seconds,
+                       hold=args.hold, keep=args.keep)  # fmt: skip
+    elif args.scenario == "lists":
+        lists.run(nodes=args.nodes, pods=args.pods, repeat=args.repeat, version=args.release, keep=args.keep)
     elif args.scenario == "memory":
         memory.run(args.nodes, pods_per_node=args.pods_per_node, window=args.window, burst=args.burst,
                    profiled=not args.no_profile, keep=args.keep)  # fmt: skip

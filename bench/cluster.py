@@ -60,6 +60,7 @@ class Lab:
         self.cp = cp
         self.workdir = cp.workdir
         self.audit_log = audit_log
+        self.token = token
         self.kubeconfig = cp.kubeconfig_for(token, "asklepios")
 
     def apply_rbac(self) -> None:
@@ -107,10 +108,12 @@ def lab(
     audit: bool = False,
     bulk: bool = True,
     keep: bool = False,
+    version: str | None = None,
     **kwargs: Any,
 ) -> Iterator[Lab]:
     """A started lab in a fresh directory (removed afterwards unless ``keep``).
 
+    ``version`` picks the Kubernetes release (None: the default one, see asklepios_lab.binaries).
     ``bulk`` sets the long node-monitor grace period that thousands of bulk nodes need;
     without it the lab's defaults apply (grace 5 s, Lease 4 s: fast crash detection).
     """
@@ -138,7 +141,7 @@ def lab(
         kwargs.setdefault("node_monitor_grace_period", BULK_GRACE_SECONDS)
     cp = ControlPlane(
         workdir,
-        bin_dir=binaries.ensure(),
+        bin_dir=binaries.ensure(version),
         extra_tokens=[identity],
         apiserver_args=apiserver_args,
         start_timeout=180.0,

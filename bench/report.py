@@ -217,12 +217,72 @@ def _podwatch(docs: list[JSON]) -> list[str]:
     return out
 
 
+def _mass_outage(docs: list[JSON]) -> list[str]:
+    out = ["## Mass outage (two replicas, leader election on)", "",
+           "Event-loop lag per replica (leader first at the end of the window): p50 / p99 / max-at-most seconds, "
+           "from its own `asklepios_event_loop_lag_seconds`. Kickout lag against the countdown Asklepios wrote.",
+           ""]  # fmt: skip
+    rows = []
+    for d in docs:
+        s = d["summary"]
+        for name in ("quiet", "storm1", "storm2"):
+            w = s.get(name)
+            if not w:
+                continue
+            reps = sorted(w["replicas"], key=lambda r: not r.get("leader_at_end"))
+            lag = "; ".join(
+                " / ".join(num(r["event_loop_lag"].get(k), 3) for k in ("p50_s", "p99_s", "max_at_most_s"))
+                for r in reps
+            )
+            kick = tri(w.get("kickout_lag_s")) if name == "storm2" else "-"
+            rows.append([d["scenario"], d.get("asklepios_commit", "-"), name,
+                         f"{w.get('nodes', 0)} in {num(w.get('down_within_s'), 1)} s" if w.get("nodes") else "-",
+                         str(w.get("kicked_out", "-")), lag, str(w["lease"]["missed"]), str(w["leadership_changes"]),
+                         str(sum(w["healthz_failures"].values())),
+                         " + ".join(num(r.get("cpu_seconds"), 1) for r in reps),
+                         num(max((r.get("rss_max_mib") or 0.0) for r in reps), 1),
+                         num(w["apiserver_requests"], 0), kick,
+                         num(w.get("first_crash_to_last_taint_s"), 1)])  # fmt: skip
+    header = ["run", "commit", "window", "down", "kicked out", "loop lag (s)", "Lease renewals missed",
+              "leader changes", "/healthz failures", "CPU s", "RSS peak MiB", "apiserver requests",
+              "kickout lag p50/p99/max (s)", "first crash -> last taint (s)"]  # fmt: skip
+    return out + table(header, rows)
+
+
+def _lists(docs: list[JSON]) -> list[str]:
+    out = ["## What a list costs", "",
+           "Per list (all its pages), averaged over the repeats: who served it and what it fetched, from the "
+           "apiserver's storage metrics; its latency from the audit log.", ""]  # fmt: skip
+    rows = []
+    for d in docs:
+        for r in d["summary"]["lists"]:
+            cost = r["apiserver_per_list"]
+            fetched = {
+                (k.split("{")[1].rstrip("}") if "{" in k else "etcd"): v
+                for k, v in cost.items()
+                if k.startswith("apiserver_storage_list_fetched_objects_total")
+            }
+            if "apiserver_cache_list_fetched_objects_total" in cost:  # 1.28: the watch cache's own metric
+                fetched["watchcache"] = cost["apiserver_cache_list_fetched_objects_total"]
+            etcd = sum(v for k, v in cost.items() if k.startswith("etcd_request_duration_seconds_count"))
+            served = ", ".join(
+                f"{k.removeprefix('storage=') or 'etcd'}: {num(v, 0)} fetched" for k, v in fetched.items()
+            )
+            rows.append([d["params"]["release"], r["list"], str(r["pages"]), num(r["objects"], 0),
+                         served or "-", num(etcd, 1), num(r["audit_seconds"].get("p50"), 3)])  # fmt: skip
+    header = ["release", "list", "pages", "objects", "served by (objects fetched)", "etcd requests",
+              "latency p50 per request (s)"]  # fmt: skip
+    return out + table(header, rows)
+
+
 RENDER: dict[str, Callable[[list[JSON]], list[str]]] = {
     "lag": _lag,
     "load": _load,
     "memory": _memory,
     "recovery": _recovery,
     "podwatch": _podwatch,
+    "mass-outage": _mass_outage,
+    "lists": _lists,
 }
 
 

@@ -117,11 +117,12 @@ async def _operate(settings: Settings, source: Loaded, args: argparse.Namespace)
 async def _status_of(settings: Settings, source: Loaded, node: str) -> list[str]:
     """`asklepios status NODE`: the node's line, then its record and the evidence, for a person at 3 a.m."""
     async with KubeClient.connect(source) as client:
-        views = [v for v in await followed_nodes(settings, client) if v.name == node]
-        if not views:
-            views = [(await _commands(settings, client).book()).attach(await NodeApi(client).get(node))]
-        rows = await node_rows(settings, client, SYSTEM_CLOCK, views)
-        return [*format_rows(rows), "", *describe_record(views[0])]
+        book = await followed_nodes(settings, client)
+        view = book.views.get(node)
+        rows = [row for row in await node_rows(settings, client, SYSTEM_CLOCK, book) if row.name == node]
+        if view is None:  # neither watched nor kicked out: its record, if any, all the same
+            view = (await _commands(settings, client).book()).attach(await NodeApi(client).get(node))
+        return [*format_rows(rows), "", *describe_record(view)]
 
 
 def format_rows(rows: list[NodeRow]) -> list[str]:

@@ -10,10 +10,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 
 from asklepios_lab import ControlPlane, workloads
-from tests.cluster.checks import SEL, env, first_seen, has_oos, writes_by_asklepios
+from tests.cluster.checks import SEL, env, first_seen, has_oos, parse_time, writes_by_asklepios
+from tests.cluster.conftest import UNDER_TEST_USER
 from tests.cluster.podwatch import PodWatch
 from tests.cluster.runner import AsklepiosFactory, wait_value
 
@@ -161,3 +163,67 @@ def test_three_statefulsets_converge_one_move_at_a_time(
             wait_value(lambda s=sts: one_per_node(cp, namespace, s, names), 120, f"{sts} one per node")  # type: ignore[misc]
         assert_safe_moves(watch, float(start), {sts: 2 for sts in apps})
     wait_value(lambda: healer.metric("asklepios_rebalanced_pods_total") == 3, 10, "the moves confirmed")
+
+
+@pytest.mark.both_releases
+@pytest.mark.timeout(180)
+def test_a_pdb_that_never_allows_gets_few_evictions_and_one_event(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """Issue 22: refused evictions back off and stop after 5 (REFUSALS_BEFORE_GIVING_UP), with one
+    RebalanceFailed, and stay stopped across a restart (the count is in the record ConfigMap)."""
+    cp = control_plane
+    names = nodes.watched("a", "b", "c")
+    cp.api.patch(f"/api/v1/nodes/{names[2]}", {"spec": {"unschedulable": True}})
+    workloads.create(cp, namespace, workloads.statefulset("stuck", "app-b"))
+    workloads.create(cp, namespace, pdb("stuck", maxUnavailable=0))
+    workloads.wait_all_running(cp, namespace, "stuck", 3)
+    settings = balancer_env(nodes.prefix, namespace, ASKLEPIOS_RESYNC_SECONDS="1", ASKLEPIOS_NAMESPACE=namespace)
+    healer = asklepios(settings)
+    cp.api.patch(f"/api/v1/nodes/{names[2]}", {"spec": {"unschedulable": None}})
+
+    def evictions() -> list[dict[str, Any]]:  # the apiserver's own record of Asklepios' eviction requests
+        return [
+            e
+            for e in writes_by_asklepios(cp, "create", "pods", namespace)
+            if e["objectRef"].get("subresource") == "eviction"
+        ]
+
+    def rebalance_failed() -> list[dict[str, Any]]:
+        query = {"fieldSelector": "involvedObject.kind=StatefulSet,involvedObject.name=stuck,reason=RebalanceFailed"}
+        items: list[dict[str, Any]] = cp.api.get(f"/api/v1/namespaces/{namespace}/events", query=query)["items"]
+        return items
+
+    [event] = wait_value(rebalance_failed, 60, "RebalanceFailed on the StatefulSet")
+    assert event["type"] == "Warning" and "refused 5 times in a row" in event["message"], event
+    refused = evictions()
+    assert len(refused) == 5 and {e["responseStatus"]["code"] for e in refused} == {429}, refused
+    first, last = (parse_time(refused[i]["requestReceivedTimestamp"]) for i in (0, -1))
+    assert last - first >= 0.5 + 1 + 2 + 4, "the refusals backed off (1, 2, 4, 8 s, jittered over the upper half)"
+    record = cp.api.get(f"/api/v1/namespaces/{namespace}/configmaps/asklepios-balancer")["data"]
+    kept = orjson.loads(record[f"{namespace}.stuck"])
+    assert kept["refusals"] == 5 and kept["gave_up"] is not None, kept
+
+    gave_up = parse_time(event["firstTimestamp"]) if event.get("firstTimestamp") else time.time()
+
+    def budget_checks(after: float) -> int:  # left alone, the balancer only compares the PDBs (every 6 s)
+        return sum(
+            1
+            for e in cp.audit(UNDER_TEST_USER)
+            if e["verb"] == "list"
+            and (e.get("objectRef") or {}).get("resource") == "poddisruptionbudgets"
+            and (e.get("objectRef") or {}).get("namespace") == namespace
+            and parse_time(e["requestReceivedTimestamp"]) > after
+        )
+
+    wait_value(lambda: budget_checks(gave_up) >= 2, 30, "two comparisons of the PDBs after giving up")
+    assert len(evictions()) == 5  # rounds ran for 6 s and more: no eviction
+    healer.stop()
+    restarted = time.time()
+    again = asklepios(settings)  # a new process, as a new leader: it reads the record
+    again.wait_log(lambda line: line.get("msg") == "balancer record read", 20, "the record read")
+    wait_value(lambda: budget_checks(restarted) >= 2, 30, "the new process compares the PDBs, twice")
+    assert len(evictions()) == 5
+    [event] = rebalance_failed()
+    assert event.get("count", 1) == 1 and event.get("series") is None, event
+    assert set(workloads.placement(cp, namespace, "stuck").values()) == set(names[:2])  # never moved

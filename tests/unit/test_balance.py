@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import attrs
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asklepios.core.balance import OwnerRef, PodView, plan_move, settled
+from asklepios.core.balance import GaveUp, MoveLedger, OwnerRef, PodView, fingerprint, plan_move, settled
 from asklepios.core.node import OUT_OF_SERVICE_TAINT, NodeView, ReadyStatus, Taint
 from asklepios.core.placement import NodeRequirement, Placement, Toleration
 from asklepios.core.records import KickoutRecord, NodeRecord
@@ -127,3 +130,67 @@ def test_pods_of_one_template_share_their_placement_and_owner() -> None:
     assert a.placement is b.placement
     assert a.owner is b.owner
     assert a.placement.tolerations == (Toleration(key="k", operator="Exists"),)
+
+
+# --- the ledger in the balancer's record ------------------------------------------------------
+def test_a_ledger_reads_back_what_it_wrote() -> None:
+    at = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    ledger = MoveLedger(
+        name="db",
+        moves=(at, at + timedelta(minutes=5)),
+        failures=1,
+        refusals=5,
+        backoff_until=at + timedelta(minutes=2),
+        gave_up=GaveUp("a PodDisruptionBudget allows no disruption now (429)", "f00d", "db@7", at),
+    )
+    assert MoveLedger.from_record(orjson.loads(orjson.dumps(ledger.to_record("uid-1")))) == ("uid-1", ledger)
+    assert MoveLedger.from_record(MoveLedger().to_record("u")) == ("u", MoveLedger())
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+_values = (
+    _scalars
+    | st.lists(_scalars, max_size=3)
+    | st.dictionaries(st.sampled_from(["why", "pods", "pdbs", "checked"]), _scalars)
+)
+_FIELDS = ("uid", "name", "moves", "failures", "refusals", "backoff_until", "gave_up")
+
+
+@given(st.fixed_dictionaries({}, optional=dict.fromkeys(_FIELDS, _values)) | _values)
+def test_reading_a_record_never_raises(data: object) -> None:
+    parsed = MoveLedger.from_record(data)
+    assert parsed is None or (isinstance(data, dict) and parsed[0] == data["uid"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"uid": ""},
+        {"uid": 3},
+        {"moves": "12"},
+        {"moves": [True]},
+        {"moves": [1e300]},
+        {"refusals": -1},
+        {"refusals": True},
+        {"failures": 1.5},
+        {"backoff_until": "soon"},
+        {"gave_up": {"why": "x", "pods": "p"}},
+        {"gave_up": {"why": "x", "pods": "p", "pdbs": 1, "checked": 0}},
+        {"gave_up": "yes"},
+    ],
+)
+def test_a_damaged_record_entry_is_none(change: dict[str, object]) -> None:
+    good = MoveLedger(name="db", refusals=1).to_record("uid-1")
+    assert MoveLedger.from_record(good) is not None
+    assert MoveLedger.from_record({**good, **change}) is None
+    assert MoveLedger.from_record({k: v for k, v in good.items() if k not in change}) is None
+
+
+def test_the_fingerprint_changes_with_any_pod() -> None:
+    pods = [PodView.of("ns", f"db-{i}", f"u{i}", "n1", None, ready=True) for i in range(3)]
+    same = fingerprint(list(reversed(pods)))
+    assert fingerprint(pods) == same
+    for change in ({"uid": "other"}, {"node": "n2"}, {"ready": False}, {"deleting": True}):
+        changed = [attrs.evolve(pods[0], **change), *pods[1:]]
+        assert fingerprint(changed) != same, change
+    assert fingerprint(pods[:2]) != same

@@ -90,8 +90,11 @@ async def test_a_move_is_checked_where_it_landed() -> None:
     assert evictions.evicted == ["db-2"]  # spread: nothing more to do
 
 
-async def test_a_replacement_back_on_the_crowded_node_backs_off_instead_of_looping() -> None:
+async def test_a_replacement_back_on_the_crowded_node_backs_off_instead_of_looping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 12.4: the scheduler puts it back; the next rounds must not evict it every 10 s."""
+    monkeypatch.setattr("asklepios.engine.retry.random.uniform", lambda low, high: high)  # no jitter
     balancer, evictions, events = balancer_world()
     evictions.land_on = "n3"
     for _ in range(30):  # five minutes of rounds

@@ -113,7 +113,11 @@ ROLES: dict[tuple[str, str], set[Rule]] = {
 FENCING_ROLE: dict[tuple[str, str], set[Rule]] = {
     ("asklepios-fencing", NAMESPACE): {("", "secrets", "get", ("asklepios-bmc",))}
 }
+BALANCER_STATE_ROLE: dict[tuple[str, str], set[Rule]] = {
+    ("asklepios-balancer", NAMESPACE): {("", "configmaps", v, ("asklepios-balancer",)) for v in ("get", "patch")}
+}
 EXPECTED_CLUSTER_ROLES = {"k8s": CLUSTER_ROLES, "k8s/overlays/burrito": CLUSTER_ROLES | BALANCER_ROLE}
+EXPECTED_ROLES = {"k8s": ROLES, "k8s/overlays/burrito": ROLES | BALANCER_STATE_ROLE}
 KINDS = Counter(
     {
         "ServiceAccount": 1,
@@ -127,7 +131,10 @@ KINDS = Counter(
         "Service": 1,
     }
 )
-EXPECTED_KINDS = {"k8s": KINDS, "k8s/overlays/burrito": KINDS + Counter({"ClusterRole": 1, "ClusterRoleBinding": 1})}
+EXPECTED_KINDS = {
+    "k8s": KINDS,
+    "k8s/overlays/burrito": KINDS + Counter({"ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1}),
+}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 
 
@@ -330,7 +337,7 @@ def check_rbac(
 
 @DIRECTORIES
 def test_rbac_is_exactly_what_is_needed(directory: str) -> None:
-    check_rbac(render(directory), EXPECTED_CLUSTER_ROLES[directory], ROLES)
+    check_rbac(render(directory), EXPECTED_CLUSTER_ROLES[directory], EXPECTED_ROLES[directory])
 
 
 def with_components(tmp_path: Path, *components: str) -> tuple[Manifest, ...]:
@@ -350,7 +357,7 @@ def with_components(tmp_path: Path, *components: str) -> tuple[Manifest, ...]:
 
 def test_components_add_the_rbac_and_the_setting_of_their_feature(tmp_path: Path) -> None:
     manifests = with_components(tmp_path, "fencing", "balancer")
-    check_rbac(manifests, CLUSTER_ROLES | BALANCER_ROLE, ROLES | FENCING_ROLE)
+    check_rbac(manifests, CLUSTER_ROLES | BALANCER_ROLE, ROLES | FENCING_ROLE | BALANCER_STATE_ROLE)
     [config_map] = [m for m in manifests if m["kind"] == "ConfigMap"]
     assert config_map["data"] == BASE_SETTINGS | {"ASKLEPIOS_FENCING": "redfish", "ASKLEPIOS_BALANCER": "true"}
     for m in manifests:

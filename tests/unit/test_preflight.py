@@ -148,6 +148,8 @@ def test_needs_per_setting() -> None:
         "create pods/eviction",
         "get apps statefulsets",
         "list policy poddisruptionbudgets",
+        "get configmaps 'asklepios-balancer' in kube-system",
+        "patch configmaps 'asklepios-balancer' in kube-system",
     }
     fencing = Settings(leader_election=False, force_delete=False, fencing="redfish", fencing_secret="bmcs")
     assert _texts(fencing) - ALWAYS == {"get secrets 'bmcs' in kube-system"}

@@ -23,6 +23,7 @@ import orjson
 KICKOUT_ANNOTATION = "asklepios.io/kickout"  # the mirror on the node, for people
 BMC_ANNOTATION = "asklepios.io/bmc"  # no longer read: `check` warns where it is left
 RECORDS_CONFIGMAP = "asklepios-records"
+BALANCER_CONFIGMAP = "asklepios-balancer"  # the balancer's state per StatefulSet (engine/balancer.py)
 NODE_KEY_PREFIX = "node."
 PAUSE_KEY = "pause"
 MAX_RECORD_BYTES = 16_384  # far above any record of ours: a longer value is not ours

@@ -16,6 +16,7 @@ import anyio
 from asklepios import __version__
 from asklepios.config import Settings
 from asklepios.core.node import NodeView
+from asklepios.core.records import BALANCER_CONFIGMAP
 from asklepios.engine.balancer import Balancer
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.fencing import Fencer
@@ -207,6 +208,7 @@ def _start_balancer(
         nodes=lambda: healer.views,
         gate=gate,
         clock=clock,
+        record=RecordApi(client, settings.namespace, BALANCER_CONFIGMAP),
     )
     healer.on_schedulable = lambda _node: balancer.trigger()  # a kicked-in node may take its pods back
     health.expect("pods", silence=settings.watch_timeout_seconds + 60, gates_readiness=False)

@@ -5,7 +5,9 @@ force-deleted, their departure releases the node (and powers a fenced one on),
 and kickin waits for the last of them. A watch with a `spec.nodeName` field
 selector per kicked-out node delivers exactly those pods, as they change, without
 a LIST per look; kicked-out nodes are few (the guard sees to that), so this costs
-far less than one cluster-wide pod watch of 50,000 pods.
+far less than one cluster-wide pod watch of 50,000 pods. Each one's first list is
+served by the apiserver's watch cache (resourceVersion=0): with a `spec.nodeName`
+selector, a consistent read would make etcd return every pod of the cluster.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class NodePodWatches:
             field_selector=selector,
             watch_timeout=self.watch_timeout,
             hooks=self.hooks,
+            cached_list=True,  # from the watch cache: a consistent read scans every pod in etcd
         )
 
         store = self._stores[node]

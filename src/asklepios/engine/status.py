@@ -4,22 +4,24 @@ Reads the cluster with the same settings and changes nothing: the watched nodes
 (and kicked-out nodes that left the selector), the pods of kicked-out nodes, the
 controller's `KickoutHeld` Events (the hold reason is the controller's finding:
 a workstation cannot probe the nodes' network the way the controller does), and,
-with fencing on, each BMC's PowerState. The verdict comes from the same pure
-`judge` the controller runs, starting from the nodes' own marks, so a countdown
-shown here is the one the controller keeps.
+with fencing on, each BMC's PowerState: asked in parallel, BMC_CONCURRENCY at a
+time, each within BMC_TIMEOUT seconds, with the fencing Secret read once per run.
+The guard is counted by the controller's own `NodeBook`, and the verdict comes
+from the same pure `judge` the controller runs, starting from the nodes' own
+marks, so a countdown shown here is the one the controller keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 import anyio
 import attrs
 
 from asklepios.config import Settings
 from asklepios.core.fencing import FencingError, NoBmcError
-from asklepios.core.guard import hold_reason
 from asklepios.core.judge import Action, State, judge
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, remember
@@ -27,12 +29,17 @@ from asklepios.core.pod import NodePods
 from asklepios.core.records import parse_time
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
+from asklepios.engine.nodebook import CORDONED, SELECTED, NodeBook
+from asklepios.engine.ports import CredentialsPort
 from asklepios.engine.records import RecordBook
 from asklepios.kube.client import ApiError, KubeClient
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import PodApi
 from asklepios.kube.records import RecordApi
 from asklepios.kube.secrets import SecretApi
+
+BMC_CONCURRENCY = 10  # BMCs asked at once
+BMC_TIMEOUT = 15.0  # seconds for each BMC's answer
 
 
 @attrs.frozen
@@ -44,7 +51,7 @@ class NodeRow:
     reason: str  # the hold reason, or what a state waits for
     seconds: float | None  # to the next action
     pods: tuple[str, ...] = ()
-    power: str = ""  # the PowerState its BMC reports, for nodes with a <node>.url in the fencing Secret
+    power: str = ""  # the PowerState its BMC reports, for nodes with asklepios.io/bmc
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -67,9 +74,20 @@ class Held:
     message: str
 
 
-def guard_of(settings: Settings, views: list[NodeView]) -> str | None:
-    counted = [v for v in views if settings.node_selector.matches(v.labels) and v.excluded_by is None]
-    return hold_reason(settings.max_unhealthy, len(counted), sum(1 for v in counted if not v.ready.is_ready))
+def book_of(selected: Iterable[NodeView], cordoned: Iterable[NodeView]) -> NodeBook:
+    """The controller's NodeBook, filled from one look at its two node watches."""
+    book = NodeBook()
+    selected, cordoned = list(selected), list(cordoned)
+    book.members[SELECTED].update(v.name for v in selected)
+    book.members[CORDONED].update(v.name for v in cordoned)
+    for view in (*selected, *cordoned):
+        book.put(view)
+    return book
+
+
+def guard_of(settings: Settings, book: NodeBook) -> str | None:
+    """Why kickouts are held now, counted as the running controller counts."""
+    return book.guard(settings.max_unhealthy)
 
 
 def row(
@@ -103,14 +121,16 @@ async def record_book(settings: Settings, client: KubeClient) -> RecordBook:
     return book
 
 
-async def followed_nodes(settings: Settings, client: KubeClient) -> list[NodeView]:
-    api, book = NodeApi(client), await record_book(settings, client)
-    views = {v.name: book.attach(v) for v in await api.list(str(settings.node_selector))}
-    for raw in await api.list("", field_selector="spec.unschedulable=true"):
-        view = book.attach(raw)
-        if view.kickout is not None:
-            views.setdefault(view.name, view)
-    return sorted(views.values(), key=lambda v: v.name)
+async def followed_nodes(settings: Settings, client: KubeClient) -> NodeBook:
+    """The watched nodes and the kicked-out nodes that left the selector, with Asklepios' records."""
+    api, records = NodeApi(client), await record_book(settings, client)
+    selected = [records.attach(v) for v in await api.list(str(settings.node_selector))]
+    cordoned = [records.attach(v) for v in await api.list("", field_selector="spec.unschedulable=true")]
+    return book_of(selected, cordoned)
+
+
+def by_name(book: NodeBook) -> list[NodeView]:
+    return sorted(book.views.values(), key=lambda v: v.name)
 
 
 async def holds(client: KubeClient) -> dict[str, Held]:
@@ -126,19 +146,53 @@ async def holds(client: KubeClient) -> dict[str, Held]:
     return out
 
 
+@attrs.define(eq=False)
+class SecretOnce:
+    """The fencing Secret, read at most once for all the BMCs one status pass asks."""
+
+    source: CredentialsPort
+    reads: int = 0
+    where: str = ""  # as the source's: set from it
+
+    _data: dict[str, str] | None = None
+    _error: str | None = None
+    _lock: anyio.Lock = attrs.Factory(anyio.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self.where = self.source.where
+
+    async def secret(self) -> dict[str, str]:
+        async with self._lock:
+            if self._data is None and self._error is None:
+                self.reads += 1
+                try:
+                    self._data = await self.source.secret()
+                except FencingError as exc:
+                    self._error = str(exc)
+        if self._error is not None:
+            raise FencingError(self._error)
+        assert self._data is not None
+        return dict(self._data)
+
+
 def fencer_for(settings: Settings, client: KubeClient, clock: Clock) -> Fencer | None:
+    """A Fencer for one status pass (its Secret read once, on first use)."""
     if not settings.fencing_on:
         return None
     from asklepios.fence.redfish import RedfishBmc  # noqa: PLC0415 - sushy only when fencing is on
 
-    secret = SecretApi(client, settings.namespace, settings.fencing_secret)
+    secret = SecretOnce(SecretApi(client, settings.namespace, settings.fencing_secret))
     return Fencer(RedfishBmc(), secret, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
 
 
-async def power_of(fencer: Fencer | None, view: NodeView) -> str:
+class PowerReader(Protocol):
+    async def power_state(self, view: NodeView) -> str: ...
+
+
+async def power_of(fencer: PowerReader | None, view: NodeView) -> str:
     if fencer is None:
         return ""
-    with anyio.move_on_after(15):
+    with anyio.move_on_after(BMC_TIMEOUT):
         try:
             return await fencer.power_state(view)
         except NoBmcError:  # no <node>.url in the fencing Secret: no BMC to ask
@@ -148,12 +202,31 @@ async def power_of(fencer: Fencer | None, view: NodeView) -> str:
     return "unknown (the BMC did not answer)"
 
 
-async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views: list[NodeView]) -> list[NodeRow]:
-    guard, fencer = guard_of(settings, views), fencer_for(settings, client, clock)
+async def powers_of(fencer: PowerReader | None, views: Iterable[NodeView]) -> dict[str, str]:
+    """Each node's PowerState (empty for a node without a BMC), BMC_CONCURRENCY BMCs asked at a time."""
+    out: dict[str, str] = {}
+    if fencer is None:
+        return out
+    limiter = anyio.CapacityLimiter(BMC_CONCURRENCY)
+
+    async def ask(view: NodeView) -> None:
+        async with limiter:
+            out[view.name] = await power_of(fencer, view)
+
+    async with anyio.create_task_group() as tg:
+        for view in views:
+            tg.start_soon(ask, view)
+    return out
+
+
+async def node_rows(settings: Settings, client: KubeClient, clock: Clock, book: NodeBook) -> list[NodeRow]:
+    guard, fencer = guard_of(settings, book), fencer_for(settings, client, clock)
+    views = by_name(book)
     try:
         held: Mapping[str, Held] = await holds(client)
     except ApiError:
         held = {}
+    powers = await powers_of(fencer, views)
     rows = []
     for view in views:
         pods = None
@@ -164,7 +237,7 @@ async def node_rows(settings: Settings, client: KubeClient, clock: Clock, views:
                 pods = NodePods(synced=False)
         now = clock.now()
         memory = remember(view, NodeMemory(), now)
-        power = await power_of(fencer, view)
+        power = powers.get(view.name, "")
         rows.append(
             row(view, memory, now=now, settings=settings, guard=guard, pods=pods, held=held.get(view.name), power=power)
         )

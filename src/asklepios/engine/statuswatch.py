@@ -23,10 +23,10 @@ from asklepios.core.periods import NodeMemory, remember
 from asklepios.core.pod import NodePods
 from asklepios.core.records import parse_time
 from asklepios.engine.clock import Clock
-from asklepios.engine.fencing import Fencer
+from asklepios.engine.nodebook import NodeBook
 from asklepios.engine.nodepods import NodePodWatches
 from asklepios.engine.records import RecordBook
-from asklepios.engine.status import Held, NodeRow, fencer_for, guard_of, power_of, row
+from asklepios.engine.status import Held, NodeRow, book_of, by_name, fencer_for, guard_of, powers_of, row
 from asklepios.kube.client import JSON, KubeClient
 from asklepios.kube.nodes import parse_node
 from asklepios.kube.records import RecordApi, parse_records
@@ -100,7 +100,6 @@ class StatusWatch:
             ),
             (watch(leases, _holder, fields=f"metadata.name={LEASE_NAME}"), lease),
         ]
-        fencer = fencer_for(self.settings, self.client, self.clock)
         async with anyio.create_task_group() as tg:
             for reflector, book in reflectors:
                 tg.start_soon(reflector.run, book)
@@ -111,26 +110,23 @@ class StatusWatch:
                 with anyio.move_on_after(1.0):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                views = self._views(selected, cordoned, records)
+                followed = self._book(selected, cordoned, records)
+                views = by_name(followed)
                 for view in views:
                     (pods.follow if view.kickout is not None else pods.unfollow)(view.name)
-                rows = self._rows(views, events, pods)
-                await self._refresh_power(fencer, views, rows)
+                rows = self._rows(followed, events, pods)
+                await self._refresh_power(views, rows)
                 leader = str(next(iter(lease.items.values()), ""))
                 self.render(self._header(leader, len(rows)), rows)
 
-    def _views(self, selected: Book, cordoned: Book, records: RecordBook) -> list[NodeView]:
-        views: dict[str, NodeView] = {}
-        for book in (selected, cordoned):
-            for raw in book.items.values():
-                assert isinstance(raw, NodeView)
-                view = records.attach(raw)
-                if book is selected or view.kickout is not None:
-                    views[view.name] = view
-        return sorted(views.values(), key=lambda v: v.name)
+    def _book(self, selected: Book, cordoned: Book, records: RecordBook) -> NodeBook:
+        def views(book: Book) -> list[NodeView]:
+            return [records.attach(v) for v in book.items.values() if isinstance(v, NodeView)]
 
-    def _rows(self, views: list[NodeView], events: Book, pods: NodePodWatches) -> list[NodeRow]:
-        guard, now = guard_of(self.settings, views), self.clock.now()
+        return book_of(views(selected), views(cordoned))
+
+    def _rows(self, book: NodeBook, events: Book, pods: NodePodWatches) -> list[NodeRow]:
+        guard, now, views = guard_of(self.settings, book), self.clock.now(), by_name(book)
         held: dict[str, Held] = {}
         for item in events.items.values():
             if isinstance(item, tuple) and (item[0] not in held or held[item[0]].at < item[1].at):
@@ -144,12 +140,20 @@ class StatusWatch:
                             held=held.get(view.name), power=power))  # fmt: skip
         return rows
 
-    async def _refresh_power(self, fencer: Fencer | None, views: list[NodeView], rows: list[NodeRow]) -> None:
-        """Ask a node's BMC again whenever the node's state changes (not on every tick)."""
+    async def _refresh_power(self, views: list[NodeView], rows: list[NodeRow]) -> None:
+        """Ask a node's BMC again whenever the node's state changes (not on every tick): the
+        BMCs due in parallel (bounded), the fencing Secret read once for all of them."""
+        due: dict[str, tuple[NodeView, str]] = {}
         for view, line in zip(views, rows, strict=True):
             seen = self.power.get(view.name)
-            if fencer is not None and (seen is None or seen[0] != line.state):
-                self.power[view.name] = (line.state, await power_of(fencer, view))
+            if self.settings.fencing_on and (seen is None or seen[0] != line.state):
+                due[view.name] = (view, line.state)
+        if not due:
+            return
+        fencer = fencer_for(self.settings, self.client, self.clock)
+        powers = await powers_of(fencer, (view for view, _ in due.values()))
+        for name, (_, state) in due.items():
+            self.power[name] = (state, powers.get(name, ""))
 
     def _header(self, leader: str, count: int) -> list[str]:
         stamp: datetime = self.clock.now()

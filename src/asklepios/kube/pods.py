@@ -1,4 +1,5 @@
-"""Pods: those on a kicked-out node (force delete, kickin), balancer pods, and evictions."""
+"""Pods: those on a kicked-out node (force delete, kickin), balancer pods, evictions and the
+PodDisruptionBudgets that refuse them."""
 
 from __future__ import annotations
 
@@ -156,3 +157,13 @@ class Evictions:
     async def statefulset_replicas(self, namespace: str, name: str) -> int:
         sts = await self.client.request("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
         return int(sts.get("spec", {}).get("replicas", 1))
+
+    async def budgets(self, namespace: str) -> str:
+        """The namespace's PodDisruptionBudgets as "name@resourceVersion", sorted: any change of one
+        (its spec, or the disruption controller's status) changes the string. Served by the
+        apiserver's watch cache (resourceVersion=0): no read from etcd."""
+        data = await self.client.request(
+            "GET", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets", query={"resourceVersion": "0"}
+        )
+        meta = [item.get("metadata") or {} for item in data.get("items") or []]
+        return ",".join(sorted(f"{m.get('name', '')}@{m.get('resourceVersion', '')}" for m in meta))

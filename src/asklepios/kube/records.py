@@ -1,4 +1,7 @@
-"""The ConfigMap that holds Asklepios' own records, in its own namespace.
+"""The ConfigMaps that hold Asklepios' own records, in its own namespace.
+
+`asklepios-records` (the healer's records) and `asklepios-balancer` (the balancer's
+state) are both written through this one adapter.
 
 Only Asklepios (RBAC: get/list/watch/patch/update on this one name, and create) and
 admins can write it; no kubelet can. Writes are JSON merge patches of `data` keys
@@ -59,6 +62,14 @@ class RecordApi:
             return parse_records(await self.client.request("GET", f"{self.collection}/{self.name}", timeout=timeout))
         except NotFound:
             return None
+
+    async def load(self) -> dict[str, str]:
+        """Just the data ({} before the first write): the balancer's view of its state."""
+        data = await self.get(timeout=10)
+        return dict(data.data) if data is not None else {}
+
+    async def write(self, changes: Mapping[str, str | None], timeout: float) -> None:
+        await self.put(changes, timeout)
 
     async def put(self, changes: Mapping[str, str | None], timeout: float) -> RecordData:
         """Set (or, with None, remove) data keys; creates the ConfigMap on first use."""

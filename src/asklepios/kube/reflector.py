@@ -1,12 +1,23 @@
 """List-then-watch for one kind of object, kept in a consumer's store.
 
 One implementation serves every watch (watched nodes, cordoned nodes, the pods of
-kicked-out nodes, the balancer's pods). It lists (paged), hands the consumer the
-whole set, then watches from the list's resourceVersion with bookmarks on,
-resuming from the newest resourceVersion when the server ends the watch (a normal
-restart) or after an error (stamina's jittered exponential backoff, capped at 5 s),
-and relisting only on 410 Gone. Server-side label and field selectors keep the
+kicked-out nodes, the balancer's pods). It lists, hands the consumer the whole
+set, then watches from the list's resourceVersion with bookmarks on, resuming
+from the newest resourceVersion when the server ends the watch (a normal restart)
+or after an error (stamina's jittered exponential backoff, capped at 5 s), and
+relisting only on 410 Gone. Server-side label and field selectors keep the
 traffic to the objects we care about.
+
+Which list, as client-go's reflector (bench/README.md, "What a list costs"): with
+`cached_list` the first list asks for resourceVersion=0, which the apiserver's
+watch cache answers without reading etcd, whole (it ignores `limit` for RV=0, in
+1.28 as in 1.37), so it is used where the answer is small: one node's pods, which
+a consistent read would find by scanning every pod in etcd. A relist after a 410
+is a consistent read (no resourceVersion) like client-go's, since the cache may be
+behind what we have seen. The big lists (every watched node, every balancer pod)
+stay paged consistent reads: whole, 5,000 nodes in one answer took the process
+over the Deployment's memory limit; paged, 1.37 serves them from the watch cache
+too (ConsistentListFromCache, ListFromCacheSnapshot), 1.28 from etcd.
 """
 
 from __future__ import annotations
@@ -59,7 +70,9 @@ class Reflector(Generic[T]):
     watch_timeout: int = 290
     page_size: int = 100  # a page is decoded whole: the allocator keeps that peak as RSS (bench/README.md)
     hooks: Hooks = attrs.Factory(Hooks)
+    cached_list: bool = False  # the first list from the watch cache (resourceVersion=0, not paged)
     resource_version: str = ""
+    _expired: bool = False  # a 410 since the last list: the next one must be consistent
 
     def _query(self) -> dict[str, str | int]:
         query: dict[str, str | int] = {}
@@ -69,10 +82,17 @@ class Reflector(Generic[T]):
             query["fieldSelector"] = self.field_selector
         return query
 
-    async def list_all(self) -> tuple[dict[str, T], str]:
-        """A consistent paged list: (objects by key, the list's resourceVersion)."""
-        items: dict[str, T] = {}
+    def list_query(self) -> dict[str, str | int]:
+        """The first page's query: resourceVersion=0 (from the watch cache) or none (consistent)."""
         query = {**self._query(), "limit": self.page_size}
+        if self.cached_list and not self._expired:
+            query["resourceVersion"] = "0"  # the watch cache ignores limit; without one, etcd pages
+        return query
+
+    async def list_all(self) -> tuple[dict[str, T], str]:
+        """A (paged) list: (objects by key, the list's resourceVersion)."""
+        items: dict[str, T] = {}
+        query = self.list_query()
         while True:
             page = await self.client.request("GET", self.path, query=query, timeout=60)
             for obj in page.get("items", []):
@@ -83,6 +103,7 @@ class Reflector(Generic[T]):
             if not meta.get("continue"):
                 return items, str(meta.get("resourceVersion", ""))
             query["continue"] = meta["continue"]
+            query.pop("resourceVersion", None)  # a continue token carries it
 
     async def run(self, store: Store[T]) -> None:
         """Keep `store` in sync with the apiserver until cancelled."""
@@ -103,7 +124,7 @@ class Reflector(Generic[T]):
             self.hooks.progress()  # the server ended the watch on time: the connection was healthy
         except Gone:
             log.info("resourceVersion too old (410 Gone): relisting", extra={"resource": self.path})
-            self.resource_version = ""
+            self.resource_version, self._expired = "", True
             self.hooks.restarted("gone")
             return
         self.hooks.restarted("timeout")
@@ -119,6 +140,7 @@ class Reflector(Generic[T]):
     async def _relist(self, store: Store[T]) -> None:
         """List and hand over; the list result is not kept past this call (50,000 pods)."""
         items, self.resource_version = await self.list_all()
+        self._expired = False
         store.replace(items)
         self.hooks.synced()
         self.hooks.progress()

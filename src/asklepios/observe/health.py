@@ -3,8 +3,9 @@
 Liveness means "this process is stuck", never "the apiserver is down": restarting
 a healthy replica during an apiserver outage only delays recovery once the
 apiserver is back. So `/healthz` fails only when the event loop's own ticker has
-not run for a while. A watch that made no progress for longer than it may (a hung
-connection, an unreachable apiserver) shows in `/readyz` and in
+not run for a while (the loop-lag ticker, `observe.looplag`, every 0.25 s). A
+watch that made no progress for longer than it may (a hung connection, an
+unreachable apiserver) shows in `/readyz` and in
 `asklepios_watch_stale{resource}`, not in the kubelet's restart decision.
 """
 
@@ -15,14 +16,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asklepios.observe import metrics
+from asklepios.observe.looplag import LoopLag
 
 log = logging.getLogger("asklepios.http")
-TICK_SECONDS = 1.0
 STUCK_AFTER_SECONDS = 30.0
 
 
@@ -36,11 +36,11 @@ class Health:
         self._ready: set[str] = set()
         self._required: set[str] = set()
 
-    async def tick(self) -> None:
-        """Run in the controller's task group: proves the event loop still schedules tasks."""
-        while True:
-            self.ticked()
-            await anyio.sleep(TICK_SECONDS)
+    async def tick(self, lag: LoopLag | None = None) -> None:
+        """Run in the controller's task group: proves the event loop still schedules tasks,
+        on the loop-lag ticker (`asklepios_event_loop_lag_seconds`)."""
+        self.ticked()
+        await (lag or LoopLag()).run(self.ticked)
 
     def ticked(self) -> None:
         self._tick = self.clock()

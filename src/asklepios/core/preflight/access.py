@@ -25,7 +25,7 @@ from asklepios.core.preflight.findings import (
     plural,
     warning,
 )
-from asklepios.core.records import RECORDS_CONFIGMAP
+from asklepios.core.records import BALANCER_CONFIGMAP, RECORDS_CONFIGMAP
 
 # --- server version -------------------------------------------------------------------
 
@@ -179,6 +179,10 @@ def required_access(
         needs += [
             Need("create", "pods/eviction", why="the balancer moves pods through the Eviction API"),
             Need("get", "statefulsets", "apps", why="the balancer reads a StatefulSet's replicas"),
+            *(
+                Need(v, "configmaps", "", namespace, BALANCER_CONFIGMAP, why="the balancer's state across leaders")
+                for v in ("get", "patch")
+            ),
             Need("list", "poddisruptionbudgets", "policy", why="asklepios check: StatefulSets without a PDB"),
         ]
     if fencing:

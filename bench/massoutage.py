@@ -1,0 +1,270 @@
+"""Scenario `mass-outage`: a rack goes dark; does Asklepios stay responsive and cheap?
+
+N bulk nodes are watched (kubelet ports open), two Asklepios replicas run with the
+leader election on, as in production. Two storms, measured one after the other:
+
+* **storm 1**: ``storm1`` nodes (above ASKLEPIOS_MAX_UNHEALTHY, default 50 %) die
+  within seconds: ``crash`` (out of their kwok, Lease deleted, kubelet port
+  closed) then Ready=Unknown at once (``set_ready``; node-lifecycle would take the
+  bulk grace period). Every kickout must be held. The nodes stay dead past their
+  kickout deadline plus ``hold`` seconds, then are powered on again.
+* **storm 2**: ``storm2`` nodes (below the guard) die at once (Ready=False): all are
+  kicked out. Kickout lag = taint seen by the bench's watch - (the countdown's start
+  Asklepios wrote in ``asklepios.io/notready-since`` + KICKOUT), and the time from
+  the first crash to the last taint.
+
+Per storm, per replica: event-loop lag p50/p99/max (from the replica's own
+``asklepios_event_loop_lag_seconds``, the difference of two scrapes; bucket
+resolution, max is the upper bound of the highest bucket hit), CPU seconds and RSS
+peak (``/proc``, every second), ``/healthz`` answers other than 200 (polled every
+0.5 s). Overall: leader Lease renewals missed (gaps between the leader's
+successful Lease UPDATEs in the audit log longer than 1.5 retry periods) and
+leadership changes (the Lease's holder, polled every 0.5 s), and the apiserver
+requests of both replicas, from the audit log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import WATCHED_LABEL, Lab, lab
+from bench.controller import Controller, Sampler, histogram
+from bench.lag import _since
+from bench.load import count, is_leader_lease, read_audit
+from bench.results import Steps, distribution, histogram_quantile, source_commit, write_result
+from bench.watch import NodeTracker, Watch
+
+JSON = dict[str, Any]
+RETRY_PERIOD = 2.0  # ASKLEPIOS_LEASE_RETRY_SECONDS (default): the leader renews this often
+LAG = "asklepios_event_loop_lag_seconds"
+
+
+class Poller(threading.Thread):
+    """Every ``interval`` s: each replica's /healthz, and the leader Lease's holder."""
+
+    def __init__(self, lb: Lab, replicas: list[Controller], interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="poller")
+        self.lb, self.replicas, self.interval = lb, replicas, interval
+        self.health: list[tuple[float, int, int]] = []  # (t, replica, status)
+        self.holders: list[tuple[float, str]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for i, replica in enumerate(self.replicas):
+                self.health.append((time.time(), i, replica.http("/healthz")[0]))
+            lease = self.lb.cp.api.get_or_none("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/asklepios")
+            holder = str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+            if not self.holders or self.holders[-1][1] != holder:
+                self.holders.append((time.time(), holder))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def failures(self, start: float, end: float) -> dict[str, int]:
+        return {
+            str(i): sum(1 for t, r, status in self.health if r == i and start <= t < end and status != 200)
+            for i in range(len(self.replicas))
+        }
+
+    def changes(self, start: float, end: float) -> int:
+        """Changes of the Lease's holder to another replica in [start, end) (a first holder is not one)."""
+        inside = [h for t, h in self.holders if start <= t < end and h]
+        before = [h for t, h in self.holders if t < start and h]
+        held = before[-1:] + inside
+        return sum(1 for a, b in itertools.pairwise(held) if a != b)
+
+
+def loop_lag(before: dict[str, float], after: dict[str, float]) -> JSON:
+    """p50/p99/max of the lag histogram's increase between two scrapes of one replica."""
+    b0, _, c0 = histogram(before, LAG)
+    b1, s1, c1 = histogram(after, LAG)
+    delta = {le: b1[le] - b0.get(le, 0.0) for le in b1}
+    hit = [le for le in sorted(delta) if delta[le] > delta.get(_below(delta, le), 0.0)]
+    n = c1 - c0
+    return {
+        "ticks": n,
+        "p50_s": histogram_quantile(delta, 0.5) if n else math.nan,
+        "p99_s": histogram_quantile(delta, 0.99) if n else math.nan,
+        "max_at_most_s": hit[-1] if hit else 0.0,
+        "mean_s": (s1 - histogram(before, LAG)[1]) / n if n else math.nan,
+    }
+
+
+def _below(buckets: dict[float, float], le: float) -> float:
+    lower = [b for b in buckets if b < le]
+    return max(lower) if lower else -1.0
+
+
+def renewals(records: list[JSON], start: float, end: float) -> JSON:
+    """The leader's successful Lease UPDATEs in [start, end): count, the longest gap, those missed."""
+    times = [r["t"] for r in records if is_leader_lease(r) and r["verb"] == "update" and r["code"] == 200]
+    inside = [t for t in times if start <= t < end]
+    gaps = [b - a for a, b in itertools.pairwise(inside)]
+    missed = sum(max(0, round(g / RETRY_PERIOD) - 1) for g in gaps if g > 1.5 * RETRY_PERIOD)
+    return {"renewals": len(inside), "longest_gap_s": max(gaps, default=math.nan), "missed": missed}
+
+
+def _parallel(work: Callable[[str], Any], nodes: list[str], threads: int = 16) -> tuple[float, float]:
+    started = time.time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, nodes))
+    return started, time.time()
+
+
+def _die(cp: Any, node: str, ready: str) -> None:
+    cp.crash(node)
+    cp.set_ready(node, ready)
+
+
+def _quiet(seconds: float) -> JSON:
+    time.sleep(seconds)
+    return {}
+
+
+class Storms:
+    """Each storm's window, with scrapes, samples and polls of both replicas around it."""
+
+    def __init__(self, lb: Lab, replicas: list[Controller], tracker: NodeTracker) -> None:
+        self.lb, self.replicas, self.tracker = lb, replicas, tracker
+        self.samplers = [Sampler(r) for r in replicas]
+        self.poller = Poller(lb, replicas)
+        self.windows: dict[str, JSON] = {}
+
+    def measured(self, name: str, body: Callable[[], JSON]) -> None:
+        before = [r.metrics() for r in self.replicas]
+        start = time.time()
+        facts = body()
+        end = time.time()
+        after = [r.metrics() for r in self.replicas]
+        self.windows[name] = {
+            "start": start,
+            "end": end,
+            **facts,
+            "replicas": [
+                {
+                    "leader_at_end": a.get("asklepios_is_leader") == 1.0,
+                    "event_loop_lag": loop_lag(b, a),
+                    **s.window(start, end),
+                }
+                for b, a, s in zip(before, after, self.samplers, strict=True)
+            ],
+            "healthz_failures": self.poller.failures(start, end),
+            "leadership_changes": self.poller.changes(start, end),
+        }
+
+    def storm1(self, nodes: list[str], kickout_s: int, hold: float) -> JSON:
+        cp, tracker = self.lb.cp, self.tracker
+        t0, t1 = _parallel(lambda n: _die(cp, n, "Unknown"), nodes)
+        print(f"[mass-outage] storm 1: {len(nodes)} nodes Unknown in {t1 - t0:.1f} s", flush=True)
+        time.sleep(kickout_s + hold)
+        tainted = [n for n in nodes if tracker.tainted.get(n, False)]
+        r0, _ = _parallel(lambda n: cp.restore(n, wait_ready=False), nodes)
+        back = tracker.wait(lambda: all(tracker.ready.get(n, False) for n in nodes), 300)
+        return {"nodes": len(nodes), "down_within_s": t1 - t0, "kicked_out": len(tainted),
+                "all_ready_again": back, "restore_started": r0}  # fmt: skip
+
+    def storm2(self, nodes: list[str], kickout_s: int) -> JSON:
+        cp, tracker = self.lb.cp, self.tracker
+        t0, t1 = _parallel(lambda n: _die(cp, n, "False"), nodes)
+        print(f"[mass-outage] storm 2: {len(nodes)} nodes down in {t1 - t0:.1f} s", flush=True)
+        tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in nodes), kickout_s + 180)
+        lags, taints = [], []
+        for n in nodes:
+            hit = tracker.last(n, "taint_on", after=t0)
+            mark = tracker.last(n, "notready_mark", after=t0)
+            if hit is None:
+                continue
+            taints.append(hit[0])
+            since = _since(mark[1]) if mark else None
+            if since is not None:
+                lags.append(hit[0] - (since + kickout_s))
+        time.sleep(3)  # the NodeKickedOut Events follow the PATCHes
+        end = time.time()
+        _parallel(lambda n: cp.restore(n, wait_ready=False), nodes)
+        untainted = tracker.wait(lambda: not any(tracker.tainted.get(n, False) for n in nodes), 300)
+        return {"nodes": len(nodes), "down_within_s": t1 - t0, "kicked_out": len(taints),
+                "kickout_lag_s": distribution(lags),
+                "first_crash_to_last_taint_s": (max(taints) - t0) if taints else math.nan,
+                "kicked_out_window_end": end, "all_kicked_in_again": untainted}  # fmt: skip
+
+
+def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 10, hold: float = 30.0, keep: bool = False) -> Path:
+    steps = Steps()
+    env = {
+        "ASKLEPIOS_NODE_SELECTOR": f"{WATCHED_LABEL}=true",
+        "ASKLEPIOS_KICKOUT_SECONDS": str(kickout_s),
+        "ASKLEPIOS_KICKIN_SECONDS": "5",
+        "ASKLEPIOS_LEADER_ELECTION": "true",
+        "ASKLEPIOS_NAMESPACE": "kube-system",
+    }
+    with lab(audit=True, keep=keep) as lb:
+        steps.done("control plane up")
+        names = lb.add_nodes(nodes, listeners=True)
+        steps.done(f"{nodes} bulk nodes Ready")
+        tracker = NodeTracker()
+        watch = Watch(lb.cp.api, "/api/v1/nodes", tracker.handle, {"labelSelector": f"{WATCHED_LABEL}=true"})
+        watch.begin()
+        logs = lb.workdir / "logs"
+        replicas = [Controller(lb.kubeconfig, env, logs / f"asklepios-{i}.log").start() for i in range(2)]
+        storms = Storms(lb, replicas, tracker)
+        try:
+            for r in replicas:
+                r.wait_ready(900)
+            while not any(r.metrics().get("asklepios_is_leader") == 1.0 for r in replicas):
+                time.sleep(0.5)
+            for sampler in storms.samplers:
+                sampler.start()
+            storms.poller.start()
+            time.sleep(15)
+            steps.done("both replicas synced, one leading")
+            first = names[:: max(1, nodes // storm1)][:storm1]
+            storms.measured("quiet", lambda: _quiet(30))
+            storms.measured("storm1", lambda: storms.storm1(first, kickout_s, hold))
+            steps.done(f"storm 1: {len(first)} of {nodes} down, held, back")
+            time.sleep(15)
+            second = names[1 :: max(1, nodes // storm2)][:storm2]
+            storms.measured("storm2", lambda: storms.storm2(second, kickout_s))
+            steps.done(f"storm 2: {len(second)} of {nodes} down, kicked out, back")
+            warnings = [r.warnings() for r in replicas]
+        finally:
+            for sampler in storms.samplers:
+                sampler.stop()
+            if storms.poller.is_alive():
+                storms.poller.stop()
+            for r in replicas:
+                r.stop()
+            watch.stop()
+        time.sleep(2)
+        assert lb.audit_log is not None
+        records = read_audit(lb.audit_log)
+    summary: JSON = {"watched_nodes": nodes, "warnings": warnings}
+    for name, w in storms.windows.items():
+        start, end = w["start"], w["end"]
+        summary[name] = {
+            **{k: v for k, v in w.items() if k not in ("start", "end")},
+            "seconds": end - start,
+            "lease": renewals(records, start, end),
+            "apiserver_requests": sum(count(records, start, end).values()),
+            "apiserver_requests_by_request": count(records, start, end),
+        }
+    params = {"nodes": nodes, "storm1": storm1, "storm2": storm2, "kickout_s": kickout_s, "hold_s": hold,
+              "replicas": 2, "leader_election": True, "kubelet_ports": True,
+              "death": "crash (out of kwok, Lease deleted, port closed); Unknown (1), False (2)"}  # fmt: skip
+    notes = [
+        "event-loop lag from each replica's histogram: p50/p99 interpolated within buckets, max = upper bound "
+        "of the highest bucket with a tick",
+        "Lease renewals missed: gaps between the leader's successful UPDATEs longer than 1.5 retry periods",
+        "apiserver requests: both replicas (one identity), watches counted when they open",
+    ]
+    name = f"mass-outage-{nodes}-{storm1}-{storm2}-{source_commit().split()[0].replace('+', '-')}"
+    return write_result(name, "mass-outage", params=params, summary=summary, raw={}, steps=steps, notes=notes)
