@@ -6,14 +6,15 @@ the driver's ``ControllerPublishVolume`` and marks it attached; detaching delete
 through ``ControllerUnpublishVolume``. The lab runs the real controller and the real
 attacher; this module is the driver, a process of its own on a unix socket::
 
-    python -m asklepios_lab.csiplugin --socket csi.sock --calls calls.jsonl [--unpublish-delay S]
+    python -m asklepios_lab.csiplugin --socket csi.sock --calls calls.jsonl [--unpublish-delay FILE]
 
 It implements the Identity service (GetPluginInfo, GetPluginCapabilities with
 CONTROLLER_SERVICE, Probe) and the controller calls of PUBLISH_UNPUBLISH_VOLUME. Like a
 real single-writer backend it refuses to publish a volume to a second node while it is
 published to another (FAILED_PRECONDITION), so a volume is never attached twice. Every
 call is appended to ``--calls`` as one JSON line (time, call, volume, node, result), the
-driver's own record for tests. ``--unpublish-delay`` makes every unpublish slow.
+driver's own record for tests. ``--unpublish-delay`` names a file holding seconds that
+every unpublish waits first (read at each call; no file: no wait), to make detaching slow.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ VERSION = "0.1.0"
 class Plugin:
     """The driver's state (volume -> node it is published to) and its call record."""
 
-    def __init__(self, calls: Path, unpublish_delay: float = 0.0) -> None:
+    def __init__(self, calls: Path, unpublish_delay: Path | None = None) -> None:
         self.calls = calls
         self.unpublish_delay = unpublish_delay
         self.published: dict[str, str] = {}
@@ -87,14 +88,22 @@ class Plugin:
     def controller_unpublish_volume(
         self, req: csi_pb2.ControllerUnpublishVolumeRequest, ctx: grpc.ServicerContext
     ) -> Any:
-        if self.unpublish_delay > 0:
-            time.sleep(self.unpublish_delay)
+        delay = _seconds(self.unpublish_delay)
+        if delay > 0:
+            time.sleep(delay)
         volume, node = req.volume_id, req.node_id
         with self._lock:
             if self.published.get(volume) == node or not node:
                 self.published.pop(volume, None)
         self.record("ControllerUnpublishVolume", volume, node)
         return csi_pb2.ControllerUnpublishVolumeResponse()
+
+
+def _seconds(path: Path | None) -> float:
+    try:
+        return float(path.read_text()) if path is not None else 0.0
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], request: Any) -> grpc.RpcMethodHandler[Any, Any]:
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m asklepios_lab.csiplugin", description=__doc__)
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--calls", type=Path, required=True)
-    parser.add_argument("--unpublish-delay", type=float, default=0.0)
+    parser.add_argument("--unpublish-delay", type=Path, default=None)
     args = parser.parse_args(argv)
     server = serve(args.socket, Plugin(args.calls, args.unpublish_delay))
     done = threading.Event()

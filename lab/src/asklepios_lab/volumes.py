@@ -78,6 +78,7 @@ class Volumes:
         self.workdir = workdir
         self.socket = workdir / "csi.sock"
         self.calls = workdir / "calls.jsonl"
+        self._delay = workdir / "unpublish-delay"
         self._alive = alive
         self._nodes: set[str] = set()
         self._in_use: dict[str, list[str]] = {}  # node -> what the stand-in last reported
@@ -87,6 +88,7 @@ class Volumes:
         self._errors = log_dir / "volume-standin.log"
         self.plugin = Proc("csi-plugin", [
             sys.executable, "-m", "asklepios_lab.csiplugin", f"--socket={self.socket}", f"--calls={self.calls}",
+            f"--unpublish-delay={self._delay}",
         ], log_dir / "csi-plugin.log")  # fmt: skip
         self.attacher = Proc("csi-attacher", [
             str(bin_dir / "csi-attacher"), f"--kubeconfig={kubeconfig}", f"--csi-address={self.socket}",
@@ -176,6 +178,10 @@ class Volumes:
         for pv in self._list("/api/v1/persistentvolumes"):
             if (pv["spec"].get("claimRef") or {}).get("namespace") == namespace:
                 self.api.delete(f"/api/v1/persistentvolumes/{pv['metadata']['name']}")
+
+    def set_unpublish_delay(self, seconds: float) -> None:
+        """Make the driver's every ControllerUnpublishVolume wait ``seconds`` first (0: no wait)."""
+        self._delay.write_text(str(seconds))
 
     def driver_calls(self) -> list[JSON]:
         """The plugin's record of its calls so far (one dict per call, in order)."""
