@@ -14,7 +14,9 @@ real single-writer backend it refuses to publish a volume to a second node while
 published to another (FAILED_PRECONDITION), so a volume is never attached twice. Every
 call is appended to ``--calls`` as one JSON line (time, call, volume, node, result), the
 driver's own record for tests. ``--unpublish-delay`` names a file holding seconds that
-every unpublish waits first (read at each call; no file: no wait), to make detaching slow.
+every unpublish of a published volume waits first (read at each call; no file: no wait),
+to make detaching slow; a repeated unpublish (the attacher retries after its --timeout)
+of a volume no longer published returns at once.
 """
 
 from __future__ import annotations
@@ -88,10 +90,12 @@ class Plugin:
     def controller_unpublish_volume(
         self, req: csi_pb2.ControllerUnpublishVolumeRequest, ctx: grpc.ServicerContext
     ) -> Any:
-        delay = _seconds(self.unpublish_delay)
-        if delay > 0:
-            time.sleep(delay)
         volume, node = req.volume_id, req.node_id
+        with self._lock:
+            published = self.published.get(volume) == node
+        delay = _seconds(self.unpublish_delay)
+        if published and delay > 0:  # a repeat of a finished unpublish returns at once, as it should
+            time.sleep(delay)
         with self._lock:
             if self.published.get(volume) == node or not node:
                 self.published.pop(volume, None)
