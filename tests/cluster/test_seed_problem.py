@@ -21,7 +21,8 @@ is scheduled elsewhere but the dead node's VolumeAttachment stays (the node stil
 reports the volume in use, and nobody can unmount it), and the attach-detach
 controller says why in a Warning Event ("Volume is already exclusively attached to one
 node"; 1.28 calls it a Multi-Attach error) for as long as one waits.
-With Asklepios the taint comes within seconds, and so does the volume.
+With Asklepios the taint comes within seconds, and so does the volume; once the node is
+back, the balancer moves a pod back and its volume is attached to that node again.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def test_without_the_taint_the_replacement_never_gets_its_volume(
         time.sleep(2.0)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_with_asklepios_the_volume_follows_the_pod_within_seconds_of_the_taint(
     control_plane: ControlPlane, kube: Kube, namespace: str, nodes: NodeFactory, asklepios: AsklepiosFactory
 ) -> None:
@@ -268,7 +269,12 @@ def test_with_asklepios_the_volume_follows_the_pod_within_seconds_of_the_taint(
     victim = pods_of(kube, namespace, "mariadb-server")["mariadb-server-0"]["spec"]["nodeName"]
     stuck = on_victim(kube, namespace, victim)
     pvs = pvs_of(kube, namespace, stuck)
-    asklepios(env(nodes.prefix))
+    balancer = {
+        "ASKLEPIOS_BALANCER": "true",
+        "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
+        "ASKLEPIOS_BALANCER_NAMESPACES": namespace,
+    }
+    asklepios(env(nodes.prefix, **balancer))
 
     cp.crash(victim)
     tainted, _ = first_seen(cp, victim, has_oos, 60, "kickout (out-of-service taint)")
@@ -306,4 +312,22 @@ def test_with_asklepios_the_volume_follows_the_pod_within_seconds_of_the_taint(
         assert ("ControllerPublishVolume", new_node, "ok") not in mine[:unpublished], mine
         assert mine[unpublished + 1 :] and set(mine[unpublished + 1 :]) == {("ControllerPublishVolume", new_node, "ok")}
     wait_for(lambda: events(cp, "PodsReleased", victim), 10, what="PodsReleased")
+
+    # The node comes back: kickin, then the balancer moves one pod of each StatefulSet back,
+    # and its volume with it: attached to the recovered node again, and only there.
     cp.restore(victim)
+
+    def back_home() -> bool:
+        pods = all_pods(kube, namespace)
+        homes = {
+            sts: {p["spec"].get("nodeName") for p in pods_of(kube, namespace, sts).values()} for sts in STATEFULSETS
+        }
+        if not all(victim in h and len(h) == 3 for h in homes.values()) or not all(map(running, pods.values())):
+            return False
+        where = attachments_of(cp, {kube.get("pvc", f"data-{n}", namespace)["spec"]["volumeName"] for n in pods})
+        return all(
+            where[kube.get("pvc", f"data-{n}", namespace)["spec"]["volumeName"]] == [(p["spec"]["nodeName"], True)]
+            for n, p in pods.items()
+        )
+
+    kube.wait_for(back_home, 90, interval=1.0, what="balanced again, each volume attached to its pod's node")
