@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force-delete", choices=("true", "false"), default="true",
                    help="ASKLEPIOS_FORCE_DELETE of the measured controller")  # fmt: skip
     p.add_argument("--fencing", action="store_true", help="ASKLEPIOS_FENCING=redfish with the lab's BMC")
+    p.add_argument("--volumes", action="store_true", help="a ReadWriteOnce volume per pod (the lab's attach chain)")
     p = sub.add_parser("podwatch", help="one cluster-wide pod watch vs a watch per kicked-out node")
     p.add_argument("--nodes", type=int, default=5000)
     p.add_argument("--pods-per-node", type=int, default=10)
@@ -132,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         memory.run(args.nodes, pods_per_node=args.pods_per_node, window=args.window, burst=args.burst,
                    profiled=not args.no_profile, keep=args.keep)  # fmt: skip
     elif args.scenario == "recovery":
-        recovery.run(runs=args.runs, force_delete=args.force_delete == "true", fencing=args.fencing, keep=args.keep)
+        recovery.run(
+            runs=args.runs,
+            force_delete=args.force_delete == "true",
+            fencing=args.fencing,
+            volumes=args.volumes,
+            keep=args.keep,
+        )
     elif args.scenario == "podwatch":
         podwatch.run(args.nodes, pods_per_node=args.pods_per_node, followed=tuple(args.followed), churn=args.churn,
                      keep=args.keep)  # fmt: skip

@@ -17,18 +17,26 @@ ForceOff and the wait for PowerState Off) -> old pods gone (Asklepios' force del
 or the pod garbage collector's 20 s scan without it) -> replacements Running;
 restore (or BMC power On) -> Ready -> untainted (kickin) -> balanced (one pod per
 node per StatefulSet).
+
+With ``--volumes`` every pod has a ReadWriteOnce volume through the lab's real
+attach/detach chain (:mod:`asklepios_lab.volumes`) and is Ready only once it is
+attached to its node, so "Running elsewhere" is "Ready elsewhere with its data", and
+"tainted -> old pods gone -> Running" becomes: tainted -> the dead node's
+VolumeAttachments gone (the attach-detach controller detaches under the taint, the
+CSI attacher unpublishes) -> replacements Ready (attached on their new nodes).
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from asklepios_lab import BmcRecord
+from asklepios_lab import BmcRecord, workloads
 from bench.cluster import lab
 from bench.controller import Controller
 from bench.results import Steps, epoch, percentile, write_result
@@ -78,6 +86,41 @@ def statefulset(name: str, application: str) -> JSON:
             },
         },
     }
+
+
+VA_PATH = "/apis/storage.k8s.io/v1/volumeattachments"
+
+
+class AttachmentTracker:
+    """VolumeAttachments by name (node, attached) and when each was deleted, from a watch."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.live: dict[str, tuple[str, bool]] = {}
+        self.gone: dict[str, float] = {}
+
+    def handle(self, t: float, kind: str, obj: JSON) -> None:
+        name = str(obj["metadata"]["name"])
+        with self.lock:
+            if kind == "DELETED":
+                self.live.pop(name, None)
+                self.gone[name] = t
+            else:
+                attached = bool((obj.get("status") or {}).get("attached"))
+                self.live[name] = (str(obj["spec"].get("nodeName") or ""), attached)
+                self.gone.pop(name, None)
+            self.lock.notify_all()
+
+    def on(self, node: str) -> set[str]:
+        with self.lock:
+            return {name for name, (where, _) in self.live.items() if where == node}
+
+    def wait_gone(self, names: set[str], timeout: float) -> float | None:
+        """The receive time of the last of ``names`` deleted (None on timeout)."""
+        with self.lock:
+            if self.lock.wait_for(lambda: names <= self.gone.keys(), timeout):
+                return max((self.gone[n] for n in names), default=time.time())
+        return None
 
 
 def _members(pods: PodTracker, name: str) -> list[JSON]:
@@ -136,10 +179,20 @@ def _settle(ctl: Controller, timeout: float = 30.0) -> float:
 
 
 def _one_run(
-    cp: Any, nodes: NodeTracker, pods: PodTracker, victim: str, marks: list[JSON], *, fencing: bool
+    cp: Any,
+    nodes: NodeTracker,
+    pods: PodTracker,
+    victim: str,
+    marks: list[JSON],
+    *,
+    fencing: bool,
+    attachments: AttachmentTracker | None = None,
 ) -> dict[str, float]:
     with pods.lock:
         old = {uid for uid, p in pods.pods.items() if p["node"] == victim}
+    old_vas = attachments.on(victim) if attachments is not None else set()
+    if attachments is not None and not old_vas:
+        raise RuntimeError(f"no VolumeAttachment on {victim} before the crash")
     t_crash = time.time()
     cp.crash(victim)
     t_notready = _need(nodes.wait_for(victim, "notready", t_crash, TIMEOUT), "NotReady", victim)
@@ -148,6 +201,9 @@ def _one_run(
     deadline = (_since(mark[1]) or t_notready) + KICKOUT_S if mark else t_notready + KICKOUT_S
     _need(pods.wait(lambda: old <= pods.gone.keys(), TIMEOUT), "old pods gone", victim)
     t_gone = max(pods.gone[uid] for uid in old)
+    t_vas_gone = None
+    if attachments is not None:
+        t_vas_gone = _need(attachments.wait_gone(old_vas, TIMEOUT), "old VolumeAttachments gone", victim)
     t_running = _need(pods.wait(lambda: _running_without(pods, victim), TIMEOUT), "Running", victim)
     bmc: list[BmcRecord] = cp.bmc().timeline(victim) if fencing else []
     if fencing:  # Asklepios powers it on through the BMC once its pods are gone
@@ -172,9 +228,16 @@ def _one_run(
         "NotReady -> tainted (kickout)": t_taint - t_notready,
         "kickout deadline -> tainted (evidence, PATCH, watch)": t_taint - deadline,
         "tainted -> old pods gone": t_gone - t_taint,
-        "old pods gone -> replacements Running (reschedule, start)": t_running - t_gone,
-        "crash -> all Running elsewhere (total)": t_running - t_crash,
     }
+    if t_vas_gone is None:
+        phases["old pods gone -> replacements Running (reschedule, start)"] = t_running - t_gone
+    else:
+        mark_t["vas_gone"] = t_vas_gone
+        phases.update({
+            "tainted -> old VolumeAttachments gone (detach under the taint)": t_vas_gone - t_taint,
+            "old VolumeAttachments gone -> replacements Ready (attach elsewhere, Ready)": t_running - t_vas_gone,
+        })  # fmt: skip
+    phases["crash -> all Running elsewhere (total)"] = t_running - t_crash
     if fencing:
         force_off = _need(_bmc_time(bmc, "reset", "Off", t_crash), "ForceOff", victim)
         off = _need(_bmc_time(bmc, "power", "Off", t_crash), "power Off", victim)
@@ -214,13 +277,17 @@ def _fencing_setup(lb: Any, names: list[str]) -> dict[str, str]:
     }
 
 
-def scenario_name(force_delete: bool, fencing: bool) -> str:
+def scenario_name(force_delete: bool, fencing: bool, volumes: bool = False) -> str:
     if fencing:
-        return "recovery-fencing" if force_delete else "recovery-fencing-no-force-delete"
-    return "recovery-force-delete" if force_delete else "recovery-no-force-delete"
+        name = "recovery-fencing" if force_delete else "recovery-fencing-no-force-delete"
+    else:
+        name = "recovery-force-delete" if force_delete else "recovery-no-force-delete"
+    return f"{name}-volumes" if volumes else name
 
 
-def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, keep: bool = False) -> Path:
+def run(
+    *, runs: int = 10, force_delete: bool = True, fencing: bool = False, volumes: bool = False, keep: bool = False
+) -> Path:
     steps = Steps()
     with lab(bulk=False, keep=keep) as lb:
         cp = lb.cp
@@ -229,8 +296,18 @@ def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, kee
         node_tracker, pod_tracker = NodeTracker(), PodTracker()
         node_watch = Watch(cp.api, "/api/v1/nodes", node_tracker.handle).begin()
         pod_watch = Watch(cp.api, f"/api/v1/namespaces/{NAMESPACE}/pods", pod_tracker.handle).begin()
+        va_tracker, va_watch = None, None
+        if volumes:
+            for name in names:
+                cp.volumes().add_node(name)
+            va_tracker = AttachmentTracker()
+            va_watch = Watch(cp.api, VA_PATH, va_tracker.handle).begin()
         for name, app in STATEFULSETS.items():
-            cp.api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(name, app))
+            sts = statefulset(name, app)
+            if volumes:
+                cp.volumes().provide(NAMESPACE, name, 3)
+                sts = workloads.statefulset(name, app, node_selector={CONTROL_PLANE: ""}, volume=True)
+            cp.api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", sts)
         if pod_tracker.wait(lambda: _balanced(pod_tracker), TIMEOUT) is None:
             raise TimeoutError("StatefulSets not Running one pod per node")
         extra = _fencing_setup(lb, names) if fencing else {}
@@ -254,7 +331,9 @@ def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, kee
             ctl.wait_ready(60)
             for i in range(runs):
                 victim = names[i % len(names)]
-                results.append(_one_run(cp, node_tracker, pod_tracker, victim, marks, fencing=fencing))
+                results.append(
+                    _one_run(cp, node_tracker, pod_tracker, victim, marks, fencing=fencing, attachments=va_tracker)
+                )
                 marks[-1]["balancer_settled_after_s"] = _settle(ctl)
                 steps.done(f"run {i + 1} ({victim})")
                 time.sleep(3)
@@ -271,6 +350,8 @@ def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, kee
             ctl.stop()
             node_watch.stop()
             pod_watch.stop()
+            if va_watch is not None:
+                va_watch.stop()
     phases = {
         phase: {
             "p50": percentile(values, 50),
@@ -283,11 +364,12 @@ def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, kee
         for values in [[r[phase] for r in results]]
     }
     total = "crash -> all Running elsewhere (total)"
-    goal = GRACE_S + KICKOUT_S + 2.0
+    goal = GRACE_S + KICKOUT_S + (3.0 if volumes else 2.0)  # issue 21: + 3 s with volumes
     summary = {
         "runs": len(results),
         "force_delete": force_delete,
         "fencing": fencing,
+        "volumes": volumes,
         "phases": phases,
         "goal_crash_to_running_s": goal,
         "runs_within_goal": sum(1 for r in results if r[total] <= goal),
@@ -304,7 +386,7 @@ def run(*, runs: int = 10, force_delete: bool = True, fencing: bool = False, kee
     }
     params = {"runs": runs, "kickout_s": KICKOUT_S, "kickin_s": KICKOUT_S, "toleration_s": 2,
               "node_monitor_grace_s": GRACE_S, "node_lease_s": 4, "force_delete": force_delete, "fencing": fencing,
-              "balancer_max_moves_per_hour": 600}  # fmt: skip
+              "balancer_max_moves_per_hour": 600, "volumes": volumes}  # fmt: skip
     raw = {"runs": results, "marks": marks, "asklepios_log": log}
-    return write_result(scenario_name(force_delete, fencing), "recovery", params=params, summary=summary, raw=raw,
-                        steps=steps)  # fmt: skip
+    name = scenario_name(force_delete, fencing, volumes)
+    return write_result(name, "recovery", params=params, summary=summary, raw=raw, steps=steps)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream binaries of the local control plane (etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, kwok) from the Go
+# kube-apiserver, kube-controller-manager, kube-scheduler, kwok, and the CSI
+# external-attacher of the lab's volumes) from the Go
 # module proxy, one at a time (a 2-core machine), into a cache directory outside
 # the repository. A binary already there is not rebuilt. One line per binary on stderr
 # (with its elapsed time); go's own output goes to the log file the line names.
@@ -50,6 +51,7 @@ build() {  # build <module dir> <package> <binary name> <ldflags>
 etcd_dir=$(module_dir etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION")
 k8s_dir=$(module_dir kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION")
 kwok_dir=$(module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION")
+attacher_dir=$(module_dir csi-attacher github.com/kubernetes-csi/external-attacher/v4 "$CSI_ATTACHER_VERSION")
 total=$(date +%s)
 build "$etcd_dir" go.etcd.io/etcd/server/v3 etcd "-s -w"
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
@@ -60,5 +62,7 @@ fi
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$k8s_ldflags"
 build "$k8s_dir" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$k8s_ldflags"
 build "$kwok_dir" sigs.k8s.io/kwok/cmd/kwok kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+build "$attacher_dir" github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher csi-attacher \
+  "-s -w -X main.version=$CSI_ATTACHER_VERSION"
 log "all binaries present in $bin_dir ($(( $(date +%s) - total ))s)"
 echo "$bin_dir"

@@ -18,6 +18,7 @@ from asklepios.core.evidence import HoldReason
 from asklepios.core.guard import MaxUnhealthy
 from asklepios.core.pod import PodRef
 from asklepios.core.records import PAUSE_KEY, Pause
+from asklepios.core.volumes import Attachment
 from tests.unit.world import World, running, settings, until
 
 pytestmark = pytest.mark.anyio
@@ -205,3 +206,34 @@ async def test_a_pause_holds_a_due_kickout_and_resume_lets_it_go() -> None:
         w.records.data.pop(PAUSE_KEY)
         w.healer.records.load(w.records.snapshot())  # `asklepios resume`
         await until(lambda: w.has_taint("b"), 45, "kickout after resume")
+
+
+@attrs.define
+class FakeAttachments:
+    """The VolumeAttachment watch: attachments per node (listed from the start)."""
+
+    by_node: dict[str, list[Attachment]] = attrs.Factory(dict)
+
+    def attachments(self, node: str) -> list[Attachment] | None:
+        return list(self.by_node.get(node, []))
+
+
+async def test_volumes_released_once_the_old_attachments_are_gone() -> None:
+    """Issue 21: after the pods, the node's pre-kickout VolumeAttachments; then VolumesReleased."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    volumes = FakeAttachments({"b": [Attachment("va-1", "b", "pv-db-0", created=w.clock.now() - timedelta(hours=1))]})
+    w.healer.volumes = volumes
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        await until(lambda: "PodsReleased" in w.events.reasons("b"), 5, "pods released")
+        await anyio.sleep(30)
+        assert "VolumesReleased" not in w.events.reasons("b")  # the old attachment is still there
+        assert w.healer.judge("b")[2].state.value == "waiting for volumes"
+        later = Attachment("va-2", "b", "pv-agent", created=w.clock.now())  # after the kickout: not its business
+        volumes.by_node["b"] = [later]
+        w.healer.schedule("b")  # the watch's change
+        await until(lambda: "VolumesReleased" in w.events.reasons("b"), 5, "volumes released")
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.volumes_released is not None

@@ -87,6 +87,7 @@ CLUSTER_ROLES: dict[str, set[Rule]] = {
         *(("", "nodes", v, ()) for v in ("get", "list", "watch", "patch")),
         *(("", "pods", v, ()) for v in ("list", "watch", "delete")),
         ("", "events", "create", ()),
+        *(("storage.k8s.io", "volumeattachments", v, ()) for v in ("list", "watch")),
     },
 }
 BALANCER_ROLE: dict[str, set[Rule]] = {

@@ -120,6 +120,8 @@ ALWAYS = {
     "list pods",
     "watch pods",
     "create events",
+    "list storage.k8s.io volumeattachments",
+    "watch storage.k8s.io volumeattachments",
     "get coordination.k8s.io leases in kube-node-lease",
     "list coordination.k8s.io leases in kube-node-lease",
     "create configmaps in kube-system",

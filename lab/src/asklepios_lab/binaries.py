@@ -1,7 +1,7 @@
 """Where the lab's upstream binaries live, and building them when they are missing.
 
 The lab runs real upstream components (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, kwok) pinned in ``hack/controlplane/versions.env``. They are built from
+kube-scheduler, kwok, the CSI external-attacher) pinned in ``hack/controlplane/versions.env``. They are built from
 source by ``hack/controlplane/build.sh`` into a cache directory outside the repository.
 This module finds that directory and, when a binary is missing, runs the build script
 (under a file lock, so two test runs never compile the same binary at once).
@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "csi-attacher")
 
 
 class BuildError(RuntimeError):

@@ -32,6 +32,7 @@ from .etcd import Etcd
 from .faults import FaultOps
 from .loopback import LoopbackNet
 from .procs import Proc, free_port, stop_many, wait_until
+from .volumes import Volumes
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -52,6 +53,8 @@ CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "disruption-controller",
+    "persistentvolume-binder-controller",  # static PVs bound to claims (lab.volumes)
+    "persistentvolume-attach-detach-controller",  # VolumeAttachments (lab.volumes)
 )
 
 
@@ -249,6 +252,9 @@ class ControlPlane(FaultOps):
             self._stop_skew(node)
         for node in list(self._node_apis):
             self._close_node_api(node)
+        if self._volumes is not None:
+            self._volumes.close()
+            self._volumes = None
         stop_many([*self._kwoks.values(), *reversed(self.control_procs)])
         self._kwoks.clear()
         if self._listeners is not None:
@@ -278,6 +284,24 @@ class ControlPlane(FaultOps):
                 raise
             self._bmc = bmc
         return self._bmc
+
+    def volumes(self) -> Volumes:
+        """The lab's volume chain (CSI attacher, plugin, kubelet stand-in), started on first use.
+
+        See :mod:`.volumes`: ``volumes().add_node(n)`` lets node ``n`` attach volumes,
+        ``volumes().provide(ns, sts, replicas)`` makes the PVs of a StatefulSet built with
+        ``workloads.statefulset(..., volume=True)``.
+        """
+        if self._volumes is None:
+            vols = Volumes(self.api, self.bin_dir, self.kubeconfig, self.workdir / "csi", self.log_dir,
+                           self.kubelet_running)  # fmt: skip
+            try:
+                vols.start()
+            except BaseException:
+                vols.close()
+                raise
+            self._volumes = vols
+        return self._volumes
 
     def _power_on(self, node: str) -> None:
         self.restore(node, wait_ready=False)

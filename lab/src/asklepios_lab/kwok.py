@@ -13,7 +13,8 @@ that node faults can be injected faithfully:
   crash. Its conditions get ``lastTransitionTime`` = now (a real transition).
   ``set_ready`` sets the annotation first, so kwok leaves a hand-set condition alone.
 
-Pods: Pending pods bound to a live node become Running/Ready at once; pods with a
+Pods: Pending pods bound to a live node become Running/Ready at once (Ready=False if
+they have the :data:`VOLUME_GATE` readiness gate: see :mod:`asklepios_lab.volumes`); pods with a
 deletionTimestamp on a live node are deleted (kubelet confirms termination); pods of
 Jobs complete. On a dead node (kwok killed) nothing happens: pods stay Terminating.
 """
@@ -30,6 +31,10 @@ READY_OVERRIDE = "lab.asklepios.dev/ready-override"
 
 GROUP_LABEL = "lab.asklepios.dev/kwok-group"
 """Node label selecting the kwok process of a bulk group (scale mode)."""
+
+VOLUME_GATE = "lab.asklepios.dev/volume-attached"
+"""Pod readiness gate: kwok leaves such a pod Ready=False; the lab's volume stand-in sets
+the gate and Ready once the pod's volumes are attached to its node (:mod:`.volumes`)."""
 
 POWERED_OFF_LABEL = "lab.asklepios.dev/powered-off-from"
 """Node label replacing :data:`GROUP_LABEL` while one node of a bulk group is powered off
@@ -98,20 +103,24 @@ phase: Running
 
 _POD_READY = """\
 {{ $now := Now }}
+{{ $gated := false }}
+{{ range .spec.readinessGates }}{{ if eq .conditionType "VOLUME_GATE" }}{{ $gated = true }}{{ end }}{{ end }}
 conditions:
 - lastTransitionTime: {{ $now | Quote }}
   status: "True"
   type: Initialized
 - lastTransitionTime: {{ $now | Quote }}
-  status: "True"
+  status: {{ if $gated }}"False"{{ else }}"True"{{ end }}
   type: Ready
 - lastTransitionTime: {{ $now | Quote }}
   status: "True"
   type: ContainersReady
 {{ range .spec.readinessGates }}
+{{ if ne .conditionType "VOLUME_GATE" }}
 - lastTransitionTime: {{ $now | Quote }}
   status: "True"
   type: {{ .conditionType | Quote }}
+{{ end }}
 {{ end }}
 containerStatuses:
 {{ range .spec.containers }}
@@ -156,7 +165,7 @@ podIPs:
 {{ end }}
 phase: Running
 startTime: {{ $now | Quote }}
-"""
+""".replace("VOLUME_GATE", VOLUME_GATE)
 
 _POD_COMPLETE = """\
 {{ $now := Now }}

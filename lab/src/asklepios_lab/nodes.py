@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .bmc import Bmc
     from .leases import SkewedKubelet
     from .pki import Pki
+    from .volumes import Volumes
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
@@ -78,6 +79,7 @@ class NodeOps:
         self._net: LoopbackNet | None = None  # claimed by start()
         self._listeners: Listeners | None = None
         self._bmc: Bmc | None = None
+        self._volumes: Volumes | None = None  # started by ControlPlane.volumes()
         self._lock = threading.RLock()  # faults may come from the BMC's notification thread
 
     @property
@@ -228,6 +230,8 @@ class NodeOps:
         """Force-delete the node's pods, delete the Node, stop its kwok (if its own) and listener."""
         if self._bmc is not None:
             self._bmc.detach(name)
+        if self._volumes is not None:
+            self._volumes.forget(name)
         pods = self.api.get("/api/v1/pods", query={"fieldSelector": f"spec.nodeName={name}"})
         for pod in pods["items"]:
             meta = pod["metadata"]
@@ -310,6 +314,15 @@ class NodeOps:
         """A kubeconfig authenticating as node ``name`` (see :meth:`as_node`), for kubectl."""
         cert, key = identities.node_client_cert(self.pki, name)
         return identities.write_cert_kubeconfig(self.server, self.pki, name, cert, key)
+
+    def kubelet_running(self, name: str) -> bool:
+        """True while node ``name``'s kwok (its kubelet) runs for it: not crashed, partitioned or removed."""
+        with self._lock:
+            group = self._group_of.get(name)
+            if group is not None:
+                return name not in self._cut and group in self._kwoks and self._kwoks[group].running()
+            proc = self._kwoks.get(name)
+            return proc is not None and proc.running()
 
     def node_ip(self, name: str) -> str:
         """The InternalIP the lab gave node ``name`` (in its own 127.X.0.0/16)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from asklepios_lab import ControlPlane, wait_for
+from asklepios_lab.kwok import VOLUME_GATE
+from asklepios_lab.volumes import CLAIM, VOLUME_LABEL
 
 JSON = dict[str, Any]
 # Pods leave a NotReady node's taint-eviction queue after this long (the default is 300 s).
@@ -18,8 +20,17 @@ def statefulset(
     *,
     node_selector: dict[str, str] | None = None,
     extra_labels: dict[str, str] | None = None,
+    volume: bool = False,
 ) -> JSON:
-    labels = {"application": application, "app.kubernetes.io/name": name, **(extra_labels or {})}
+    """A StatefulSet of ``replicas`` pods; ``volume=True`` gives each a ReadWriteOnce claim.
+
+    With ``volume`` each pod gets claim ``data-<name>-<i>`` (bind it with
+    ``cp.volumes().provide(namespace, name, replicas)``, and let its nodes attach with
+    ``cp.volumes().add_node``) and is Ready only once that volume is attached to its
+    node (see :mod:`asklepios_lab.volumes`).
+    """
+    volume_labels = {VOLUME_LABEL: "true"} if volume else {}
+    labels = {"application": application, "app.kubernetes.io/name": name, **volume_labels, **(extra_labels or {})}
     tolerations = [
         {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
         *(
@@ -52,7 +63,7 @@ def statefulset(
     }
     if node_selector:
         spec["nodeSelector"] = node_selector
-    return {
+    sts: JSON = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {"name": name},
@@ -64,6 +75,20 @@ def statefulset(
             "template": {"metadata": {"labels": labels}, "spec": spec},
         },
     }
+    if volume:
+        spec["readinessGates"] = [{"conditionType": VOLUME_GATE}]
+        spec["containers"][0]["volumeMounts"] = [{"name": CLAIM, "mountPath": "/data"}]
+        sts["spec"]["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": CLAIM, "labels": volume_labels},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        ]
+    return sts
 
 
 def create(cp: ControlPlane, namespace: str, obj: JSON) -> JSON:

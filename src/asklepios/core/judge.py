@@ -18,6 +18,7 @@ from asklepios.core.evidence import HoldReason
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
 from asklepios.core.pod import NodePods
+from asklepios.core.volumes import NodeVolumes
 
 
 class State(enum.Enum):
@@ -27,6 +28,7 @@ class State(enum.Enum):
     KICKED_OUT = "kicked out"
     COUNTING_UP = "counting up"
     WAITING_FOR_PODS = "waiting for pods"
+    WAITING_FOR_VOLUMES = "waiting for volumes"
     EXCLUDED = "excluded"
 
 
@@ -35,6 +37,7 @@ class Action(enum.Enum):
     KICKIN = "kickin"
     REPAIR = "repair"  # re-apply a cordon or taint of ours that someone removed (a taint: only if dead)
     RELEASE = "release"  # the last pre-kickout pod is gone: record it, PodsReleased
+    RELEASE_VOLUMES = "volumes released"  # no pre-kickout VolumeAttachment left: record it, VolumesReleased
     POWER_ON = "power on"  # a node Asklepios powered off boots again (pods gone, or waited long enough)
 
 
@@ -76,20 +79,22 @@ def judge(
     pods: NodePods | None = None,
     power_on: bool = True,
     paused: str | None = None,
+    volumes: NodeVolumes | None = None,
 ) -> Verdict:
     """Decide the node's state, the action due now (if any) and when to look again.
 
     `memory` must be `remember(view, ...)`'s result; `guard` is why new kickouts
     are held right now (too many NotReady), if they are; `paused` the operator's
     pause (`asklepios pause`), if any; `pods` summarises the pod watch of a
-    kicked-out node; `power_on` is ASKLEPIOS_FENCING_POWER_ON.
+    kicked-out node, `volumes` its VolumeAttachments (None: not followed);
+    `power_on` is ASKLEPIOS_FENCING_POWER_ON.
     """
     if view.kickout is None:
         return _not_kicked_out(view, memory, now, timing, guard, paused)
     if view.record is not None and view.record.release is not None:
         return _released(view, memory, now, power_on and paused is None)
     if not view.ready.is_ready:
-        return _down(view, memory, now, timing, pods, power_on and paused is None)
+        return _down(view, memory, now, timing, pods, power_on and paused is None, volumes)
     return _back(view, memory, now, timing, pods)
 
 
@@ -132,7 +137,13 @@ def _not_kicked_out(
 
 
 def _down(
-    view: NodeView, memory: NodeMemory, now: datetime, timing: Timing, pods: NodePods | None, power_on: bool
+    view: NodeView,
+    memory: NodeMemory,
+    now: datetime,
+    timing: Timing,
+    pods: NodePods | None,
+    power_on: bool,
+    volumes: NodeVolumes | None = None,
 ) -> Verdict:
     record = view.kickout
     assert record is not None
@@ -149,12 +160,24 @@ def _down(
         action, detail = Action.REPAIR, " and ".join(lost) + " removed"
     elif record.released is None and pods is not None and pods.synced and not pods.left:
         action = Action.RELEASE
-    elif _power_on_due(view, now, timing, power_on and not flapping):
+    elif record.released is not None and record.volumes_released is None and volumes is not None:
+        if volumes.released:
+            action = Action.RELEASE_VOLUMES
+        elif volumes.synced and not _power_on_due(view, now, timing, power_on and not flapping):
+            return Verdict(State.WAITING_FOR_VOLUMES, since=since, detail=", ".join(volumes.volumes or volumes.left))
+    if action is None and _power_on_due(view, now, timing, power_on and not flapping):
         action = Action.POWER_ON
         if record.released is None:
             left = pods.left if pods is not None and pods.synced else ("(pods on the node not listed yet)",)
             return _kicked_out(memory, now, since, action, detail, left)
-    elif record.fenced and record.powered_on is None and record.released is None and power_on and not flapping:
+    elif (
+        action is None
+        and record.fenced
+        and record.powered_on is None
+        and record.released is None
+        and power_on
+        and not flapping
+    ):
         wake = record.at + timing.pod_wait  # power on at the latest then, pods gone or not
         return Verdict(State.KICKED_OUT, since=since, wake=wake)
     return _kicked_out(memory, now, since, action, detail, ())

@@ -92,6 +92,7 @@ class KickoutRecord:
     verified: datetime | None = None
     released: datetime | None = None
     powered_on: datetime | None = None
+    volumes_released: datetime | None = None  # no VolumeAttachment of the node from before the kickout left
     evidence: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class KickoutRecord:
             ("verified", self.verified),
             ("released", self.released),
             ("powered_on", self.powered_on),
+            ("volumes_released", self.volumes_released),
         ):
             _opt(data, key, moment)
         if self.evidence:
@@ -132,6 +134,7 @@ class KickoutRecord:
             verified=parse_time(data.get("verified")),
             released=parse_time(data.get("released")),
             powered_on=parse_time(data.get("powered_on")),
+            volumes_released=parse_time(data.get("volumes_released")),
             evidence=tuple(e[:500] for e in evidence[:20]),
         )
 

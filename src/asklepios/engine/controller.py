@@ -26,6 +26,7 @@ from asklepios.engine.kickout import Kickout
 from asklepios.engine.leader import LeaderElector, default_identity
 from asklepios.engine.nodebook import CORDONED, SELECTED
 from asklepios.engine.nodepods import NodePodWatches
+from asklepios.engine.nodevolumes import NodeVolumeWatch
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import (
     BmcPort,
@@ -139,6 +140,11 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         records=record_api,
     )
     pod_watches.changed = healer.schedule
+    volume_watch = NodeVolumeWatch(
+        client, settings.watch_timeout_seconds, _hooks(None, "volumeattachments", "volumeattachment")
+    )
+    volume_watch.changed = healer.schedule
+    healer.volumes = volume_watch
     records: Reflector[RecordData] = Reflector(
         client=client,
         path=record_api.collection,
@@ -183,6 +189,7 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         tg.start_soon(node_reflector(SELECTED, label_selector=str(settings.node_selector)).run, healer.source(SELECTED))
         tg.start_soon(node_reflector(CORDONED, field_selector="spec.unschedulable=true").run, healer.source(CORDONED))
         tg.start_soon(pod_watches.run)
+        tg.start_soon(volume_watch.run)
         tg.start_soon(healer.run)
         if elector is not None:
             elector.on_started = healer.leadership_gained

@@ -28,13 +28,14 @@ from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
 from asklepios.core.pod import NodePods
 from asklepios.core.records import NodeRecord
+from asklepios.core.volumes import NodeVolumes
 from asklepios.engine.clock import Clock
 from asklepios.engine.dispatch import Dispatcher
 from asklepios.engine.gate import WriteGate
 from asklepios.engine.kickout import Kickout
 from asklepios.engine.nodebook import CORDONED, SELECTED, NodeBook
 from asklepios.engine.notes import Notes
-from asklepios.engine.ports import EventPort, PodWatchPort
+from asklepios.engine.ports import EventPort, PodWatchPort, VolumePort
 from asklepios.engine.records import RecordBook, RecordWriter
 from asklepios.engine.recovery import Recovery
 from asklepios.engine.retry import backoff_delay
@@ -82,6 +83,7 @@ class Healer:
     events: EventPort
     notes: Notes
     on_schedulable: Callable[[str], None] = lambda name: None  # a node may take new pods again
+    volumes: VolumePort | None = None  # the VolumeAttachment watch (None: volumes not followed)
     book: NodeBook = attrs.Factory(NodeBook)
     memory: dict[str, NodeMemory] = attrs.Factory(dict)
     wheel: TimerWheel = attrs.field(default=None)
@@ -195,9 +197,11 @@ class Healer:
         self.judgements += 1
         memory = remember(view, self.memory.get(name, NodeMemory()), self.clock.now())
         self.memory[name] = memory
-        pods = None
+        pods = volumes = None
         if view.kickout is not None:
             pods = NodePods.of(self.pods.pods(name), view.kickout)
+            if self.volumes is not None:
+                volumes = NodeVolumes.of(self.volumes.attachments(name), name, view.kickout)
         verdict = judge(
             view,
             memory,
@@ -207,6 +211,7 @@ class Healer:
             pods=pods,
             power_on=self.settings.fencing_power_on and self.settings.fencing_on,
             paused=self.paused(),
+            volumes=volumes,
         )
         return view, memory, verdict
 
@@ -354,7 +359,9 @@ class Healer:
             written, memory = await self.recovery.repair(view, memory, verdict, self._rejudge, paused=paused)
             self.memory[view.name] = memory
         elif action is Action.RELEASE:
-            written = await self.recovery.release(view)
+            written = await self.recovery.release(view, volumes_followed=self.volumes is not None)
+        elif action is Action.RELEASE_VOLUMES:
+            written = await self.recovery.release_volumes(view)
         elif action is Action.POWER_ON:
             written = await self.recovery.power_on(view, verdict)
         elif action is Action.KICKIN:

@@ -14,6 +14,7 @@ from asklepios.core.evidence import Answer, LeaseSeen
 from asklepios.core.fencing import BmcTarget
 from asklepios.core.node import NodeView
 from asklepios.core.pod import PodRef
+from asklepios.core.volumes import Attachment
 from asklepios.kube.events import ObjectRef
 from asklepios.kube.lease import LeaseRecord
 
@@ -71,6 +72,12 @@ class PodWatchPort(Protocol):
 
     def pods(self, node: str) -> list[PodRef] | None:
         """The pods bound to `node`; None until its watch has listed them."""
+        ...
+
+
+class VolumePort(Protocol):
+    def attachments(self, node: str) -> list[Attachment] | None:
+        """The VolumeAttachments of `node`; None until the watch has listed them."""
         ...
 
 

@@ -156,7 +156,7 @@ class Recovery:
             )
         return written, memory
 
-    async def release(self, view: NodeView) -> NodeView | None:
+    async def release(self, view: NodeView, *, volumes_followed: bool = False) -> NodeView | None:
         record = view.kickout
         assert record is not None
         now = self.clock.now().replace(microsecond=0)
@@ -164,11 +164,28 @@ class Recovery:
             view.name, attrs.evolve(view.record or NodeRecord(), kickout=attrs.evolve(record, released=now))
         )
         after = (now - record.at).total_seconds()
-        if record.since is not None:
+        if record.since is not None and not volumes_followed:  # else the recovery ends with the volumes
             metrics.RECOVERY_SECONDS.observe(max(0.0, (now - record.since).total_seconds()))
         log.info("pods released", extra={"node": view.name, "action": "release", "seconds_since_kickout": after})
         message = f"no pod from before the kickout is left on the node, {after:.0f}s after the kickout"
         await self.events.emit(node_ref(view), "PodsReleased", message)
+        return view
+
+    async def release_volumes(self, view: NodeView) -> NodeView | None:
+        """No VolumeAttachment of the node from before the kickout is left: its volumes are free."""
+        record = view.kickout
+        assert record is not None
+        now = self.clock.now().replace(microsecond=0)
+        updated = attrs.evolve(record, volumes_released=now)
+        await self.records.put_node(view.name, attrs.evolve(view.record or NodeRecord(), kickout=updated))
+        after = (now - record.at).total_seconds()
+        if record.since is not None:
+            metrics.RECOVERY_SECONDS.observe(max(0.0, (now - record.since).total_seconds()))
+        log.info(
+            "volumes released", extra={"node": view.name, "action": "volumes released", "seconds_since_kickout": after}
+        )
+        message = f"no VolumeAttachment of the node is left for a volume from before the kickout, {after:.0f}s after it"
+        await self.events.emit(node_ref(view), "VolumesReleased", message)
         return view
 
     async def power_on(self, view: NodeView, verdict: Verdict) -> NodeView | None:

@@ -156,6 +156,10 @@ def required_access(
         *(Need(v, "pods", why="the pods of kicked-out nodes and the balancer's pods") for v in ("list", "watch")),
         Need("create", "events", why="NodeKickedOut, KickoutHeld and the other Events"),
         *(
+            Need(v, "volumeattachments", "storage.k8s.io", why="VolumesReleased: a kicked-out node's volumes free")
+            for v in ("list", "watch")
+        ),
+        *(
             Need(v, "leases", "coordination.k8s.io", NODE_LEASE_NAMESPACE, why="is the kubelet silent?")
             for v in ("get", "list")
         ),
