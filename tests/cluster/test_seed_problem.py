@@ -312,6 +312,9 @@ def test_with_asklepios_the_volume_follows_the_pod_within_seconds_of_the_taint(
         assert ("ControllerPublishVolume", new_node, "ok") not in mine[:unpublished], mine
         assert mine[unpublished + 1 :] and set(mine[unpublished + 1 :]) == {("ControllerPublishVolume", new_node, "ok")}
     wait_for(lambda: events(cp, "PodsReleased", victim), 10, what="PodsReleased")
+    # Asklepios follows the volumes it frees: VolumesReleased once the old attachments are gone
+    [released] = wait_value(lambda: events(cp, "VolumesReleased", victim), 10, "VolumesReleased")
+    assert released["type"] == "Normal"
 
     # The node comes back: kickin, then the balancer moves one pod of each StatefulSet back,
     # and its volume with it: attached to the recovered node again, and only there.
