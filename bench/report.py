@@ -164,7 +164,8 @@ def _recovery(docs: list[JSON]) -> list[str]:
         rows.append(row)
     goal = [
         f"{_recovery_label(d)}: {d['summary'].get('runs_within_goal', '-')} of {d['summary']['runs']} runs"
-        f" <= {num(d['summary'].get('goal_crash_to_running_s'), 0)} s (grace + kickout + 2 s)"
+        f" <= {num(d['summary'].get('goal_crash_to_running_s'), 0)} s"
+        f" (grace + kickout + {3 if d['summary'].get('volumes') else 2} s)"
         for d in docs if "goal_crash_to_running_s" in d["summary"]
     ]  # fmt: skip
     out = ["## Recovery (seed scenario)", "", *table(header, rows), ""]
@@ -178,7 +179,8 @@ def _recovery_label(d: JSON) -> str:
     if "force_delete" not in s:
         return f"{d['scenario']} ({s['runs']} runs)"
     what = "fencing (redfish)" if s.get("fencing") else "no fencing"
-    return f"force delete {'on' if s['force_delete'] else 'off'}, {what} ({s['runs']} runs)"
+    volumes = ", RWO volumes" if s.get("volumes") else ""
+    return f"force delete {'on' if s['force_delete'] else 'off'}, {what}{volumes} ({s['runs']} runs)"
 
 
 def _podwatch(docs: list[JSON]) -> list[str]:
