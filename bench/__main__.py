@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=5000)
     p.add_argument("--storm1", type=int, default=3000, help="nodes Unknown within seconds (above the guard)")
     p.add_argument("--storm2", type=int, default=100, help="nodes dead at once (below the guard)")
-    p.add_argument("--kickout-seconds", type=int, default=10)
+    p.add_argument("--kickout-seconds", type=int, default=60, help="longer than storm 1 takes to land")
     p.add_argument("--hold", type=float, default=30.0, help="seconds storm 1 lasts past the kickout deadline")
     p = sub.add_parser("lists", help="what each kind of list costs the apiserver and etcd")
     p.add_argument("--nodes", type=int, default=500)
