@@ -11,12 +11,13 @@ node comes only from the Secret's `<node>.url` (`Bmc.inventory`): a node's own
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import pytest
 
 from asklepios_lab import Bmc, ControlPlane, audit, wait_for, workloads
-from tests.cluster.checks import OOS, env, events, first_seen, has_oos, writes_by_asklepios
+from tests.cluster.checks import OOS, env, events, first_seen, has_oos, record_of, writes_by_asklepios
 from tests.cluster.runner import AsklepiosFactory
 
 SECRET = "bmc-credentials"
@@ -211,3 +212,95 @@ def test_a_node_pointing_its_annotation_at_another_machine_is_fenced_through_its
     assert resets(bmc, target) == [] and bmc.power_state(target) == "On"
     assert cp.ready_status(target) == "True" and cp.answers(target)
     assert healer.metric("asklepios_fencing_total", 'action="off",result="ok"') == 1
+
+
+def finalized_pod(cp: ControlPlane, namespace: str, node: str, name: str = "held") -> str:
+    """A pod bound to `node` that a finalizer keeps, once deleted, until the test lets it go."""
+    pod = {
+        "metadata": {"name": name, "finalizers": ["example.com/held"]},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.local/x:1"}]},
+    }
+    cp.api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+    return f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+
+def let_go(cp: ControlPlane, path: str) -> None:
+    cp.api.patch(path, {"metadata": {"finalizers": None}})
+
+
+@pytest.mark.timeout(180)
+def test_a_machine_an_admin_powered_off_is_never_switched_on(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    """Issue 19.4: the BMC already reads Off (hardware work): tainted, recorded found off, left Off."""
+    cp = control_plane
+    bmc = cp.bmc()
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    put_secret(cp, namespace, bmc.inventory(names))
+    victim = names[0]
+    asklepios(fencing_env(nodes.prefix, namespace))
+    bmc.reset(victim, "ForceOff")  # the admin's own power-off: the machine stops (its port goes silent)
+    wait_for(lambda: bmc.power_state(victim) == "Off", 30, what="the admin's power-off applied")
+    first_seen(cp, victim, has_oos, 60, "kickout of the machine found Off")
+    wait_for(lambda: events(cp, "PodsReleased", victim), 30, what="PodsReleased")
+    wait_for(lambda: events(cp, "NodeKickedOut", victim), 10, what="NodeKickedOut")
+    record = record_of(cp, victim, namespace)
+    assert record is not None
+    assert record["kickout"].get("found_off") is True and not record["kickout"].get("fenced"), record
+    deadline = time.time() + 15  # a power-on would follow the release at once
+    while time.time() < deadline:
+        assert bmc.power_state(victim) == "Off"
+        time.sleep(1.0)
+    assert resets(bmc, victim) == ["Off"]  # the admin's; Asklepios sent neither ForceOff nor On
+
+
+@pytest.mark.timeout(180)
+def test_an_excluded_node_is_never_powered_on(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    bmc = cp.bmc()
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    put_secret(cp, namespace, bmc.inventory(names))
+    victim = names[1]
+    held = finalized_pod(cp, namespace, victim)
+    wait_for(lambda: cp.api.get(held)["status"].get("phase") == "Running", 30, what="the held pod Running")
+    asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_FORCE_DELETE="false"))
+    cp.crash(victim)
+    first_seen(cp, victim, has_oos, 60, "fenced and kicked out")
+    assert resets(bmc, victim) == ["Off"]  # Asklepios' ForceOff
+    cp.api.patch(f"/api/v1/nodes/{victim}", {"metadata": {"labels": {"asklepios.io/exclude": "true"}}})
+    wait_for(lambda: "deletionTimestamp" in cp.api.get(held)["metadata"], 60, what="the pod Terminating")
+    let_go(cp, held)  # the last pod from before the kickout is gone: a power-on would be due now
+    wait_for(lambda: events(cp, "PodsReleased", victim), 30, what="PodsReleased")
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        assert bmc.power_state(victim) == "Off"
+        time.sleep(1.0)
+    assert resets(bmc, victim) == ["Off"]
+
+
+@pytest.mark.timeout(180)
+def test_a_pod_held_by_a_finalizer_delays_power_on_at_most_the_pod_wait(
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+) -> None:
+    cp = control_plane
+    bmc = cp.bmc()
+    names = nodes.watched("n", "m", "o", control_plane=True)
+    put_secret(cp, namespace, bmc.inventory(names))
+    victim = names[2]
+    held = finalized_pod(cp, namespace, victim)
+    wait_for(lambda: cp.api.get(held)["status"].get("phase") == "Running", 30, what="the held pod Running")
+    wait = 8
+    asklepios(fencing_env(nodes.prefix, namespace, ASKLEPIOS_KICKIN_POD_WAIT_SECONDS=str(wait)))
+    try:
+        cp.crash(victim)
+        seen, _ = first_seen(cp, victim, has_oos, 60, "fenced and kicked out")
+        [forced] = wait_for(lambda: events(cp, "PowerOnForced", victim), 60, what="PowerOnForced")
+        assert forced["type"] == "Warning" and f"{namespace}/held" in forced["message"], forced["message"]
+        wait_for(lambda: bmc.power_state(victim) == "On", 60, what="the machine On again")
+        on = [r for r in bmc.timeline(victim) if r.kind == "reset" and r.value == "On"]
+        assert on and on[0].time >= seen + wait - 1.5, (on, seen)  # not before the pod wait ran out
+        assert "deletionTimestamp" in cp.api.get(held)["metadata"]  # still held: powered on all the same
+    finally:
+        let_go(cp, held)

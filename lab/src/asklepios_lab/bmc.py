@@ -226,6 +226,21 @@ class Bmc:
             raise RuntimeError(f"BMC GET system of {node} -> {status}: {body[:200]!r}")
         return str(orjson.loads(body)["PowerState"])
 
+    def reset(self, node: str, reset_type: str) -> None:
+        """An admin's own power action on ``node``'s system (``ForceOff``, ``On``), through Redfish."""
+        path = f"/redfish/v1/Systems/{self._system_of[node]}/Actions/ComputerSystem.Reset"
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self._ssl, timeout=10.0)
+        try:
+            conn.request("POST", path, body=orjson.dumps({"ResetType": reset_type}), headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status not in (200, 202, 204):
+            raise RuntimeError(f"BMC reset {reset_type} of {node} -> {resp.status}: {body[:200]!r}")
+
     def timeline(self, node: str) -> list[BmcRecord]:
         """Reset requests and power changes of ``node``'s system, oldest first."""
         with self._lock:
