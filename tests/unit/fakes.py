@@ -253,10 +253,13 @@ class FakeProbe:
     answering_addresses: set[str] = attrs.Factory(set)
     refusing_addresses: set[str] = attrs.Factory(set)
     probes: int = 0
+    timeout: float = 0.0  # seconds a probe of a silent address takes (a real one: its whole timeout)
 
     async def answers(self, addresses: tuple[str, ...], ports: tuple[int, ...]) -> tuple[Answer, ...]:
         await anyio.lowlevel.checkpoint()
         self.probes += 1
+        if self.timeout and any(not self.alive(a) for a in addresses):
+            await anyio.sleep(self.timeout)
 
         def how(address: str) -> str:
             if address in self.answering_addresses:

@@ -48,6 +48,20 @@ async def test_a_stopped_kubelet_whose_kernel_refuses_is_never_tainted() -> None
         assert w.healer.holds() == {"b": HoldReason.NODE_ANSWERS}
 
 
+@pytest.mark.parametrize("resync", [10, 60])
+async def test_a_silent_port_costs_the_probe_its_timeout_yet_the_taint_lands_at_the_deadline(resync: int) -> None:
+    """The probe runs ahead of the deadline; the kickout follows at the deadline, not at the next resync
+    (found by the demo: kicked out 7 s late with resync 10 s, once the crashed port was silent)."""
+    w = World(settings(resync_seconds=resync))
+    w.probe.timeout = 2.0
+    w.add("a", "b", "c")
+    async with running(w):
+        await anyio.sleep(3.3)  # off the resync's beat: a deadline that waits for it shows
+        w.power_cut("b")
+        took = await until(lambda: w.has_taint("b"), 120, "kickout", step=0.01)
+        assert 60 <= took <= 60.1, took
+
+
 async def test_a_kubelet_a_minute_behind_is_never_tainted_even_after_a_restart() -> None:
     """19.3: renewTime 60 s behind our clock, renewed every second: alive by the change we see."""
     w = World(settings())

@@ -352,6 +352,10 @@ class Healer:
         if action is Action.KICKOUT:
             written, memory = await self.kickout.attempt(view, verdict, memory, self._rejudge)
             self.memory[view.name] = memory
+            if written is None and memory.probed_at is not None and memory.look_at is not None:
+                # the probe ran ahead of the deadline (its timeout is what a dead machine costs):
+                # the kickout is due at the deadline, which the probe may already have reached
+                self.wheel.schedule(view.name, memory.look_at.timestamp())
         elif self.settings.dry_run:
             log.debug("dry run: not acting", extra={"node": view.name, "action": action.value if action else None})
         elif action is Action.REPAIR:

@@ -48,7 +48,12 @@ class DeathCheck:
     async def look(self, view: NodeView, memory: NodeMemory) -> NodeMemory:
         """Read the node's Lease once more and note on our clock whether it changed."""
         seen = await self.leases.get(view.name, self.budget())
-        return attrs.evolve(memory, lease=observe_lease(memory.lease, seen, self.clock.now()))
+        look = observe_lease(memory.lease, seen, self.clock.now())
+        log.debug(
+            "node Lease looked at",
+            extra={"node": view.name, "renewed": str(look.renewed), "seen_at": str(look.seen_at)},
+        )
+        return attrs.evolve(memory, lease=look)
 
     async def probe_ahead(self, view: NodeView, memory: NodeMemory) -> NodeMemory:
         """The probe just before the deadline: it takes its whole timeout on a machine that is off."""
@@ -84,6 +89,8 @@ class DeathCheck:
         assert memory.lease is not None
         evidence = Evidence(lease=memory.lease, answers=answers)
         death = death_verdict(evidence, now, fencing=self.settings.fencing_on)
+        log.debug("death verdict", extra={"node": view.name, "dead": death.dead, "detail": death.detail,
+                                          "evidence": list(evidence.summary())})  # fmt: skip
         if death.fence_next and fence:
             death, evidence = await self._fence(view, evidence)
         return death, evidence, memory
