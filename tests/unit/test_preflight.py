@@ -40,6 +40,7 @@ from asklepios.core.preflight import (
     node_lease_finding,
     nodes_finding,
     parse_version,
+    probe_finding,
     rbac_findings,
     sample,
     tolerates_out_of_service,
@@ -535,7 +536,10 @@ class FakeApi:
 def node_json(name: str, **labels: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": labels},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": f"127.0.10.{ord(name[0]) % 250}"}],
+        },
     }
 
 
@@ -718,3 +722,14 @@ def test_check_is_a_subcommand() -> None:
     )
     assert done.returncode == 0
     assert "change nothing" in done.stdout
+
+
+def test_a_node_without_an_internal_ip_cannot_be_probed_and_check_says_so() -> None:
+    """Issue 19.1: no InternalIP, nothing to probe: only the Lease (and fencing) can show life."""
+    seen = [NodeView(name="a", addresses=("127.0.10.1",)), NodeView(name="b"), NodeView(name="c")]
+    finding = probe_finding(seen, (10250,))
+    assert finding is not None and finding.status is WARN
+    assert finding.check == "probe" and "2 watched nodes have no InternalIP" in finding.message
+    assert finding.message.endswith("b, c") and "fencing" in finding.todo
+    assert probe_finding(seen[:1], (10250,)) is None  # every node can be asked: no line at all
+    assert probe_finding(seen, ()) is None  # no probe configured: nothing to warn about

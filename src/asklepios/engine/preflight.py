@@ -47,6 +47,7 @@ from asklepios.core.preflight import (
     never_moves,
     node_lease_finding,
     nodes_finding,
+    probe_finding,
     rbac_findings,
     required_access,
     sample,
@@ -265,7 +266,8 @@ class Preflight:
         if not targets:
             return []
         leases = await ClusterReads(self.client).node_leases()
-        return [node_lease_finding((v.name for v in targets), leases)]
+        blind = probe_finding(targets, self.settings.liveness_probe_ports)
+        return [node_lease_finding((v.name for v in targets), leases), *([blind] if blind else [])]
 
     async def _balancer(self) -> list[Finding]:
         reads = ClusterReads(self.client)

@@ -20,6 +20,7 @@ from asklepios.core.preflight.findings import (
     NODE_LEASE_NAMESPACE,
     NODES,
     PODS,
+    PROBE,
     Finding,
     failure,
     have,
@@ -241,3 +242,21 @@ def node_lease_finding(nodes: Iterable[str], leases: Iterable[str]) -> Finding:
             "check that their kubelets run and renew their node Lease (kubelet 1.17+ does by default)",
         )
     return ok(LEASES, f"every watched node has a Lease in {NODE_LEASE_NAMESPACE}")
+
+
+# --- the probe -------------------------------------------------------------------------
+
+
+def probe_finding(views: Iterable[NodeView], ports: Sequence[int]) -> Finding | None:
+    """A warning when the liveness probe cannot ask some watched nodes (no InternalIP); else no line."""
+    if not ports:
+        return None
+    blind = sorted(v.name for v in views if not v.addresses)
+    if not blind:
+        return None
+    return warning(
+        PROBE,
+        f"{plural(len(blind), 'watched node')} {have(len(blind))} no InternalIP: the liveness probe cannot ask "
+        f"{'it' if len(blind) == 1 else 'them'}, only the kubelet's Lease (and fencing) can show life: {names(blind)}",
+        "give the nodes an InternalIP address (the kubelet's --node-ip), or turn fencing on",
+    )

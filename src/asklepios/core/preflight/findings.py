@@ -14,6 +14,7 @@ NODES = "nodes"
 GUARD = "max-unhealthy"
 PODS = "pods"
 LEASES = "node-leases"
+PROBE = "probe"
 BALANCER = "balancer"
 FENCING = "fencing"
 
