@@ -77,3 +77,14 @@ async def test_endpoints() -> None:
         clock.now += STUCK_AFTER_SECONDS + 1
         async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 503
+
+
+def test_not_ready_before_any_watch_is_expected() -> None:
+    """/readyz stays 503 during the start-up checks, before the controller registers its watches
+    (a test that stops the apiserver once Asklepios is 'ready' relied on it)."""
+    health = Health(clock=lambda: 0.0)
+    assert health.not_ready() == "starting: no watch yet"
+    health.expect("nodes", silence=60)
+    assert health.not_ready() == "not synced: nodes"
+    health.synced("nodes")
+    assert health.not_ready() is None

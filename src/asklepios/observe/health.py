@@ -69,7 +69,9 @@ class Health:
         return stale
 
     def not_ready(self) -> str | None:
-        """Why this replica is not ready, or None."""
+        """Why this replica is not ready, or None (not before a watch is expected: the start-up checks)."""
+        if not self._required:
+            return "starting: no watch yet"
         missing = sorted(self._required - self._ready)
         if missing:
             return "not synced: " + ", ".join(missing)
