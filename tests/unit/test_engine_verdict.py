@@ -251,3 +251,24 @@ async def test_volumes_released_once_the_old_attachments_are_gone() -> None:
         await until(lambda: "VolumesReleased" in w.events.reasons("b"), 5, "volumes released")
         kickout = w.kickout("b")
         assert kickout is not None and kickout.volumes_released is not None
+
+
+async def test_an_off_from_our_own_earlier_force_off_is_ours_to_switch_on_after_a_failover() -> None:
+    """The soak's find: a ForceOff sent, the Off not confirmed in time (or the leader gone), and the
+    next attempt finds the machine Off. It is Asklepios' own Off (recorded before the ForceOff):
+    fenced, and switched on again; not an admin's power-off left alone for good."""
+    w = World(settings(fencing="redfish", fencing_timeout_seconds=2))
+    w.add("a", "b", "c")
+    w.give_bmc("b", URL.format("b"))
+    w.bmc.delay = 5.0  # longer than the fencing timeout: the first attempt gives up
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: "FencingFailed" in w.events.reasons("b"), 120, "the first attempt timed out")
+        record = w.record("b")
+        assert record is not None and record.force_off is not None  # noted before the ForceOff went out
+    w.healer = w.build()  # a failover: the new leader remembers nothing but the records
+    async with running(w):
+        await until(lambda: w.has_taint("b"), 120, "kickout once the BMC reads Off")
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.fenced and not kickout.found_off
+        await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 60, "switched on again")

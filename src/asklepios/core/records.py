@@ -183,6 +183,7 @@ class NodeRecord:
     kickouts: tuple[datetime, ...] = ()  # recent kickout times: flap damping
     flapping: bool = False  # kicked out too often: stays out until `asklepios release`
     release: datetime | None = None  # `asklepios release NODE` asked at this time: end the kickout now
+    force_off: datetime | None = None  # Asklepios was about to send ForceOff (this NotReady period): Off is ours
 
     @property
     def empty(self) -> bool:
@@ -201,6 +202,7 @@ class NodeRecord:
         if self.flapping:
             data["flapping"] = True
         _opt(data, "release", self.release)
+        _opt(data, "force_off", self.force_off)
         return orjson.dumps(data).decode()
 
     @classmethod
@@ -222,6 +224,7 @@ class NodeRecord:
             kickouts=_times(data.get("kickouts")),
             flapping=flapping,
             release=parse_time(data.get("release")),
+            force_off=parse_time(data.get("force_off")),
         )
 
 

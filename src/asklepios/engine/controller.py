@@ -91,7 +91,7 @@ def build_healer(
     fencer = None
     if settings.fencing_on and bmc is not None and credentials is not None:
         fencer = Fencer(bmc, credentials, clock, settings.fencing_timeout_seconds, settings.fencing_insecure)
-    check = DeathCheck(settings, clock, gate, leases, probe, fencer, events, notes)
+    check = DeathCheck(settings, clock, gate, leases, probe, fencer, events, notes, record_writer)
     kickout = Kickout(settings, clock, gate, check, nodes, writer, record_writer, events)
     recovery = Recovery(settings, clock, gate, pods, deleter, fencer, check, writer, record_writer, events, notes)
     return Healer(settings, clock, gate, writer, kickout, recovery, check, book, record_writer, pods, events, notes)

@@ -15,6 +15,7 @@ a fake clock in tests.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
@@ -50,7 +51,9 @@ class Fencer:
             return ""
         return mismatch(await self.bmc.system_uuid(target), view.name, view.system_uuid, target.system_url)
 
-    async def power_off(self, view: NodeView) -> FenceOutcome:
+    async def power_off(
+        self, view: NodeView, before_force_off: Callable[[], Awaitable[None]] | None = None
+    ) -> FenceOutcome:
         """Power the node off and wait until its BMC confirms Off (at most `timeout`)."""
         try:
             target = await self.target(view)
@@ -68,6 +71,8 @@ class Fencer:
                 outcome = FenceOutcome(off=True, found_off=True)
             else:
                 started = self.clock.monotonic()
+                if before_force_off is not None:  # e.g. record that this Off will be Asklepios' own
+                    await before_force_off()
                 await self.bmc.reset(target, "ForceOff")
                 log.warning("ForceOff sent", extra={"node": view.name, "bmc": target.system_url})
                 outcome = await self._wait_off(target, started)

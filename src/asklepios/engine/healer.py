@@ -48,6 +48,14 @@ from asklepios.kube.nodes import mirror_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
+
+
+def _stale_force_off(view: NodeView, memory: NodeMemory) -> bool:
+    """A ForceOff marker left from a NotReady period that ended without a kickout."""
+    record = view.record
+    return record is not None and record.force_off is not None and view.kickout is None and memory.notready is None
+
+
 YIELD_EVERY = 200  # nodes judged in one go before the resync lets the Lease renewal and HTTP run
 
 
@@ -228,7 +236,7 @@ class Healer:
             return True
         if self.settings.dry_run:
             return False
-        if marks_out_of_date(view, memory) or view.mirror_out_of_date:
+        if marks_out_of_date(view, memory) or view.mirror_out_of_date or _stale_force_off(view, memory):
             return True
         return self.settings.force_delete and self.recovery.pending_deletes(view, memory)
 
@@ -321,10 +329,13 @@ class Healer:
             await self.recovery.release_pods(view, memory)
 
     async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
-        if not marks_out_of_date(view, memory):
+        stale = _stale_force_off(view, memory)
+        if not marks_out_of_date(view, memory) and not stale:
             return view
         notready, ready = wanted_marks(view, memory)
         record = attrs.evolve(view.record or NodeRecord(), notready=notready, ready=ready)
+        if stale:
+            record = attrs.evolve(record, force_off=None)
         try:
             await self.record_writer.put_node(view.name, record)
         except ApiError as exc:  # the marks make restarts exact; the next event or resync retries

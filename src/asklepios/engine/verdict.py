@@ -20,11 +20,13 @@ from asklepios.config import Settings
 from asklepios.core.evidence import PROBE_TIMEOUT, DeathVerdict, Evidence, HoldReason, death_verdict, observe_lease
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
+from asklepios.core.records import NodeRecord
 from asklepios.engine.clock import Clock
 from asklepios.engine.fencing import Fencer
 from asklepios.engine.gate import WriteGate
 from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, NodeLeasePort, ProbePort
+from asklepios.engine.records import RecordWriter
 from asklepios.kube.client import ApiError
 from asklepios.kube.events import node_ref
 
@@ -41,6 +43,7 @@ class DeathCheck:
     fencer: Fencer | None
     events: EventPort
     notes: Notes
+    records: RecordWriter | None = None  # notes, before any ForceOff, that an Off is Asklepios' own
 
     def budget(self) -> float:
         return max(0.5, min(10.0, self.gate.write_budget()))
@@ -99,7 +102,15 @@ class DeathCheck:
         assert self.fencer is not None
         if not self.gate.may_write():
             return DeathVerdict(dead=False, hold=HoldReason.FENCING_FAILED, detail="no longer the leader"), evidence
+        record = view.record or NodeRecord()
+        ours = record.force_off is not None  # an earlier attempt (maybe another leader's) sent ForceOff
+        if not ours and self.records is not None:  # recorded first: a crash or failover cannot forget it
+            await self.records.put_node(
+                view.name, attrs.evolve(record, force_off=self.clock.now().replace(microsecond=0))
+            )
         outcome = await self.fencer.power_off(view)
+        if outcome.off and outcome.found_off and ours:
+            outcome = attrs.evolve(outcome, found_off=False)  # Off from our own earlier ForceOff: ours to undo
         if outcome.off:  # every signal must agree now: the machine that was switched off no longer answers
             answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
             evidence = attrs.evolve(evidence, answers=answers)
