@@ -14,7 +14,15 @@ from asklepios.core.fencing import FencingError, NoBmcError
 from asklepios.core.guard import MaxUnhealthy
 from asklepios.core.node import NodeView, ReadyStatus
 from asklepios.core.records import KickoutRecord, NodeRecord
-from asklepios.engine.status import BMC_CONCURRENCY, BMC_TIMEOUT, SecretOnce, book_of, guard_of, powers_of
+from asklepios.engine.status import (
+    BMC_CONCURRENCY,
+    BMC_TIMEOUT,
+    SecretOnce,
+    book_of,
+    describe_record,
+    guard_of,
+    powers_of,
+)
 from tests.unit.fakes import FakeCredentials
 from tests.unit.world import settings
 
@@ -133,3 +141,25 @@ def test_the_guard_is_counted_as_the_controllers_nodebook_counts() -> None:
     assert guard_of(allow_one, book) == (
         "2 of 4 watched nodes are NotReady (ASKLEPIOS_MAX_UNHEALTHY=1 allows 1; excluded nodes are not counted)"
     )
+
+
+def test_status_node_says_what_a_kickout_changed_and_why() -> None:
+    """`asklepios status NODE`: the record in words, the evidence included (issue 24.6)."""
+    at = datetime(2026, 11, 27, 3, 0, 5, tzinfo=UTC)
+    kickout = KickoutRecord(
+        at,
+        cordoned=True,
+        tainted=True,
+        fenced=True,
+        since=datetime(2026, 11, 27, 3, 0, tzinfo=UTC),
+        evidence=(
+            "node Lease: renewTime 2026-11-27T02:59:51Z, unchanged since 03:00:00Z",
+            "probe 127.0.10.2:10250: timeout",
+        ),
+    )
+    lines = describe_record(NodeView(name="control2", record=NodeRecord(kickout=kickout, kickouts=(at,))))
+    text = "\n".join(lines)
+    assert "kicked out at 2026-11-27T03:00:05Z: cordoned and tainted" in text
+    assert "NotReady since 2026-11-27T03:00:00Z" in text and "powered off by Asklepios" in text
+    assert "evidence: probe 127.0.10.2:10250: timeout" in text
+    assert describe_record(NodeView(name="n1"))[0].startswith("n1: no record")
