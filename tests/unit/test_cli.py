@@ -140,7 +140,7 @@ def test_kubeconfig_flag_wins_over_the_variable_and_home(tmp_path: Path, apiserv
 def test_precedence_is_kubectls(tmp_path: Path) -> None:
     home = tmp_path / "home"
     token = tmp_path / "token"
-    pod = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    pod = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}  # resolved, never dialled
     config = kubeconfig(home / ".kube" / "config", "https://h:6443", "t")
     other = kubeconfig(tmp_path / "other", "https://h:6443", "t")
 
