@@ -283,9 +283,8 @@ def run_in_cluster(
             path.chmod(0o755 if path.is_dir() else 0o644)
         host, port = cp.server.removeprefix("https://").rsplit(":", 1)
         flags = ["--isolation", "chroot", "--network", "host", "--user", user]
-        # /var/run/secrets/... as the kubelet mounts it; the image's /var/run is a symlink to /run, and
-        # buildah mounts a fresh /run after a mount that names /var/run, so it is named by its real path
-        flags += ["-v", f"{mount}:/run/secrets/kubernetes.io/serviceaccount:ro"]
+        # where the kubelet mounts it (the image is FROM scratch: no /var/run -> /run symlink to mind)
+        flags += ["-v", f"{mount}:/var/run/secrets/kubernetes.io/serviceaccount:ro"]
         flags += ["-e", f"KUBERNETES_SERVICE_HOST={host}", "-e", f"KUBERNETES_SERVICE_PORT={port}"]
         for key, value in env.items():
             flags += ["-e", f"{key}={value}"]
