@@ -83,7 +83,7 @@ def test_status_watch_shows_countdowns_holds_and_the_leader(
         wait_for(lambda: "held" in screen.line(alive) and "kubelet alive" in screen.line(alive), 30,
                  what="the hold and its reason on screen")  # fmt: skip
         screen.keys("C-c")
-        assert wait_for(lambda: screen.exited() is not None, 10, what="exit on Ctrl-C") is not None
+        assert wait_for(lambda: screen.exited() is not None, 30, what="exit on Ctrl-C") is not None
         assert screen.exited() == 0
     finally:
         screen.close()
