@@ -92,7 +92,8 @@ def test_a_flapping_node_stays_kicked_out_until_released(
     assert code == 0 and "ended" in out, out
     _, node = first_seen(cp, victim, lambda n: not has_oos(n), 5, "kicked in by the release")
     assert not node["spec"].get("unschedulable")
-    assert not (record_of(cp, victim) or {}).get("flapping")
+    # The node is undone first, then the record: wait for the record's own write.
+    wait_for(lambda: not (record_of(cp, victim) or {}).get("flapping"), 10, what="the flapping mark cleared")
 
 
 @pytest.mark.timeout(120)
