@@ -39,6 +39,7 @@ OLDEST = binaries.supported()[-1]
 OLD_VERSION = "v1.25.16"
 
 
+HOSTNAME = "kubernetes.io/hostname"
 UNFENCED = "! fencing: off: "  # the first line whenever fencing is off
 
 
@@ -94,6 +95,7 @@ def test_green_cluster(nodes: NodeFactory, asklepios_kubeconfig: Path, k8s_rbac:
         "✔ max-unhealthy",
         "✔ pods",
         "✔ node-leases",
+        "✔ volumes",
     ], lines
     assert lines[0].startswith(UNFENCED) and "only fencing closes that" in lines[0]
     assert lines[1].startswith("✔ version: Kubernetes v1.")
@@ -368,6 +370,76 @@ def test_a_catch_all_toleration_is_named_by_owner(
     assert [(r["level"], r["check"], r["result"]) for r in logged] == [("warning", "pods", "warning")], logged
     assert f"DaemonSet {namespace}/agent: 3 pods" in logged[0]["detail"]
     assert "toleration" in logged[0]["todo"]
+
+
+@pytest.mark.timeout(120)
+def test_a_statefulset_on_a_local_volume_is_named(
+    control_plane: ControlPlane, nodes: NodeFactory, namespace: str, asklepios_kubeconfig: Path, k8s_rbac: None
+) -> None:
+    """A local PV (node affinity on one hostname), bound to a StatefulSet's claim: its pod cannot move."""
+    cp = control_plane
+    first, _ = nodes.watched("a", "b")
+    pv_name = f"{namespace}-local"[:63]
+    claim = "data-db-0"
+    cp.api.create(
+        "/api/v1/persistentvolumes",
+        {
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1G"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "local": {"path": "/mnt/disks/db"},
+                "claimRef": {"namespace": namespace, "name": claim},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": HOSTNAME, "operator": "In", "values": [first]}]}
+                        ]
+                    }
+                },
+            },
+        },
+    )
+    try:
+        size = {"requests": {"storage": "1G"}}
+        volume = {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "resources": size}
+        pvc = {"metadata": {"name": claim}, "spec": {**volume, "volumeName": pv_name}}
+        cp.api.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", pvc)
+        labels = {"app": "db"}
+        statefulset = {
+            "metadata": {"name": "db"},
+            "spec": {
+                "serviceName": "db",
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeName": first,  # where its volume is (no scheduler needed)
+                        "containers": [
+                            {
+                                "name": "db",
+                                "image": "registry.local/db:1",
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                    },
+                },
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": volume}],
+            },
+        }
+        cp.api.create(f"/apis/apps/v1/namespaces/{namespace}/statefulsets", statefulset)
+        wait_for(
+            lambda: cp.api.get_or_none(f"/api/v1/namespaces/{namespace}/pods/db-0"), 30, what="the StatefulSet's pod"
+        )
+        code, lines = check(asklepios_kubeconfig, env(nodes.prefix))
+        assert code == 0, lines  # a warning only
+        [warning] = lines_of(lines, "!", "volumes")
+        assert warning.startswith("! volumes: 1 StatefulSet has volumes bound to one node"), warning
+        assert f"{namespace}/db (on {first})" in warning and "a kickout only deletes them" in warning
+    finally:
+        cp.api.delete(f"/api/v1/persistentvolumes/{pv_name}")
 
 
 @pytest.mark.timeout(180)

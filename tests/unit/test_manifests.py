@@ -88,6 +88,7 @@ CLUSTER_ROLES: dict[str, set[Rule]] = {
         *(("", "pods", v, ()) for v in ("list", "watch", "delete")),
         ("", "events", "create", ()),
         *(("storage.k8s.io", "volumeattachments", v, ()) for v in ("list", "watch")),
+        ("", "persistentvolumes", "list", ()),
     },
 }
 BALANCER_ROLE: dict[str, set[Rule]] = {

@@ -123,6 +123,7 @@ ALWAYS = {
     "create events",
     "list storage.k8s.io volumeattachments",
     "watch storage.k8s.io volumeattachments",
+    "list persistentvolumes",
     "get coordination.k8s.io leases in kube-node-lease",
     "list coordination.k8s.io leases in kube-node-lease",
     "create configmaps in kube-system",
@@ -550,6 +551,7 @@ def green_routes() -> dict[tuple[str, str], Any]:
         ("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"): {
             "items": [{"metadata": {"name": n}} for n in ("a", "b", "c")]
         },
+        ("GET", "/api/v1/persistentvolumes"): {"items": []},
     }
 
 
@@ -564,6 +566,7 @@ async def test_a_green_cluster_gives_only_ok() -> None:
         (OK, "max-unhealthy"),
         (OK, "pods"),
         (OK, "node-leases"),
+        (OK, "volumes"),
     ], findings
     pod_lists = [r for r in api.requests if r[1] == "/api/v1/pods"]
     assert sorted(q["fieldSelector"] for _, _, q in pod_lists) == [f"spec.nodeName={n}" for n in "abc"]

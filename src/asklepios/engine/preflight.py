@@ -30,6 +30,7 @@ from asklepios.core.preflight import (
     RBAC,
     SEE_RBAC,
     VERSION,
+    VOLUMES,
     Finding,
     Need,
     PodSeen,
@@ -39,6 +40,7 @@ from asklepios.core.preflight import (
     annotation_finding,
     balancer_finding,
     bmc_findings,
+    claims_with_pinned_volumes,
     failure,
     fencing_findings,
     guard_finding,
@@ -47,6 +49,7 @@ from asklepios.core.preflight import (
     never_moves,
     node_lease_finding,
     nodes_finding,
+    pinned_volume_finding,
     probe_finding,
     rbac_findings,
     required_access,
@@ -227,6 +230,7 @@ class Preflight:
         sections: list[tuple[str, Callable[[], Awaitable[list[Finding]]]]] = [
             (PODS, lambda: self._pods(targets)),
             (LEASES, lambda: self._leases(targets)),
+            (VOLUMES, lambda: self._volumes(targets)),
         ]
         if self.settings.balancer:
             sections.append((BALANCER, self._balancer))
@@ -268,6 +272,34 @@ class Preflight:
         leases = await ClusterReads(self.client).node_leases()
         blind = probe_finding(targets, self.settings.liveness_probe_ports)
         return [node_lease_finding((v.name for v in targets), leases), *([blind] if blind else [])]
+
+    async def _volumes(self, targets: list[NodeView]) -> list[Finding]:
+        """StatefulSets (on watched nodes, or the balancer's) whose volumes are bound to one node.
+
+        One list of PersistentVolumes; pods are read only in the namespaces of pinned
+        ones (none in a cluster without local PVs), keeping StatefulSet pods that use one.
+        """
+        reads = ClusterReads(self.client)
+        pinned = await reads.pinned_volumes()
+        claims = claims_with_pinned_volumes(pinned)
+        if not targets or not claims:
+            return [pinned_volume_finding([], pinned)]
+        watched = {v.name for v in targets}
+        settings = self.settings
+
+        def keep(pod: PodSeen) -> bool:
+            if pod.owner is None or pod.owner.kind != "StatefulSet":
+                return False
+            if not any((pod.namespace, claim) in claims for claim in pod.claims):
+                return False
+            balanced = settings.balancer and settings.balancer_selector.matches(pod.labels)
+            if balanced and settings.balancer_namespaces:
+                balanced = pod.namespace in settings.balancer_namespaces
+            return pod.node in watched or balanced
+
+        namespaces = sorted({namespace for namespace, _ in claims})
+        pods = [p for found in await _gather(namespaces, lambda ns: reads.pods(ns, keep=keep)) for p in found]
+        return [pinned_volume_finding(pods, pinned)]
 
     async def _balancer(self) -> list[Finding]:
         reads = ClusterReads(self.client)

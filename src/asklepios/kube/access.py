@@ -14,8 +14,9 @@ from types import MappingProxyType
 
 import attrs
 
-from asklepios.core.preflight import NODE_LEASE_NAMESPACE, Budget, Need, PodSeen
+from asklepios.core.preflight import NODE_LEASE_NAMESPACE, Budget, Need, PinnedVolume, PodSeen, pinned_nodes
 from asklepios.core.preflight.access import ServiceAccount
+from asklepios.core.preflight.volumes import NodeTerm
 from asklepios.core.selector import LabelSelector, Requirement
 from asklepios.kube.client import JSON, KubeClient, list_items
 from asklepios.kube.pods import parse_pod
@@ -74,7 +75,34 @@ def parse_pod_seen(obj: JSON) -> PodSeen:
         labels=MappingProxyType(dict(meta.get("labels") or {})),
         tolerations=pod.placement.tolerations,
         finished=status.get("phase") in ("Succeeded", "Failed"),
+        claims=tuple(
+            str(claim["claimName"])
+            for volume in (obj.get("spec") or {}).get("volumes") or ()
+            if isinstance(volume, dict)
+            and isinstance(claim := volume.get("persistentVolumeClaim"), dict)
+            and claim.get("claimName")
+        ),
     )
+
+
+def parse_pinned_volume(obj: JSON) -> PinnedVolume | None:
+    """A claimed PersistentVolume whose required node affinity names its nodes; None for any other."""
+    spec = obj.get("spec") or {}
+    claim = spec.get("claimRef") or {}
+    required = (spec.get("nodeAffinity") or {}).get("required") or {}
+    terms: list[NodeTerm] = []
+    for term in required.get("nodeSelectorTerms") or ():
+        terms.append(
+            tuple(
+                (prefix + str(r.get("key", "")), str(r.get("operator", "")), tuple(map(str, r.get("values") or ())))
+                for prefix, field in (("", "matchExpressions"), ("field:", "matchFields"))
+                for r in (term or {}).get(field) or ()
+            )
+        )
+    nodes = pinned_nodes(terms)
+    if nodes is None or not claim.get("name"):
+        return None
+    return PinnedVolume(str(obj["metadata"]["name"]), str(claim.get("namespace") or ""), str(claim["name"]), nodes)
 
 
 def parse_label_selector(raw: JSON | None) -> LabelSelector | None:
@@ -133,6 +161,10 @@ class ClusterReads:
             )
 
         return await list_items(self.client, f"/apis/policy/v1/{where}poddisruptionbudgets", {}, parse)
+
+    async def pinned_volumes(self) -> list[PinnedVolume]:
+        """The claimed PersistentVolumes bound to named nodes (local PVs): one paginated list, the rest dropped."""
+        return await list_items(self.client, "/api/v1/persistentvolumes", {}, parse_pinned_volume)
 
     async def node_leases(self) -> set[str]:
         """The names of the Leases in kube-node-lease (one per node whose kubelet renews it)."""

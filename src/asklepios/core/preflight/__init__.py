@@ -37,6 +37,7 @@ from asklepios.core.preflight.findings import (
     RBAC,
     SEE_RBAC,
     VERSION,
+    VOLUMES,
     Finding,
     Status,
     exit_status,
@@ -46,6 +47,12 @@ from asklepios.core.preflight.findings import (
     ok,
     plural,
     warning,
+)
+from asklepios.core.preflight.volumes import (
+    PinnedVolume,
+    claims_with_pinned_volumes,
+    pinned_nodes,
+    pinned_volume_finding,
 )
 
 __all__ = [
@@ -62,9 +69,11 @@ __all__ = [
     "RBAC",
     "SEE_RBAC",
     "VERSION",
+    "VOLUMES",
     "Budget",
     "Finding",
     "Need",
+    "PinnedVolume",
     "PodSeen",
     "PowerSeen",
     "Review",
@@ -72,6 +81,7 @@ __all__ = [
     "annotation_finding",
     "balancer_finding",
     "bmc_findings",
+    "claims_with_pinned_volumes",
     "exit_status",
     "failure",
     "fencing_findings",
@@ -85,6 +95,8 @@ __all__ = [
     "nodes_finding",
     "ok",
     "parse_version",
+    "pinned_nodes",
+    "pinned_volume_finding",
     "plural",
     "probe_finding",
     "rbac_findings",

@@ -159,6 +159,7 @@ def required_access(
             Need(v, "volumeattachments", "storage.k8s.io", why="VolumesReleased: a kicked-out node's volumes free")
             for v in ("list", "watch")
         ),
+        Need("list", "persistentvolumes", why="check: StatefulSets whose volumes are bound to one node"),
         *(
             Need(v, "leases", "coordination.k8s.io", NODE_LEASE_NAMESPACE, why="is the kubelet silent?")
             for v in ("get", "list")

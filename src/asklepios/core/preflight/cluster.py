@@ -115,6 +115,7 @@ class PodSeen:
     labels: Mapping[str, str] = MappingProxyType({})
     tolerations: tuple[Toleration, ...] = ()
     finished: bool = False  # phase Succeeded or Failed
+    claims: tuple[str, ...] = ()  # its PersistentVolumeClaims, by name
 
     @property
     def owner_text(self) -> str:

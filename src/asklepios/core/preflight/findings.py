@@ -15,6 +15,7 @@ GUARD = "max-unhealthy"
 PODS = "pods"
 LEASES = "node-leases"
 PROBE = "probe"
+VOLUMES = "volumes"
 BALANCER = "balancer"
 FENCING = "fencing"
 
