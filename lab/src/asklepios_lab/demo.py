@@ -3,6 +3,10 @@
 Three control-plane nodes, Burrito's mariadb and rabbitmq StatefulSets, Asklepios with
 the balancer on. One node loses power; the demo prints what happens as it happens:
 NotReady, countdown, kickout, pods moved, node back, kickin, pods balanced again.
+Each pod has a ReadWriteOnce volume (the lab's real attach/detach chain): the demo
+narrates the attach-detach controller's own records, each VolumeAttachment's node and
+when it was attached or deleted, so the volume is seen leaving the dead node and
+following its pod, and coming back with the pod the balancer moves home.
 
 `--fencing` tells the partition story instead: a node cut off from the apiserver but
 still running (it answers on its kubelet port) is held, not tainted; with fencing on
@@ -29,11 +33,13 @@ from . import binaries, workloads
 from .controlplane import ControlPlane
 from .kube import wait_for
 from .procs import free_port
+from .volumes import CLAIM
 
 NODES = ("control1", "control2", "control3")
 STATEFULSETS = ("mariadb-server", "rabbitmq-rabbitmq")
 NAMESPACE = "openstack"
 FACTS = ("node", "status", "seconds_to_kickout", "seconds_to_kickin", "pod", "from_node", "to_node", "reason")
+VA_PATH = "/apis/storage.k8s.io/v1/volumeattachments"
 SHOWN = {
     "node is not ready",
     "node kicked out",
@@ -57,24 +63,71 @@ class Timeline:
         print(f"[{int(t // 60):02d}:{t % 60:04.1f}] {text}", flush=True)
 
 
+def attachments(cp: ControlPlane) -> dict[str, list[tuple[str, bool]]]:
+    """PV -> [(node, attached)] of its VolumeAttachments: the attach-detach controller's records."""
+    found: dict[str, list[tuple[str, bool]]] = {}
+    for va in cp.api.get(VA_PATH)["items"]:
+        pv = va["spec"].get("source", {}).get("persistentVolumeName") or "?"
+        found.setdefault(pv, []).append((va["spec"]["nodeName"], bool((va.get("status") or {}).get("attached"))))
+    return found
+
+
 def pods_table(cp: ControlPlane) -> str:
-    rows = []
+    where = attachments(cp)
+    rows = [f"      {'pod':<22} {'state':<20} {'node':<10} volume attached on (VolumeAttachment)"]
     for pod in sorted(workloads.pods(cp, NAMESPACE), key=lambda p: p["metadata"]["name"]):
         meta = pod["metadata"]
         state = "Terminating" if "deletionTimestamp" in meta else pod.get("status", {}).get("phase", "?")
         if state == "Running" and not workloads.is_running_ready(pod):
             state = "Running (not ready)"
-        rows.append(f"      {meta['name']:<22} {state:<20} {pod['spec'].get('nodeName', '-')}")
+        pv = f"{NAMESPACE}-{CLAIM}-{meta['name']}"
+        volume = ", ".join(f"{node}{'' if ok else ' (attaching)'}" for node, ok in where.get(pv, [])) or "-"
+        rows.append(f"      {meta['name']:<22} {state:<20} {pod['spec'].get('nodeName', '-'):<10} {volume}")
     return "\n".join(rows)
 
 
-class AsklepiosLog:
-    """Follows Asklepios' JSON log file and narrates its key lines."""
+class VolumeLog:
+    """Narrates VolumeAttachments as the attach-detach controller writes them: attached on a node, deleted."""
 
-    def __init__(self, path: Path, timeline: Timeline) -> None:
-        self.path, self.timeline, self.offset = path, timeline, 0
+    def __init__(self, cp: ControlPlane, timeline: Timeline) -> None:
+        self.cp, self.timeline = cp, timeline
+        # name -> (pv, node, attached, deleting); only changes from here on are told
+        self.seen: dict[str, tuple[str, str, bool, bool]] = self._now()
+
+    def _now(self) -> dict[str, tuple[str, str, bool, bool]]:
+        now: dict[str, tuple[str, str, bool, bool]] = {}
+        for va in self.cp.api.get(VA_PATH)["items"]:
+            meta, spec = va["metadata"], va["spec"]
+            pv = str(spec.get("source", {}).get("persistentVolumeName") or "?")
+            attached = bool((va.get("status") or {}).get("attached"))
+            now[meta["name"]] = (pv, spec["nodeName"], attached, "deletionTimestamp" in meta)
+        return now
 
     def pump(self) -> None:
+        now = self._now()
+        for name, (pv, node, attached, deleting) in now.items():
+            before = self.seen.get(name)
+            volume = pv.removeprefix(f"{NAMESPACE}-")
+            if attached and (before is None or not before[2]):
+                self.timeline.say(f"  volume {volume}: attached on {node} (VolumeAttachment {name[:12]}…)")
+            if deleting and (before is None or not before[3]):
+                self.timeline.say(f"  volume {volume}: detaching from {node}")
+        for name, (pv, node, _, _) in self.seen.items():
+            if name not in now:
+                volume = pv.removeprefix(f"{NAMESPACE}-")
+                self.timeline.say(f"  volume {volume}: detached from {node} (attachment gone)")
+        self.seen = now
+
+
+class AsklepiosLog:
+    """Follows Asklepios' JSON log file and narrates its key lines (and the volumes, when given)."""
+
+    def __init__(self, path: Path, timeline: Timeline, volumes: VolumeLog | None = None) -> None:
+        self.path, self.timeline, self.offset, self.volumes = path, timeline, 0, volumes
+
+    def pump(self) -> None:
+        if self.volumes is not None:
+            self.volumes.pump()
         if not self.path.exists():
             return
         data = self.path.read_bytes()[self.offset :]
@@ -135,12 +188,17 @@ def start_cluster(cp: ControlPlane, timeline: Timeline) -> None:
     timeline.say(f"nodes {', '.join(NODES)} Ready (control-plane, each run by its own kwok)")
     cp.api.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
     wait_for(lambda: cp.api.get_or_none(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"), 60)
+    volumes = cp.volumes()
+    for name in NODES:
+        volumes.add_node(name)
     for sts in STATEFULSETS:
-        workloads.create(cp, NAMESPACE, workloads.statefulset(sts, sts.split("-")[0]))
+        volumes.provide(NAMESPACE, sts, 3)
+        workloads.create(cp, NAMESPACE, workloads.statefulset(sts, sts.split("-")[0], volume=True))
     for sts in STATEFULSETS:
         workloads.wait_all_running(cp, NAMESPACE, sts, 3, timeout=120)
     timeline.say(
-        f"StatefulSets {NAMESPACE}/mariadb-server and rabbitmq-rabbitmq Running, one pod per node:\n" + pods_table(cp)
+        f"StatefulSets {NAMESPACE}/mariadb-server and rabbitmq-rabbitmq Running, one pod per node, each with a "
+        "ReadWriteOnce volume attached by the CSI attacher:\n" + pods_table(cp)
     )
 
 
@@ -162,7 +220,7 @@ class Asklepios:
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "asklepios", "run"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT)  # fmt: skip
-        self.log = AsklepiosLog(self.log_path, timeline)
+        self.log = AsklepiosLog(self.log_path, timeline, VolumeLog(cp, timeline))
         until(lambda: b'"listed"' in self.log_path.read_bytes(), 30, "Asklepios synced", self.log)
 
     def stop(self) -> int:
