@@ -219,6 +219,7 @@ def run(
                 "ASKLEPIOS_KICKOUT_SECONDS": str(kickout_s),
                 "ASKLEPIOS_KICKIN_SECONDS": str(kickin_s),
                 "ASKLEPIOS_MAX_UNHEALTHY": "100%",
+                "ASKLEPIOS_FLAP_MAX_KICKOUTS": "1000",  # 200 kickouts on as few as 10 nodes: no flap damping
             },
             lb.workdir / "logs" / "asklepios.log",
         ).start()

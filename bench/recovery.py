@@ -320,6 +320,9 @@ def run(
                 "ASKLEPIOS_BALANCER": "true",
                 "ASKLEPIOS_BALANCER_SELECTOR": "application in (mariadb,rabbitmq)",
                 "ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR": "600",  # 10 runs move each StatefulSet 10 times
+                # 10 runs kick each of the 3 nodes out 3-4 times within minutes: flapping by design,
+                # which would keep a node out (NodeFlapping) from its 4th kickout on
+                "ASKLEPIOS_FLAP_MAX_KICKOUTS": "1000",
                 "ASKLEPIOS_FORCE_DELETE": str(force_delete).lower(),
                 **extra,
             },

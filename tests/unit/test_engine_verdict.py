@@ -17,7 +17,7 @@ import trio.testing
 from asklepios.core.evidence import HoldReason
 from asklepios.core.guard import MaxUnhealthy
 from asklepios.core.pod import PodRef
-from asklepios.core.records import PAUSE_KEY, Pause
+from asklepios.core.records import PAUSE_KEY, NodeRecord, Pause
 from asklepios.core.volumes import Attachment
 from tests.unit.world import World, running, settings, until
 
@@ -272,3 +272,42 @@ async def test_an_off_from_our_own_earlier_force_off_is_ours_to_switch_on_after_
         kickout = w.kickout("b")
         assert kickout is not None and kickout.fenced and not kickout.found_off
         await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 60, "switched on again")
+
+
+async def test_a_force_off_still_applying_when_the_node_shows_ready_is_ours() -> None:
+    """The 60-minute soak's find: a machine powering on (its power back) is still silent at the
+    deadline, so ForceOff goes out; it boots far enough to post Ready once, then the BMC applies
+    the ForceOff. The brief Ready must not turn Asklepios' own Off into an admin's power-off
+    (found Off, never switched on): the marker stays while a ForceOff may still be applying."""
+    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
+    w.add("a", "b", "c")
+    w.give_bmc("b", URL.format("b"))
+    w.bmc.delay = 5.0
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        await anyio.sleep(2.0)
+        w.back("b")  # it posts Ready once ...
+        await until(lambda: w.bmc.power.get(URL.format("b")) == "Off", 30, "the ForceOff applied")
+        await anyio.sleep(1.0)
+        w.power_cut("b")  # ... and dies again: Asklepios' own ForceOff, a new NotReady period
+        await until(lambda: w.has_taint("b"), 300, "kickout of the machine Asklepios switched off")
+        kickout = w.kickout("b")
+        assert kickout is not None and not kickout.found_off, kickout
+        await until(lambda: any(what == "On" for _, _, what in w.bmc.log), 400, "switched on again")
+
+
+async def test_a_force_off_marker_left_after_a_long_ready_period_is_dropped() -> None:
+    """Once a ForceOff can no longer be applying (the fencing timeout after it went out) and the
+    node runs, the marker goes: a later Off is someone else's, and is left alone."""
+    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
+    w.add("a", "b", "c")
+    w.give_bmc("b", URL.format("b"))
+    w.bmc.never_off.add(URL.format("b"))  # the ForceOff never applies: fencing fails
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        w.back("b")
+        await until(lambda: (w.record("b") or NodeRecord()).force_off is None, 120, "the marker dropped")
+        elapsed = w.clock.now() - w.bmc.log[0][0]
+        assert elapsed >= timedelta(seconds=30), elapsed  # not before the ForceOff could still apply

@@ -50,10 +50,17 @@ from asklepios.observe import metrics
 log = logging.getLogger("asklepios.healer")
 
 
-def _stale_force_off(view: NodeView, memory: NodeMemory) -> bool:
-    """A ForceOff marker left from a NotReady period that ended without a kickout."""
+def _stale_force_off(view: NodeView, memory: NodeMemory, now: datetime, applying: timedelta) -> bool:
+    """A ForceOff marker left from a NotReady period that ended without a kickout.
+
+    Only once the ForceOff can no longer be applying (`applying`: the fencing timeout after it
+    went out): a machine that was powering on when the ForceOff went out may post Ready once
+    before its BMC applies it, and the Off that follows is still Asklepios' own to undo.
+    """
     record = view.record
-    return record is not None and record.force_off is not None and view.kickout is None and memory.notready is None
+    if record is None or record.force_off is None or view.kickout is not None or memory.notready is not None:
+        return False
+    return now - record.force_off >= applying
 
 
 YIELD_EVERY = 200  # nodes judged in one go before the resync lets the Lease renewal and HTTP run
@@ -236,7 +243,7 @@ class Healer:
             return True
         if self.settings.dry_run:
             return False
-        if marks_out_of_date(view, memory) or view.mirror_out_of_date or _stale_force_off(view, memory):
+        if marks_out_of_date(view, memory) or view.mirror_out_of_date or self._stale_force_off(view, memory):
             return True
         return self.settings.force_delete and self.recovery.pending_deletes(view, memory)
 
@@ -328,8 +335,12 @@ class Healer:
         if self.settings.force_delete and not self.settings.dry_run:
             await self.recovery.release_pods(view, memory)
 
+    def _stale_force_off(self, view: NodeView, memory: NodeMemory) -> bool:
+        applying = timedelta(seconds=self.settings.fencing_timeout_seconds)
+        return _stale_force_off(view, memory, self.clock.now(), applying)
+
     async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
-        stale = _stale_force_off(view, memory)
+        stale = self._stale_force_off(view, memory)
         if not marks_out_of_date(view, memory) and not stale:
             return view
         notready, ready = wanted_marks(view, memory)

@@ -122,7 +122,8 @@ class Kickout:
         rejudge: Callable[[NodeView], Verdict],
     ) -> NodeView | None:
         at = self.clock.now().replace(microsecond=0)
-        before = view.record or NodeRecord()
+        # as stored now: the death check may have just noted a ForceOff, which a roll back must keep
+        before = self.records.book.of(view.name) or view.record or NodeRecord()
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
             record = self._record(view, death, evidence, memory, at)
             await self.records.put_node(view.name, record)
