@@ -311,3 +311,23 @@ async def test_a_force_off_marker_left_after_a_long_ready_period_is_dropped() ->
         await until(lambda: (w.record("b") or NodeRecord()).force_off is None, 120, "the marker dropped")
         elapsed = w.clock.now() - w.bmc.log[0][0]
         assert elapsed >= timedelta(seconds=30), elapsed  # not before the ForceOff could still apply
+
+
+async def test_a_repair_is_held_by_the_guard_like_a_kickout() -> None:
+    """The 60-minute soak's find: a kickout record whose node patch never landed (the leader lost
+    the Lease with the apiserver, and its roll back failed) was repaired by the next leader while
+    3 of 5 nodes were NotReady. Re-adding the taint is a new taint: the guard holds it too."""
+    w = World(settings(kickout_seconds=30))
+    w.add("a", "b", "c", "d", "e")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout")
+        w.cluster.edit("b", {"spec": {"taints": None}})  # the taint gone, the node still dead
+        w.power_cut("c")
+        w.power_cut("d")  # 3 of 5 NotReady: the guard (50%: 2) holds kickouts
+        await anyio.sleep(60)
+        assert not w.has_taint("b") and taint_writes(w, "b") == 1  # held, not repaired
+        assert "taint" not in "".join(w.events.reasons("c")) and not w.has_taint("c")
+        w.back("c")
+        w.back("d")
+        await until(lambda: w.has_taint("b"), 60, "repaired once the guard allows it")

@@ -382,7 +382,9 @@ class Healer:
             log.debug("dry run: not acting", extra={"node": view.name, "action": action.value if action else None})
         elif action is Action.REPAIR:
             paused = self.paused() is not None
-            written, memory = await self.recovery.repair(view, memory, verdict, self._rejudge, paused=paused)
+            written, memory = await self.recovery.repair(
+                view, memory, verdict, self._rejudge, paused=paused, guard=self.guard()
+            )
             self.memory[view.name] = memory
         elif action is Action.RELEASE:
             written = await self.recovery.release(view, volumes_followed=self.volumes is not None)

@@ -27,6 +27,7 @@ from datetime import timedelta
 import attrs
 
 from asklepios.config import Settings
+from asklepios.core.evidence import HoldReason
 from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
@@ -114,12 +115,25 @@ class Recovery:
         rejudge: Callable[[NodeView], Verdict],
         *,
         paused: bool = False,
+        guard: str | None = None,
     ) -> tuple[NodeView | None, NodeMemory]:
-        """Put back a cordon of ours; our taint only if the node is dead right now (and not paused)."""
+        """Put back a cordon of ours; our taint only if the node is dead right now, not paused, and
+        the guard allows kickouts (`guard`: why it holds them): re-adding the taint is a new taint,
+        held like a kickout while too many nodes are NotReady."""
         record = view.kickout
         assert record is not None
         death = None
-        if record.tainted and not view.has_out_of_service_taint and not self.settings.dry_run and not paused:
+        missing = record.tainted and not view.has_out_of_service_taint
+        if missing and guard is not None and not paused:
+            resync = timedelta(seconds=self.settings.resync_seconds)
+            memory = attrs.evolve(
+                memory, hold=HoldReason.TOO_MANY_NOTREADY, detail=guard, look_at=self.clock.now() + resync
+            )
+            log.warning(
+                "taint not repaired: kickouts are held",
+                extra={"node": view.name, "reason": HoldReason.TOO_MANY_NOTREADY.value, "detail": guard},
+            )
+        elif missing and not self.settings.dry_run and not paused:
             now = self.clock.now()
             death, _, memory = await self.check.confirm(view, memory)
             if not death.dead:
