@@ -50,19 +50,6 @@ from asklepios.observe import metrics
 log = logging.getLogger("asklepios.healer")
 
 
-def _stale_force_off(view: NodeView, memory: NodeMemory, now: datetime, applying: timedelta) -> bool:
-    """A ForceOff marker left from a NotReady period that ended without a kickout.
-
-    Only once the ForceOff can no longer be applying (`applying`: the fencing timeout after it
-    went out): a machine that was powering on when the ForceOff went out may post Ready once
-    before its BMC applies it, and the Off that follows is still Asklepios' own to undo.
-    """
-    record = view.record
-    if record is None or record.force_off is None or view.kickout is not None or memory.notready is not None:
-        return False
-    return now - record.force_off >= applying
-
-
 YIELD_EVERY = 200  # nodes judged in one go before the resync lets the Lease renewal and HTTP run
 
 
@@ -336,8 +323,16 @@ class Healer:
             await self.recovery.release_pods(view, memory)
 
     def _stale_force_off(self, view: NodeView, memory: NodeMemory) -> bool:
-        applying = timedelta(seconds=self.settings.fencing_timeout_seconds)
-        return _stale_force_off(view, memory, self.clock.now(), applying)
+        """A ForceOff marker left from a NotReady period that ended without a kickout.
+
+        Only once the ForceOff can no longer be applying (the fencing timeout after it went
+        out): a machine that was powering on when the ForceOff went out may post Ready once
+        before its BMC applies it, and the Off that follows is still Asklepios' own to undo.
+        """
+        record = view.record
+        if record is None or record.force_off is None or view.kickout is not None or memory.notready is not None:
+            return False
+        return self.clock.now() - record.force_off >= timedelta(seconds=self.settings.fencing_timeout_seconds)
 
     async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
         stale = self._stale_force_off(view, memory)
