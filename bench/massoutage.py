@@ -4,8 +4,8 @@ N bulk nodes are watched (kubelet ports open), two Asklepios replicas run with t
 leader election on, as in production. Two storms, measured one after the other:
 
 * **storm 1**: ``storm1`` nodes (above ASKLEPIOS_MAX_UNHEALTHY, default 50 %) die
-  within seconds: ``crash`` (out of their kwok, Lease deleted, kubelet port
-  closed) then Ready=Unknown at once (``set_ready``; node-lifecycle would take the
+  within seconds: ``crash`` (out of their kwok, Lease deleted, kubelet port silent:
+  a connect times out) then Ready=Unknown at once (``set_ready``; node-lifecycle would take the
   bulk grace period), from 64 threads. Every kickout must be held, which needs the
   whole storm to land within KICKOUT (60 s by default): a node whose deadline passes
   while the count is still below the guard is rightly kicked out. The nodes stay
@@ -261,7 +261,7 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
         }
     params = {"nodes": nodes, "storm1": storm1, "storm2": storm2, "kickout_s": kickout_s, "hold_s": hold,
               "replicas": 2, "leader_election": True, "kubelet_ports": True,
-              "death": "crash (out of kwok, Lease deleted, port closed); Unknown (1), False (2)"}  # fmt: skip
+              "death": "crash (out of kwok, Lease deleted, port silent); Unknown (1), False (2)"}  # fmt: skip
     notes = [
         "event-loop lag from each replica's histogram: p50/p99 interpolated within buckets, max = upper bound "
         "of the highest bucket with a tick",
