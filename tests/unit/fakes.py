@@ -89,6 +89,10 @@ class Write:
 class FakeGate:
     leader: bool = True
     budget: float = 10.0
+    term: int = 1  # gains of the lease (engine.gate.LeaderGate)
+
+    def gain(self) -> None:
+        self.leader, self.term = True, self.term + 1
 
     def may_write(self) -> bool:
         return self.leader
@@ -296,6 +300,13 @@ class FakeRecords:
 
     def snapshot(self) -> RecordData:
         return RecordData(dict(self.data), str(self.rv))
+
+    async def get(self, timeout: float) -> RecordData | None:
+        """A quorum read (`engine.gate.RecordReader`)."""
+        await anyio.lowlevel.checkpoint()
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.snapshot()
 
 
 @attrs.define(eq=False)

@@ -15,12 +15,14 @@ from prometheus_client import REGISTRY
 
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.node import NodeView
-from asklepios.core.records import KICKOUT_ANNOTATION
+from asklepios.core.records import KICKOUT_ANNOTATION, NodeRecord
 from asklepios.engine.balancer import Balancer
+from asklepios.engine.gate import CaughtUpGate
 from asklepios.engine.leader import LeaderElector
-from asklepios.kube.client import Conflict
+from asklepios.engine.records import RecordBook
+from asklepios.kube.client import ApiError, Conflict
 from asklepios.kube.lease import LeaseRecord
-from tests.unit.fakes import FakeEvents, LoopClock
+from tests.unit.fakes import FakeEvents, FakeGate, FakeRecords, LoopClock
 from tests.unit.world import World, running, settings, until
 
 pytestmark = pytest.mark.anyio
@@ -286,7 +288,7 @@ async def test_the_leader_renews_with_one_request_and_stops_writing_in_time() ->
         await anyio.sleep(60)
         assert lease.gets == gets  # renewals are PUTs only
         assert lease.writes >= 25
-        assert started == [1]
+        assert started == [1] and elector.term == 1
         assert lease.record is not None
         lease.record = attrs.evolve(lease.record, holder="other", resource_version="stolen")
         lease.rv = 10_000  # another replica took it: our next PUT conflicts, the GET shows the new holder
@@ -308,3 +310,59 @@ async def test_leader_gate_in_a_world_stops_writes_when_lost() -> None:
         assert len(w.cluster.writes) == writes
         assert not w.has_taint("b")
     assert not any(x.leader is False for x in w.cluster.writes)
+
+
+async def test_a_new_leader_writes_nothing_from_records_older_than_its_lease() -> None:
+    """The 60-minute soak's find: a replica that had just taken the Lease after an apiserver
+    outage still held, from its lagging records watch, the kickout record of a node that the
+    previous leader had kicked in a minute before, and wrote that node's kickout mirror again.
+    A new leader reads its records afresh (a quorum GET after the gain) before any write."""
+    w = World(settings(kickout_seconds=30, kickin_seconds=30))
+    w.add("a", "b", "c")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout")
+        lagging = w.records.snapshot()  # what the other replica's watch still shows
+        w.back("b")
+        await until(lambda: w.kickout("b") is None, 120, "kicked in, the kickout record cleared")
+    assert not w.has_taint("b") and not w.cluster.view("b").unschedulable
+    done = len(w.cluster.writes)
+    w.gate.leader = False  # the replica that led is gone; the lagging one takes the Lease
+    gate = CaughtUpGate(w.gate, w.records, book := RecordBook())
+    w.healer = w.build(gate=gate, book=book)
+    book.replace({"asklepios-records": lagging})
+    gate.on_caught_up = w.healer.leadership_gained
+    assert (book.of("b") or NodeRecord()).kickout is not None and not gate.may_write()
+    async with running(w), anyio.create_task_group() as tg:
+        tg.start_soon(gate.run)
+        await anyio.sleep(5)
+        w.gate.gain()
+        gate.gained()
+        await until(gate.may_write, 5, "caught up")
+        assert (book.of("b") or NodeRecord()).kickout is None  # the quorum read replaced the lagging copy
+        await anyio.sleep(60)
+        tg.cancel_scope.cancel()
+    assert [x.body for x in w.cluster.writes[done:] if x.node == "b"] == []
+    assert w.kickout("b") is None
+
+
+async def test_a_new_leader_that_cannot_read_its_records_writes_nothing() -> None:
+    """The read after the gain fails (the apiserver still away): the gate stays shut, and opens
+    once a read succeeds; a lost Lease in between needs a new read."""
+    leader, records = FakeGate(leader=False), FakeRecords(data={"k": "v"})
+    gate = CaughtUpGate(leader, records, book := RecordBook())
+    records.failures = [ApiError(503, "unavailable")] * 8
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gate.run)
+        leader.gain()
+        gate.gained()
+        await anyio.sleep(3)
+        assert not gate.may_write() and gate.write_budget() == 0.0
+        took = await until(gate.may_write, 30, "caught up once the apiserver answers")
+        assert took > 0 and book.resource_version == str(records.rv)
+        leader.leader = False
+        leader.gain()  # lost and gained again: another leader may have written in between
+        assert not gate.may_write()
+        gate.gained()
+        await until(gate.may_write, 5, "caught up again")
+        tg.cancel_scope.cancel()

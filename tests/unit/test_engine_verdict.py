@@ -48,18 +48,22 @@ async def test_a_stopped_kubelet_whose_kernel_refuses_is_never_tainted() -> None
         assert w.healer.holds() == {"b": HoldReason.NODE_ANSWERS}
 
 
-@pytest.mark.parametrize("resync", [10, 60])
-async def test_a_silent_port_costs_the_probe_its_timeout_yet_the_taint_lands_at_the_deadline(resync: int) -> None:
+@pytest.mark.parametrize(("resync", "probe_takes"), [(10, 2.0), (60, 2.0), (10, 2.4)])
+async def test_a_silent_port_costs_the_probe_its_timeout_yet_the_taint_lands_at_the_deadline(
+    resync: int, probe_takes: float
+) -> None:
     """The probe runs ahead of the deadline; the kickout follows at the deadline, not at the next resync
-    (found by the demo: kicked out 7 s late with resync 10 s, once the crashed port was silent)."""
+    (found by the demo: kicked out 7 s late with resync 10 s, once the crashed port was silent).
+    A probe that ends a little late (a late wake, a busy loop: 2.4 s for its 2 s timeout) still
+    ends before the deadline (the lag benchmark at 5,000 nodes: p99 0.5 s with no margin)."""
     w = World(settings(resync_seconds=resync))
-    w.probe.timeout = 2.0
+    w.probe.timeout = probe_takes
     w.add("a", "b", "c")
     async with running(w):
         await anyio.sleep(3.3)  # off the resync's beat: a deadline that waits for it shows
         w.power_cut("b")
         took = await until(lambda: w.has_taint("b"), 120, "kickout", step=0.01)
-        assert 60 <= took <= 60.1, took
+        assert 60 - 1e-6 <= took <= 60.1, took
 
 
 async def test_a_kubelet_a_minute_behind_is_never_tainted_even_after_a_restart() -> None:

@@ -21,7 +21,9 @@ from asklepios.config import Settings
 from asklepios.core.records import KickoutRecord, NodeRecord, node_key
 from asklepios.core.selector import parse_selector
 from asklepios.engine.controller import build_healer
+from asklepios.engine.gate import WriteGate
 from asklepios.engine.healer import Healer
+from asklepios.engine.records import RecordBook
 from tests.unit.fakes import (
     FakeBmc,
     FakeCluster,
@@ -72,12 +74,13 @@ class World:
         self.cluster.on_taint = self.assert_dead
         self.healer = self.build()
 
-    def build(self) -> Healer:
+    def build(self, gate: WriteGate | None = None, book: RecordBook | None = None) -> Healer:
         """A new healer on the same world (a restart, or a second replica)."""
         healer = build_healer(
             self.settings,
             clock=self.clock,
-            gate=self.gate,
+            gate=gate or self.gate,
+            book=book,
             nodes=self.cluster,
             leases=self.leases,
             probe=self.probe,

@@ -67,6 +67,7 @@ class LeaseLook:
 
 DEFAULT_LEASE = timedelta(seconds=40)
 PROBE_TIMEOUT = 2.0  # seconds a probe waits for an answer: a machine that is off gives none
+PROBE_MARGIN = 0.5  # the probe ahead of a deadline ends this long before it (a late wake, a busy loop)
 
 
 def observe_lease(before: LeaseLook | None, seen: LeaseSeen | None, now: datetime) -> LeaseLook:

@@ -20,7 +20,7 @@ from asklepios.core.records import BALANCER_CONFIGMAP
 from asklepios.engine.balancer import Balancer
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.fencing import Fencer
-from asklepios.engine.gate import AlwaysOpen, WriteGate
+from asklepios.engine.gate import AlwaysOpen, CaughtUpGate, WriteGate
 from asklepios.engine.healer import Healer
 from asklepios.engine.kickout import Kickout
 from asklepios.engine.leader import LeaderElector, default_identity
@@ -83,9 +83,10 @@ def build_healer(
     deleter: PodDeletePort,
     events: EventPort,
     records: RecordPort,
+    book: RecordBook | None = None,
 ) -> Healer:
     """The healer and its helpers, from its ports (the real ones here, fakes in unit tests)."""
-    notes, book = Notes(), RecordBook()
+    notes, book = Notes(), book if book is not None else RecordBook()
     writer = NodeWriter(nodes, gate, attach=book.attach)
     record_writer = RecordWriter(records, book, gate, writer.budget)
     fencer = None
@@ -101,7 +102,9 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
     """Run until cancelled."""
     metrics.BUILD.info({"version": __version__})
     elector: LeaderElector | None = None
+    caught_up: CaughtUpGate | None = None
     gate: WriteGate = AlwaysOpen()
+    record_api, book = RecordApi(client, settings.namespace), RecordBook()
     if settings.leader_election:
         elector = LeaderElector(
             lease=LeaseApi(client, settings.namespace, LEASE_NAME),
@@ -111,12 +114,11 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
             retry_period=settings.lease_retry_seconds,
             clock=clock,
         )
-        gate = elector
+        gate = caught_up = CaughtUpGate(elector, record_api, book)
     else:
         metrics.IS_LEADER.set(1)
     events = EventRecorder(client, now=clock.now, failed=lambda exc: count_failure("event", exc))
     pod_watches = NodePodWatches(client, settings.watch_timeout_seconds, _hooks(None, "node pods", "pod"))
-    record_api = RecordApi(client, settings.namespace)
     bmc: BmcPort | None = None
     credentials: CredentialsPort | None = None
     if settings.fencing_on:
@@ -138,6 +140,7 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         deleter=PodApi(client),
         events=events,
         records=record_api,
+        book=book,
     )
     pod_watches.changed = healer.schedule
     volume_watch = NodeVolumeWatch(
@@ -191,8 +194,9 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         tg.start_soon(pod_watches.run)
         tg.start_soon(volume_watch.run)
         tg.start_soon(healer.run)
-        if elector is not None:
-            elector.on_started = healer.leadership_gained
+        if elector is not None and caught_up is not None:
+            elector.on_started, caught_up.on_caught_up = caught_up.gained, healer.leadership_gained
+            tg.start_soon(caught_up.run)
             tg.start_soon(elector.run)
         if settings.balancer:
             _start_balancer(tg, settings, client, health, healer, gate, events, clock)

@@ -46,6 +46,7 @@ class LeaderElector:
     _observed: LeaseRecord | None = None
     _observed_at: float = 0.0  # when the lease record last changed, on our clock
     _leading: bool = False  # what we last reported
+    term: int = 0  # how many times this replica gained the lease (engine.gate.CaughtUpGate)
 
     def may_write(self) -> bool:
         return self.write_budget() > 0
@@ -82,6 +83,7 @@ class LeaderElector:
         if leading and not self._leading:
             log.info("became leader", extra={"identity": self.identity})
             self._leading = True
+            self.term += 1
             self.on_started()
         elif self._leading and not leading:
             log.warning("lost leadership: writes stopped", extra={"identity": self.identity})

@@ -17,7 +17,15 @@ from datetime import datetime, timedelta
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.evidence import PROBE_TIMEOUT, DeathVerdict, Evidence, HoldReason, death_verdict, observe_lease
+from asklepios.core.evidence import (
+    PROBE_MARGIN,
+    PROBE_TIMEOUT,
+    DeathVerdict,
+    Evidence,
+    HoldReason,
+    death_verdict,
+    observe_lease,
+)
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
 from asklepios.core.records import NodeRecord
@@ -64,10 +72,10 @@ class DeathCheck:
         return attrs.evolve(memory, answers=answers, probed_at=self.clock.now())
 
     def _fresh_probe(self, memory: NodeMemory, now: datetime) -> bool:
-        """A probe that ended at most one probe timeout ago still says how the node answers now."""
+        """A probe that ended at most one probe timeout (and the margin) ago still says how the node answers now."""
         if memory.probed_at is None:
             return False
-        return timedelta(0) <= now - memory.probed_at <= timedelta(seconds=PROBE_TIMEOUT + 0.5)
+        return timedelta(0) <= now - memory.probed_at <= timedelta(seconds=PROBE_TIMEOUT + PROBE_MARGIN)
 
     async def confirm(
         self, view: NodeView, memory: NodeMemory, *, fence: bool = True
