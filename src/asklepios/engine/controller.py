@@ -107,7 +107,7 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
     record_api, book = RecordApi(client, settings.namespace), RecordBook()
     if settings.leader_election:
         elector = LeaderElector(
-            lease=LeaseApi(client, settings.namespace, LEASE_NAME),
+            lease=LeaseApi(client.for_leader_election(), settings.namespace, LEASE_NAME),
             identity=default_identity(),
             lease_duration=settings.lease_duration_seconds,
             renew_deadline=settings.lease_renew_seconds,

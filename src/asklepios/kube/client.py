@@ -182,11 +182,20 @@ class KubeClient:
     """Requests to one apiserver. Use `async with KubeClient.connect() as kube`."""
 
     def __init__(
-        self, api: k8s.ApiClient, request_timeout: float = 10.0, watch_api: k8s.ApiClient | None = None
+        self,
+        api: k8s.ApiClient,
+        request_timeout: float = 10.0,
+        watch_api: k8s.ApiClient | None = None,
+        lease_api: k8s.ApiClient | None = None,
     ) -> None:
         self._api = api
         self._watch_api = watch_api or api
+        self._lease_api = lease_api or api
         self.request_timeout = request_timeout
+
+    def for_leader_election(self) -> KubeClient:
+        """This client with its requests on the leader election's own connections."""
+        return KubeClient(self._lease_api, self.request_timeout, watch_api=self._watch_api)
 
     @classmethod
     @asynccontextmanager
@@ -199,17 +208,24 @@ class KubeClient:
         else:
             source = kubeconfig if isinstance(kubeconfig, KubeSource) else resolve_source(kubeconfig, context)
             configuration = await load_configuration(source)
-        # Two connection pools. A watch holds its connection for minutes, and Asklepios
+        # Three connection pools. A watch holds its connection for minutes, and Asklepios
         # keeps one per kicked-out node: in one pool of 100 (kubernetes-asyncio's
         # default), a mass outage would leave the Lease renewal and the kickout PATCHes
         # waiting for a watch to end. Requests keep the bounded pool; watches get their
         # own, unbounded (their number is bounded by the guard: the nodes kicked out).
+        # The leader election has two connections of its own (as kube-controller-manager
+        # gives it its own client): when thousands of nodes go NotReady at once, their
+        # Lease reads queue for the request pool, and a renewal waiting behind them
+        # would cost the leader its Lease (bench mass-outage, 5,000 / 3,000).
         api = k8s.ApiClient(configuration)
         configuration.connection_pool_maxsize = 0  # aiohttp: no limit
         watch_api = k8s.ApiClient(configuration)
+        configuration.connection_pool_maxsize = 2
+        lease_api = k8s.ApiClient(configuration)
         try:
-            yield cls(api, watch_api=watch_api)
+            yield cls(api, watch_api=watch_api, lease_api=lease_api)
         finally:
+            await lease_api.close()
             await watch_api.close()
             await api.close()
 
