@@ -11,9 +11,9 @@ leader election on, as in production. Two storms, measured one after the other:
   while the count is still below the guard is rightly kicked out. The nodes stay
   dead past their kickout deadline plus ``hold`` seconds, then are powered on again.
 * **storm 2**: ``storm2`` nodes (below the guard) die at once (Ready=False): all are
-  kicked out. Kickout lag = taint seen by the bench's watch - (the countdown's start
-  Asklepios wrote in ``asklepios.io/notready-since`` + KICKOUT), and the time from
-  the first crash to the last taint.
+  kicked out. Kickout lag = taint seen by the bench's watch - (the moment the bench's
+  Ready=False PATCH returned + KICKOUT: Asklepios cannot have seen it earlier), and
+  the time from the first crash to the last taint.
 
 Per storm, per replica: event-loop lag p50/p99/max (from the replica's own
 ``asklepios_event_loop_lag_seconds``, the difference of two scrapes; bucket
@@ -38,7 +38,6 @@ from typing import Any
 
 from bench.cluster import WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler, histogram
-from bench.lag import _since
 from bench.load import count, is_leader_lease, read_audit
 from bench.results import Steps, distribution, histogram_quantile, source_commit, write_result
 from bench.watch import NodeTracker, Watch
@@ -123,9 +122,11 @@ def _parallel(work: Callable[[str], Any], nodes: list[str], threads: int = 64) -
     return started, time.time()
 
 
-def _die(cp: Any, node: str, ready: str) -> None:
+def _die(cp: Any, node: str, ready: str) -> float:
+    """Crash ``node`` and set its Ready condition; returns when the status PATCH returned."""
     cp.crash(node)
     cp.set_ready(node, ready)
+    return time.time()
 
 
 def _quiet(seconds: float) -> JSON:
@@ -177,19 +178,17 @@ class Storms:
 
     def storm2(self, nodes: list[str], kickout_s: int) -> JSON:
         cp, tracker = self.lb.cp, self.tracker
-        t0, t1 = _parallel(lambda n: _die(cp, n, "False"), nodes)
+        down: dict[str, float] = {}
+        t0, t1 = _parallel(lambda n: down.__setitem__(n, _die(cp, n, "False")), nodes)
         print(f"[mass-outage] storm 2: {len(nodes)} nodes down in {t1 - t0:.1f} s", flush=True)
         tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in nodes), kickout_s + 180)
         lags, taints = [], []
         for n in nodes:
             hit = tracker.last(n, "taint_on", after=t0)
-            mark = tracker.last(n, "notready_mark", after=t0)
             if hit is None:
                 continue
             taints.append(hit[0])
-            since = _since(mark[1]) if mark else None
-            if since is not None:
-                lags.append(hit[0] - (since + kickout_s))
+            lags.append(hit[0] - (down[n] + kickout_s))  # the deadline: Ready=False set + KICKOUT
         time.sleep(3)  # the NodeKickedOut Events follow the PATCHes
         end = time.time()
         _parallel(lambda n: cp.restore(n, wait_ready=False), nodes)
