@@ -335,3 +335,26 @@ async def test_a_repair_is_held_by_the_guard_like_a_kickout() -> None:
         w.back("c")
         w.back("d")
         await until(lambda: w.has_taint("b"), 60, "repaired once the guard allows it")
+
+
+async def test_a_kubelet_that_renews_while_the_force_off_applies_holds_the_taint() -> None:
+    """The 3-minute soak's find: the Lease was silent when ForceOff went out, the machine still
+    ran while the BMC applied it and its kubelet renewed once; the BMC then confirmed Off and the
+    taint followed a renewal 2.7 s old. The Lease is read again after the Off: held until it has
+    been silent for a lease duration (World.assert_dead fails any earlier taint)."""
+    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
+    w.add("a", "b", "c")
+    w.give_bmc("b", URL.format("b"))
+    w.bmc.delay = 5.0
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        await anyio.sleep(1)
+        w.leases.stop("b")  # one renewal while the ForceOff applies: the machine still ran
+        await until(lambda: w.bmc.power.get(URL.format("b")) == "Off", 30, "the ForceOff applied")
+        await anyio.sleep(2)
+        assert not w.has_taint("b")
+        assert w.healer.holds() == {"b": HoldReason.KUBELET_ALIVE}
+        await until(lambda: w.has_taint("b"), 120, "kickout once the Lease was silent for its duration")
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.fenced and not kickout.found_off, kickout

@@ -3,7 +3,8 @@
 `DeathCheck.look` follows a NotReady node's Lease from the start of the period, on
 Asklepios' own clock (`core.evidence.observe_lease`); `DeathCheck.confirm` gathers
 everything at the moment a taint is wanted (the Lease again, the probe, and with
-fencing the BMC: power off, then probe once more) and asks `core.evidence.death_verdict`.
+fencing the BMC: power off, then the Lease and the probe once more) and asks
+`core.evidence.death_verdict`.
 The kickout and the repair both call `confirm`, and the node patches that add the
 taint (`kube.nodes.kickout_patch`, `repair_patch`) refuse a verdict that is not
 `dead`: no path can add the taint without it.
@@ -103,13 +104,16 @@ class DeathCheck:
         log.debug("death verdict", extra={"node": view.name, "dead": death.dead, "detail": death.detail,
                                           "evidence": list(evidence.summary())})  # fmt: skip
         if death.fence_next and fence:
-            death, evidence = await self._fence(view, evidence)
+            death, evidence, memory = await self._fence(view, evidence, memory)
         return death, evidence, memory
 
-    async def _fence(self, view: NodeView, evidence: Evidence) -> tuple[DeathVerdict, Evidence]:
+    async def _fence(
+        self, view: NodeView, evidence: Evidence, memory: NodeMemory
+    ) -> tuple[DeathVerdict, Evidence, NodeMemory]:
         assert self.fencer is not None
         if not self.gate.may_write():
-            return DeathVerdict(dead=False, hold=HoldReason.FENCING_FAILED, detail="no longer the leader"), evidence
+            held = DeathVerdict(dead=False, hold=HoldReason.FENCING_FAILED, detail="no longer the leader")
+            return held, evidence, memory
         record = view.record or NodeRecord()
         ours = record.force_off is not None  # an earlier attempt (maybe another leader's) sent ForceOff
         if not ours and self.records is not None:  # recorded first: a crash or failover cannot forget it
@@ -119,18 +123,28 @@ class DeathCheck:
         outcome = await self.fencer.power_off(view)
         if outcome.off and outcome.found_off and ours:
             outcome = attrs.evolve(outcome, found_off=False)  # Off from our own earlier ForceOff: ours to undo
-        if outcome.off:  # every signal must agree now: the machine that was switched off no longer answers
+        if outcome.off:  # every signal must agree now, not only before the ForceOff went out:
+            # the kubelet may have renewed while the ForceOff was applying (the 3-minute soak's find)
+            try:
+                memory = await self.look(view, memory)
+            except ApiError as exc:
+                detail = f"node Lease not readable after power Off: {exc}"
+                return DeathVerdict(False, HoldReason.KUBELET_ALIVE, detail=detail), evidence, memory
             answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
-            evidence = attrs.evolve(evidence, answers=answers)
+            assert memory.lease is not None
+            evidence = Evidence(lease=memory.lease, answers=answers)
         death = death_verdict(evidence, self.clock.now(), fencing=True, fence=outcome)
         if death.dead:
             how = "found Off" if outcome.found_off else "confirmed power Off"
             log.warning(f"BMC {how}", extra={"node": view.name, "fencing_seconds": outcome.seconds})
-            return death, attrs.evolve(evidence, answers=evidence.answers)
+            return death, evidence, memory
+        if death.hold is HoldReason.KUBELET_ALIVE:
+            log.warning("kubelet renewed while the ForceOff applied: held", extra={"node": view.name})
+            return death, evidence, memory
         log.warning("fencing failed", extra={"node": view.name, "error": death.detail})
         if death.hold is HoldReason.FENCING_FAILED and self.notes.fencing_error_to_emit(view.name, death.detail):
             await self.events.emit(node_ref(view), "FencingFailed", death.detail, warning=True)
-        return death, evidence
+        return death, evidence, memory
 
 
 def look_again(death: DeathVerdict, now: datetime, resync: timedelta) -> datetime:
