@@ -257,13 +257,23 @@ async def test_volumes_released_once_the_old_attachments_are_gone() -> None:
         assert kickout is not None and kickout.volumes_released is not None
 
 
+def fenced_b(fencing_timeout: int) -> World:
+    """Three nodes, fencing on, a BMC for `b` only."""
+    w = World(settings(fencing="redfish", fencing_timeout_seconds=fencing_timeout))
+    w.add("a", "b", "c")
+    w.give_bmc("b", URL.format("b"))
+    return w
+
+
+def force_off_sent(w: World) -> bool:
+    return any(what == "ForceOff" for _, _, what in w.bmc.log)
+
+
 async def test_an_off_from_our_own_earlier_force_off_is_ours_to_switch_on_after_a_failover() -> None:
     """The soak's find: a ForceOff sent, the Off not confirmed in time (or the leader gone), and the
     next attempt finds the machine Off. It is Asklepios' own Off (recorded before the ForceOff):
     fenced, and switched on again; not an admin's power-off left alone for good."""
-    w = World(settings(fencing="redfish", fencing_timeout_seconds=2))
-    w.add("a", "b", "c")
-    w.give_bmc("b", URL.format("b"))
+    w = fenced_b(2)
     w.bmc.delay = 5.0  # longer than the fencing timeout: the first attempt gives up
     async with running(w):
         w.power_cut("b")
@@ -283,13 +293,11 @@ async def test_a_force_off_still_applying_when_the_node_shows_ready_is_ours() ->
     deadline, so ForceOff goes out; it boots far enough to post Ready once, then the BMC applies
     the ForceOff. The brief Ready must not turn Asklepios' own Off into an admin's power-off
     (found Off, never switched on): the marker stays while a ForceOff may still be applying."""
-    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
-    w.add("a", "b", "c")
-    w.give_bmc("b", URL.format("b"))
+    w = fenced_b(30)
     w.bmc.delay = 5.0
     async with running(w):
         w.power_cut("b")
-        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        await until(lambda: force_off_sent(w), 120, "ForceOff sent")
         await anyio.sleep(2.0)
         w.back("b")  # it posts Ready once ...
         await until(lambda: w.bmc.power.get(URL.format("b")) == "Off", 30, "the ForceOff applied")
@@ -304,13 +312,11 @@ async def test_a_force_off_still_applying_when_the_node_shows_ready_is_ours() ->
 async def test_a_force_off_marker_left_after_a_long_ready_period_is_dropped() -> None:
     """Once a ForceOff can no longer be applying (the fencing timeout after it went out) and the
     node runs, the marker goes: a later Off is someone else's, and is left alone."""
-    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
-    w.add("a", "b", "c")
-    w.give_bmc("b", URL.format("b"))
+    w = fenced_b(30)
     w.bmc.never_off.add(URL.format("b"))  # the ForceOff never applies: fencing fails
     async with running(w):
         w.power_cut("b")
-        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        await until(lambda: force_off_sent(w), 120, "ForceOff sent")
         w.back("b")
         await until(lambda: (w.record("b") or NodeRecord()).force_off is None, 120, "the marker dropped")
         elapsed = w.clock.now() - w.bmc.log[0][0]
@@ -342,13 +348,11 @@ async def test_a_kubelet_that_renews_while_the_force_off_applies_holds_the_taint
     ran while the BMC applied it and its kubelet renewed once; the BMC then confirmed Off and the
     taint followed a renewal 2.7 s old. The Lease is read again after the Off: held until it has
     been silent for a lease duration (World.assert_dead fails any earlier taint)."""
-    w = World(settings(fencing="redfish", fencing_timeout_seconds=30))
-    w.add("a", "b", "c")
-    w.give_bmc("b", URL.format("b"))
+    w = fenced_b(30)
     w.bmc.delay = 5.0
     async with running(w):
         w.power_cut("b")
-        await until(lambda: any(what == "ForceOff" for _, _, what in w.bmc.log), 120, "ForceOff sent")
+        await until(lambda: force_off_sent(w), 120, "ForceOff sent")
         await anyio.sleep(1)
         w.leases.stop("b")  # one renewal while the ForceOff applies: the machine still ran
         await until(lambda: w.bmc.power.get(URL.format("b")) == "Off", 30, "the ForceOff applied")

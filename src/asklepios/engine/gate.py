@@ -70,11 +70,14 @@ class CaughtUpGate:
     _read_in_term: int = -1  # the term whose records were read (none yet)
     _gained: anyio.Event = attrs.Factory(anyio.Event)
 
+    def _caught_up(self) -> bool:
+        return self._read_in_term == self.leader.term
+
     def may_write(self) -> bool:
-        return self._read_in_term == self.leader.term and self.leader.may_write()
+        return self._caught_up() and self.leader.may_write()
 
     def write_budget(self) -> float:
-        return self.leader.write_budget() if self._read_in_term == self.leader.term else 0.0
+        return self.leader.write_budget() if self._caught_up() else 0.0
 
     def gained(self) -> None:
         """The elector took the lease: read the records before any write."""
@@ -91,7 +94,7 @@ class CaughtUpGate:
     async def catch_up(self) -> bool:
         """Read the records for the current term; False if that failed while still leading."""
         term = self.leader.term
-        if self._read_in_term == term or not self.leader.may_write():
+        if self._caught_up() or not self.leader.may_write():
             return True
         try:
             data = None
