@@ -13,7 +13,7 @@ with acting on the same node; at most 16 nodes are acted on at once (`dispatch`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import anyio
@@ -91,12 +91,14 @@ class Healer:
     wheel: TimerWheel = attrs.field(default=None)
     judgements: int = 0  # how many times a node was judged (work, for the storm's unit test)
     _guard_held: bool = False
+    _to_rejudge: set[str] = attrs.Factory(set)  # to judge again soon, in chunks (a guard flip, a new leader)
+    _rejudge_wanted: anyio.Event = attrs.Factory(anyio.Event)
 
     def __attrs_post_init__(self) -> None:
         if self.wheel is None:
             self.wheel = TimerWheel(lambda: self.clock.now().timestamp())
         self.records.on_node = self.record_changed
-        self.records.on_pause = self.resync
+        self.records.on_pause = lambda: self.rejudge_soon(self.views)
         self.kickout.guard_count = self.guard_count
 
     def source(self, kind: str) -> NodeSource:
@@ -157,9 +159,8 @@ class Healer:
         else:
             self.pods.unfollow(name)
             self.recovery.forget(name)
-        if change.guard_moved and self._guard_flipped():
-            for other in [n for n, m in self.memory.items() if m.notready is not None and n != name]:
-                self.schedule(other)  # the guard's decision flipped: held nodes may go now, or must wait
+        if change.guard_moved and self._guard_flipped():  # held nodes may go now, or must wait
+            self.rejudge_soon(n for n, m in self.memory.items() if m.notready is not None and n != name)
         self.schedule(name)
         if change.old is not None and view.takes_new_pods and not change.old.takes_new_pods:
             self.on_schedulable(name)  # kicked in (and the cordon's taint gone), uncordoned, Ready again
@@ -265,20 +266,43 @@ class Healer:
 
     async def resync_yielding(self) -> None:
         """`resync`, letting the event loop run every YIELD_EVERY nodes (thousands of nodes)."""
-        for i, name in enumerate(list(self.views)):
+        await self._schedule_yielding(list(self.views))
+
+    async def _schedule_yielding(self, names: list[str]) -> None:
+        for i, name in enumerate(names):
             self.schedule(name)
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await anyio.lowlevel.checkpoint()
 
+    def rejudge_soon(self, names: Iterable[str]) -> None:
+        """Judge these nodes again from the healer's own task, YIELD_EVERY at a time.
+
+        A guard flip or a new leader touches every NotReady node, thousands in a storm.
+        Judged in the watch handler that saw the change, they blocked the event loop for
+        seconds (bench mass-outage, 3,000 of 5,000 down: loop lag p99 0.25 s, max up to
+        5 s). Every act judges afresh with the guard of its moment, so deferring this only
+        moves wakes and announcements, never what a write decides.
+        """
+        self._to_rejudge.update(names)
+        self._rejudge_wanted.set()
+
+    async def _rejudge_loop(self) -> None:
+        while True:
+            await self._rejudge_wanted.wait()
+            self._rejudge_wanted = anyio.Event()
+            names, self._to_rejudge = sorted(self._to_rejudge), set()
+            await self._schedule_yielding(names)
+
     def leadership_gained(self) -> None:
         self.notes.leadership_gained()
-        self.resync()
+        self.rejudge_soon(self.views)
 
     # --- running ----------------------------------------------------------------------
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(Dispatcher(self.act, self.after_act).run, self.wheel)
             tg.start_soon(self._resync_loop)
+            tg.start_soon(self._rejudge_loop)
 
     async def _resync_loop(self) -> None:
         while True:
