@@ -24,7 +24,7 @@ from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprotected_statefulsets
 from asklepios.engine.balancer import PodShard
 from asklepios.kube.access import ClusterReads, parse_label_selector
-from asklepios.kube.client import ApiError, KubeClient, NotFound
+from asklepios.kube.client import ApiError, KubeClient, NotFound, env_proxy
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import parse_pod
 from asklepios.kube.reflector import object_key
@@ -339,3 +339,54 @@ async def test_the_node_list_of_check_and_status_is_paged(apiserver: tuple[Path,
         views = await NodeApi(kube).list("")
     assert [v.name for v in views] == [f"n{i:03d}" for i in range(250)]
     assert [s for s in seen if s.startswith("nodes")] == ["nodes page of 100"] * 2 + ["nodes page of 50"]
+
+
+def _refusing_port() -> int:
+    """A loopback port that nothing listens on (bound, never listening: a connect is refused)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.anyio
+async def test_the_proxy_variables_are_read_once_at_connect(
+    apiserver: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's `trust_env` read the proxy variables and ~/.netrc for every request, in an
+    executor thread: an eighth of the leader's CPU in bench mass-outage (py-spy). Read once now:
+    a variable set after connecting changes nothing."""
+    kubeconfig, _ = apiserver
+    async with KubeClient.connect(str(kubeconfig)) as kube:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_refusing_port()}")
+        pod_json = await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0", timeout=5)
+    assert parse_pod(pod_json).key == "openstack/db-0"
+
+
+@pytest.mark.anyio
+async def test_a_proxy_the_environment_names_for_the_apiserver_is_used(
+    apiserver: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As client-go does: HTTP(S)_PROXY is honoured, NO_PROXY exempts a host."""
+    kubeconfig, _ = apiserver
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_refusing_port()}")
+    async with KubeClient.connect(str(kubeconfig)) as kube:
+        with pytest.raises(ApiError, match=r"proxy|Connect"):
+            await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0", timeout=5)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with KubeClient.connect(str(kubeconfig)) as kube:
+        assert (await kube.request("GET", "/api/v1/namespaces/openstack/pods/db-0", timeout=5))["metadata"]
+
+
+def test_env_proxy_follows_urllib() -> None:
+    url = "https://10.96.0.1:443"
+    assert env_proxy(url, {"HTTPS_PROXY": "http://p:3128"}) == "http://p:3128"
+    assert env_proxy(url, {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"}) == "http://lower:1"
+    assert env_proxy(url, {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "10.96.0.1"}) is None
+    assert env_proxy(url, {"HTTP_PROXY": "http://p:3128"}) is None  # not for https
+    assert env_proxy(url, {}) is None
+    no = {"HTTPS_PROXY": "http://p:3128"}
+    assert env_proxy("https://API.example.com:6443", {**no, "no_proxy": ".example.com"}) is None
+    assert env_proxy("https://[::1]:6443", {**no, "NO_PROXY": "::1"}) is None
+    assert env_proxy("https://10.96.0.1:443", {**no, "NO_PROXY": "10.0.0.1, other.example"}) == "http://p:3128"
