@@ -38,6 +38,7 @@ class NodeNotes:
 @attrs.define
 class Notes:
     by_node: dict[str, NodeNotes] = attrs.Factory(dict)
+    _waiting: int = 0  # nodes published as waiting for pods (a count kept, not a scan: thousands of nodes)
 
     def _of(self, name: str) -> NodeNotes:
         notes = self.by_node.get(name)
@@ -56,7 +57,6 @@ class Notes:
             self._publish(view, verdict, notes)
         elif notes.published is not None:
             self._unpublish(view.name, notes)
-            self._count_waiting()
 
     def _log(self, view: NodeView, verdict: Verdict, now: datetime, notes: NodeNotes) -> None:
         facts: dict[str, object] = {"node": view.name, "status": view.ready.value, "state": verdict.state.value}
@@ -103,13 +103,11 @@ class Notes:
         notes = self.by_node.pop(name, None)
         if notes is not None:
             self._unpublish(name, notes)
-            self._count_waiting()
 
-    def _count_waiting(self) -> None:
-        waiting = State.WAITING_FOR_PODS.value
-        metrics.KICKIN_WAITING_NODES.set(
-            sum(1 for n in self.by_node.values() if n.published and n.published[0] == waiting)
-        )
+    def _count_waiting(self, published: tuple[str, HoldReason | None], change: int) -> None:
+        if published[0] == State.WAITING_FOR_PODS.value:
+            self._waiting += change
+            metrics.KICKIN_WAITING_NODES.set(self._waiting)
 
     def _publish(self, view: NodeView, verdict: Verdict, notes: NodeNotes) -> None:
         key = (verdict.state.value, verdict.hold)
@@ -119,7 +117,7 @@ class Notes:
             if verdict.hold is not None:
                 metrics.NODE_HELD.labels(node=view.name, reason=verdict.hold.value).set(1)
             notes.published = key
-            self._count_waiting()
+            self._count_waiting(key, +1)
         counting = verdict.state in (State.COUNTING_DOWN, State.COUNTING_UP) and verdict.deadline is not None
         if counting and verdict.deadline is not None:
             metrics.NODE_DEADLINE.labels(node=view.name).set(verdict.deadline.timestamp())
@@ -134,6 +132,7 @@ class Notes:
         if notes.published is None:
             return
         state, hold = notes.published
+        self._count_waiting(notes.published, -1)
         _remove(metrics.NODE_STATE, name, state)
         if hold is not None:
             _remove(metrics.NODE_HELD, name, hold.value)
