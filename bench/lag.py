@@ -169,6 +169,57 @@ def _drive(
     return done
 
 
+def _audit_requests(path: Path) -> list[JSON]:
+    """Asklepios' requests: verb, resource, name, received and completed (epoch s)."""
+    by_id: dict[str, JSON] = {}
+    for line in path.read_bytes().splitlines():
+        event = orjson.loads(line)
+        ref = event.get("objectRef") or {}
+        what = ref.get("resource", "") + ("/" + ref["subresource"] if ref.get("subresource") else "")
+        received = epoch(event["requestReceivedTimestamp"])
+        req = by_id.setdefault(event["auditID"], {"verb": event["verb"], "what": what, "name": ref.get("name", ""),
+                                                  "received": received, "completed": None})  # fmt: skip
+        if event.get("stage") == "ResponseComplete":
+            req["completed"] = epoch(event["stageTimestamp"])
+    return sorted((r for r in by_id.values() if r["completed"] is not None), key=lambda r: float(r["received"]))
+
+
+def _last(
+    requests: list[JSON], verb: str, what: str, name: str, lo: float, hi: float, *, first: bool = False
+) -> JSON | None:
+    """The last (or first) such request received within [lo, hi]."""
+    key = (verb, what, name)
+    hits = [r for r in requests if (r["verb"], r["what"], r["name"]) == key and lo <= r["received"] <= hi]
+    return (hits[0] if first else hits[-1]) if hits else None
+
+
+def _kickout_steps(requests: list[JSON], cycles: list[Cycle], kickout_s: int) -> JSON:
+    """Per kickout, the three requests at the deadline and the gaps between them (see the module doc)."""
+    steps: dict[str, list[float]] = {k: [] for k in ("to_lease_get", "lease_get", "to_records_patch", "records_patch",
+                                                     "to_node_patch", "node_patch", "to_watch")}  # fmt: skip
+    for c in cycles:
+        if c.failed or c.t_taint is None:
+            continue
+        deadline = c.t_set + kickout_s
+        patch = _last(requests, "patch", "nodes", c.node, deadline - 1, c.t_taint, first=True)
+        if patch is None:
+            continue
+        get = _last(requests, "get", "leases", c.node, deadline - 1, patch["received"])
+        if get is None:
+            continue
+        rec = _last(requests, "patch", "configmaps", "asklepios-records", get["completed"], patch["received"])
+        if rec is None:
+            continue
+        steps["to_lease_get"].append(get["received"] - deadline)
+        steps["lease_get"].append(get["completed"] - get["received"])
+        steps["to_records_patch"].append(rec["received"] - get["completed"])
+        steps["records_patch"].append(rec["completed"] - rec["received"])
+        steps["to_node_patch"].append(patch["received"] - rec["completed"])
+        steps["node_patch"].append(patch["completed"] - patch["received"])
+        steps["to_watch"].append(c.t_taint - patch["completed"])
+    return {k: distribution(v) for k, v in steps.items()}
+
+
 def _lags(cycles: list[Cycle], kickout_s: int, kickin_s: int) -> JSON:
     ok = [c for c in cycles if not c.failed]
     out_api = [c.t_taint - (c.since_notready + kickout_s) for c in ok if c.t_taint and c.since_notready]
@@ -205,7 +256,7 @@ def run(
     keep: bool = False,
 ) -> Path:
     steps = Steps()
-    with lab(keep=keep) as lb:
+    with lab(audit=True, keep=keep) as lb:
         steps.done("control plane up")
         names = lb.add_nodes(nodes, listeners=True)
         steps.done(f"{nodes} bulk nodes Ready")
@@ -239,12 +290,15 @@ def run(
             sampler.stop()
             ctl.stop()
             watch.stop()
+        assert lb.audit_log is not None
+        kickout_steps = _kickout_steps(_audit_requests(lb.audit_log), cycles, kickout_s)
     buckets, total, count = histogram(metrics, "asklepios_kickout_delay_seconds")
     summary = {
         "watched_nodes": nodes,
         "kickouts": len([c for c in cycles if c.t_taint]),
         "kickins": len([c for c in cycles if c.t_untaint]),
         **_lags(cycles, kickout_s, kickin_s),
+        "kickout_steps_s": kickout_steps,
         "asklepios_histogram": {
             "count": count,
             "mean_s": total / count if count else math.nan,
