@@ -4,6 +4,7 @@ importing only the part of kubernetes-asyncio that Asklepios uses (issue 13.4)."
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprotected_statefulsets
 from asklepios.engine.balancer import PodShard
 from asklepios.kube.access import ClusterReads, parse_label_selector
-from asklepios.kube.client import ApiError, KubeClient, NotFound, env_proxy
+from asklepios.kube.client import ApiError, KubeClient, NotFound, _events, env_proxy
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import parse_pod
 from asklepios.kube.reflector import object_key
@@ -390,3 +391,28 @@ def test_env_proxy_follows_urllib() -> None:
     assert env_proxy("https://API.example.com:6443", {**no, "no_proxy": ".example.com"}) is None
     assert env_proxy("https://[::1]:6443", {**no, "NO_PROXY": "::1"}) is None
     assert env_proxy("https://10.96.0.1:443", {**no, "NO_PROXY": "10.0.0.1, other.example"}) == "http://p:3128"
+
+
+class _Chunked:
+    """A response body arriving in the given chunks (as aiohttp's `content.iter_any()` gives them)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = self
+        self._chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.lists(st.integers(1, 400), max_size=20))
+def test_watch_lines_decode_the_same_however_the_body_is_cut(sizes: list[int], cuts: list[int]) -> None:
+    events = [{"type": "MODIFIED", "object": {"metadata": {"name": "n" * size}}} for size in sizes]
+    body = b"".join(orjson.dumps(e) + b"\n" for e in events) + b"\n"  # and a blank line (keep-alive)
+    bounds = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    chunks = [body[a:b] for a, b in itertools.pairwise(bounds)]
+
+    async def decode() -> list[Any]:
+        return [e async for e in _events(cast(Any, _Chunked(chunks)), "/api/v1/nodes")]
+
+    assert anyio.run(decode) == events

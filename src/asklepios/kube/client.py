@@ -353,8 +353,10 @@ async def _events(response: aiohttp.ClientResponse, path: str) -> AsyncIterator[
     try:
         async for chunk in response.content.iter_any():
             pending += chunk
-            while (cut := pending.find(b"\n")) >= 0:
-                line, pending = pending[:cut], pending[cut + 1 :]
+            if b"\n" not in chunk:
+                continue
+            *lines, pending = pending.split(b"\n")  # one pass: slicing off line by line copied the rest each time
+            for line in lines:
                 if line.strip():
                     yield orjson.loads(line)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
