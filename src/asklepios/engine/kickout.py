@@ -126,7 +126,7 @@ class Kickout:
         before = self.records.book.of(view.name) or view.record or NodeRecord()
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
             record = self._record(view, death, evidence, memory, at)
-            await self.records.put_node(view.name, record)
+            await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
             stale: list[bool] = []
 
             def build(
