@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -147,3 +148,48 @@ async def test_the_big_lists_stay_paged_consistent_reads() -> None:
         {"labelSelector": "a=b", "limit": 100},
         {"labelSelector": "a=b", "limit": 100, "continue": "token"},
     ]
+
+
+class BurstApiserver(QuietApiserver):
+    """One watch that delivers `events` already received: no await between them (aiohttp's buffer)."""
+
+    def __init__(self, events: int) -> None:
+        super().__init__()
+        self.events = events
+
+    @asynccontextmanager
+    async def stream(self, path: str, query: Mapping[str, Any], read_timeout: float) -> AsyncIterator[Any]:
+        self.watches += 1
+        count = self.events if self.watches == 1 else 0
+        await anyio.sleep(0 if count else 1)  # later watches: quiet
+
+        async def burst() -> AsyncIterator[dict[str, Any]]:
+            for i in range(count):
+                yield {"type": "ADDED", "object": {"metadata": {"name": f"n{i}", "resourceVersion": str(8 + i)}}}
+
+        yield burst()
+
+
+async def test_a_burst_of_received_events_lets_the_event_loop_run() -> None:
+    """A rack going dark delivers thousands of node events at once; applied without a pause they
+    held the Lease renewal and every deadline (bench mass-outage, storm 1)."""
+    apiserver, applied, ticks = BurstApiserver(1000), list[int](), list[int]()
+
+    class Counting(Store):
+        def upsert(self, key: str, item: object) -> None:
+            applied.append(len(ticks))  # how often the other task ran before this event
+
+    async def other_task() -> None:
+        while True:
+            ticks.append(1)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_task)
+        tg.start_soon(Reflector(apiserver, "/api/v1/nodes", dict).run, Counting())  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            while len(applied) < 1000:  # noqa: ASYNC110 - filled by the store
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(applied)]
+    assert sum(1 for g in gaps if g > 0) >= 1000 // 20 - 1  # the other task ran at least every 20 events

@@ -50,7 +50,7 @@ from asklepios.observe import metrics
 log = logging.getLogger("asklepios.healer")
 
 
-YIELD_EVERY = 200  # nodes judged in one go before the resync lets the Lease renewal and HTTP run
+YIELD_EVERY = 50  # nodes judged in one go before the Lease renewal, probes and HTTP may run
 
 
 @attrs.define(eq=False)
