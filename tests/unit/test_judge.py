@@ -273,3 +273,14 @@ def test_the_mirror_is_the_contract_shape_and_damage_is_never_ours() -> None:
     bad_kickouts = ("{", "[]", '{"at":"x","cordoned":true,"tainted":true}', '{"at":"2026-03-05T05:43:06Z"}')
     for bad in ("", "{", "[]", "[" * 100_000, *(f'{{"kickout":{k}}}' for k in bad_kickouts)):
         assert NodeRecord.decode(bad) is None  # not ours: nothing is undone on its strength
+
+
+@given(st.sampled_from([ReadyStatus.FALSE, ReadyStatus.UNKNOWN, ReadyStatus.TRUE]), st.booleans(), st.floats(0, 600))
+def test_judging_an_unchanged_node_again_keeps_its_memory(ready: ReadyStatus, kicked: bool, later: float) -> None:
+    """Every resync judges every node: a new copy of an unchanged memory each time was long-lived
+    garbage that kept the leader's full collections coming (bench mass-outage, storm 1)."""
+    view = node(ready)
+    if kicked:
+        view = with_record(view, kickout=KickoutRecord(at=at(-5), cordoned=True, tainted=True))
+    first = remember(view, NodeMemory(), at(0))
+    assert remember(view, first, at(later)) is first

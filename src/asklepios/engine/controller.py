@@ -9,6 +9,7 @@ task is left behind.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import anyio
@@ -194,12 +195,29 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         tg.start_soon(pod_watches.run)
         tg.start_soon(volume_watch.run)
         tg.start_soon(healer.run)
+        tg.start_soon(_freeze_the_synced_heap, health)
         if elector is not None and caught_up is not None:
             elector.on_started, caught_up.on_caught_up = caught_up.gained, healer.leadership_gained
             tg.start_soon(caught_up.run)
             tg.start_soon(elector.run)
         if settings.balancer:
             _start_balancer(tg, settings, client, health, healer, gate, events, clock)
+
+
+async def _freeze_the_synced_heap(health: Health) -> None:
+    """Once the first lists are in, what start-up built leaves the cyclic collector's sight.
+
+    Modules, classes and the first view of every node stay for the process's life,
+    yet each full collection scanned them all: at 5,000 nodes a 120-170 ms pause of
+    the event loop every ~9 s in a storm (bench mass-outage, a gc callback). After
+    `gc.freeze()` a full collection scans only what was made since; the frozen
+    objects that are dropped later are still freed by reference counting.
+    """
+    while health.not_ready() is not None:  # noqa: ASYNC110 - readiness is computed (syncs and staleness), not an event
+        await anyio.sleep(1)
+    gc.collect()
+    gc.freeze()
+    log.debug("start-up heap frozen", extra={"objects": gc.get_freeze_count()})
 
 
 def _start_balancer(
