@@ -73,6 +73,28 @@ class Source:
 
 SOURCE = Source()
 
+# Loaded by the measured process (sitecustomize on its PYTHONPATH): the cyclic garbage
+# collector's pauses of 2 ms or more, one line each, "epoch generation seconds".
+_GC_HOOK = """\
+import gc, os, time
+_path = os.environ.get("BENCH_GC_LOG")
+if _path:
+    _out, _started = open(_path, "a", buffering=1), [0.0]
+    def _pause(phase, info):
+        if phase == "start":
+            _started[0] = time.perf_counter()
+        elif (took := time.perf_counter() - _started[0]) >= 0.002:
+            _out.write(f"{time.time():.3f} {info['generation']} {took:.4f}\\n")
+    gc.callbacks.append(_pause)
+"""
+
+
+def _gc_hook_dir() -> Path:
+    target = Path(tempfile.mkdtemp(prefix="asklepios-bench-gc-"))
+    atexit.register(shutil.rmtree, target, True)
+    (target / "sitecustomize.py").write_text(_GC_HOOK)
+    return target
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -100,6 +122,11 @@ class Controller:
             **SOURCE.env(),
             **env,
         }
+        self.gc_log = log_path.with_suffix(".gc")
+        hook = str(_gc_hook_dir())
+        inherited = self.env.get("PYTHONPATH")
+        self.env["PYTHONPATH"] = f"{hook}{os.pathsep}{inherited}" if inherited else hook
+        self.env["BENCH_GC_LOG"] = str(self.gc_log)
         self.argv = list(argv)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -170,6 +197,16 @@ class Controller:
                 key = f"{line.get('msg')}: {str(line.get('error', ''))[:160]}"
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def gc_pauses(self, start: float, end: float, generation: int = 2) -> JSON:
+        """The garbage collector's pauses of that generation in [start, end): count, max and over 0.1 s."""
+        pauses = []
+        if self.gc_log.exists():
+            for line in self.gc_log.read_text().splitlines():
+                t, gen, took = line.split()
+                if start <= float(t) < end and int(gen) == generation:
+                    pauses.append(float(took))
+        return {"count": len(pauses), "max_s": max(pauses, default=0.0), "over_0.1_s": sum(p > 0.1 for p in pauses)}
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -169,7 +169,7 @@ def _drive(
     return done
 
 
-def _audit_requests(path: Path) -> list[JSON]:
+def audit_requests(path: Path) -> list[JSON]:
     """Asklepios' requests: verb, resource, name, received and completed (epoch s)."""
     by_id: dict[str, JSON] = {}
     for line in path.read_bytes().splitlines():
@@ -181,6 +181,7 @@ def _audit_requests(path: Path) -> list[JSON]:
                                                   "received": received, "completed": None})  # fmt: skip
         if event.get("stage") == "ResponseComplete":
             req["completed"] = epoch(event["stageTimestamp"])
+            req["code"] = (event.get("responseStatus") or {}).get("code")
     return sorted((r for r in by_id.values() if r["completed"] is not None), key=lambda r: float(r["received"]))
 
 
@@ -193,18 +194,19 @@ def _last(
     return (hits[0] if first else hits[-1]) if hits else None
 
 
-def _kickout_steps(requests: list[JSON], cycles: list[Cycle], kickout_s: int) -> JSON:
-    """Per kickout, the three requests at the deadline and the gaps between them (see the module doc)."""
+def kickout_steps(requests: list[JSON], kickouts: list[tuple[str, float, float]]) -> JSON:
+    """Per kickout (node, deadline, taint seen), the three requests at the deadline and the gaps between them."""
     steps: dict[str, list[float]] = {k: [] for k in ("to_lease_get", "lease_get", "to_records_patch", "records_patch",
                                                      "to_node_patch", "node_patch", "to_watch")}  # fmt: skip
-    for c in cycles:
-        if c.failed or c.t_taint is None:
-            continue
-        deadline = c.t_set + kickout_s
-        patch = _last(requests, "patch", "nodes", c.node, deadline - 1, c.t_taint, first=True)
+    conflicts = 0  # node PATCHes answered 409 (the node changed since Asklepios read it: read again, retried)
+    for node, deadline, taint in kickouts:
+        patch = _last(requests, "patch", "nodes", node, deadline - 1, taint, first=True)
+        refused = [r for r in requests if r["what"] == "nodes" and r["name"] == node and r.get("code") == 409
+                   and deadline - 1 <= r["received"] <= taint]  # fmt: skip
+        conflicts += len(refused)
         if patch is None:
             continue
-        get = _last(requests, "get", "leases", c.node, deadline - 1, patch["received"])
+        get = _last(requests, "get", "leases", node, deadline - 1, patch["received"])
         if get is None:
             continue
         rec = _last(requests, "patch", "configmaps", "asklepios-records", get["completed"], patch["received"])
@@ -216,8 +218,8 @@ def _kickout_steps(requests: list[JSON], cycles: list[Cycle], kickout_s: int) ->
         steps["records_patch"].append(rec["completed"] - rec["received"])
         steps["to_node_patch"].append(patch["received"] - rec["completed"])
         steps["node_patch"].append(patch["completed"] - patch["received"])
-        steps["to_watch"].append(c.t_taint - patch["completed"])
-    return {k: distribution(v) for k, v in steps.items()}
+        steps["to_watch"].append(taint - patch["completed"])
+    return {**{k: distribution(v) for k, v in steps.items()}, "node_patch_conflicts": conflicts}
 
 
 def _lags(cycles: list[Cycle], kickout_s: int, kickin_s: int) -> JSON:
@@ -281,7 +283,9 @@ def run(
             time.sleep(2)
             rss_synced = ctl.rss_bytes() / 2**20
             steps.done("asklepios synced")
+            driven = time.time()
             cycles = _drive(lb, tracker, _targets(names, kickouts), spread, kickout_s, restore_after)
+            gc_pauses = ctl.gc_pauses(driven, time.time())
             steps.done(f"{len(cycles)} kickout/kickin cycles")
             metrics = ctl.metrics()
             warnings = ctl.warnings()
@@ -291,14 +295,16 @@ def run(
             ctl.stop()
             watch.stop()
         assert lb.audit_log is not None
-        kickout_steps = _kickout_steps(_audit_requests(lb.audit_log), cycles, kickout_s)
+        done = [(c.node, c.t_set + kickout_s, c.t_taint) for c in cycles if not c.failed and c.t_taint is not None]
+        steps_s = kickout_steps(audit_requests(lb.audit_log), done)
     buckets, total, count = histogram(metrics, "asklepios_kickout_delay_seconds")
     summary = {
         "watched_nodes": nodes,
         "kickouts": len([c for c in cycles if c.t_taint]),
         "kickins": len([c for c in cycles if c.t_untaint]),
         **_lags(cycles, kickout_s, kickin_s),
-        "kickout_steps_s": kickout_steps,
+        "kickout_steps_s": steps_s,
+        "gc_gen2_pauses": gc_pauses,
         "asklepios_histogram": {
             "count": count,
             "mean_s": total / count if count else math.nan,

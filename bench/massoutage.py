@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.cluster import WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler, histogram
+from bench.lag import audit_requests, kickout_steps
 from bench.load import count, is_leader_lease, read_audit
 from bench.results import Steps, distribution, histogram_quantile, source_commit, write_result
 from bench.watch import NodeTracker, Watch
@@ -142,6 +143,7 @@ class Storms:
         self.samplers = [Sampler(r) for r in replicas]
         self.poller = Poller(lb, replicas)
         self.windows: dict[str, JSON] = {}
+        self.kickouts: list[tuple[str, float, float]] = []  # storm 2: (node, deadline, taint seen)
 
     def measured(self, name: str, body: Callable[[], JSON]) -> None:
         before = [r.metrics() for r in self.replicas]
@@ -157,9 +159,10 @@ class Storms:
                 {
                     "leader_at_end": a.get("asklepios_is_leader") == 1.0,
                     "event_loop_lag": loop_lag(b, a),
+                    "gc_gen2_pauses": r.gc_pauses(start, end),
                     **s.window(start, end),
                 }
-                for b, a, s in zip(before, after, self.samplers, strict=True)
+                for b, a, s, r in zip(before, after, self.samplers, self.replicas, strict=True)
             ],
             "healthz_failures": self.poller.failures(start, end),
             "leadership_changes": self.poller.changes(start, end),
@@ -189,6 +192,7 @@ class Storms:
                 continue
             taints.append(hit[0])
             lags.append(hit[0] - (down[n] + kickout_s))  # the deadline: Ready=False set + KICKOUT
+            self.kickouts.append((n, down[n] + kickout_s, hit[0]))
         time.sleep(3)  # the NodeKickedOut Events follow the PATCHes
         end = time.time()
         _parallel(lambda n: cp.restore(n, wait_ready=False), nodes)
@@ -248,6 +252,7 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
         time.sleep(2)
         assert lb.audit_log is not None
         records = read_audit(lb.audit_log)
+        storm2_steps = kickout_steps(audit_requests(lb.audit_log), storms.kickouts)
     summary: JSON = {"watched_nodes": nodes, "warnings": warnings}
     for name, w in storms.windows.items():
         start, end = w["start"], w["end"]
@@ -258,6 +263,7 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
             "apiserver_requests": sum(count(records, start, end).values()),
             "apiserver_requests_by_request": count(records, start, end),
         }
+    summary["storm2"]["kickout_steps_s"] = storm2_steps  # where the lag went, from the audit log (see bench/lag.py)
     params = {"nodes": nodes, "storm1": storm1, "storm2": storm2, "kickout_s": kickout_s, "hold_s": hold,
               "replicas": 2, "leader_election": True, "kubelet_ports": True,
               "death": "crash (out of kwok, Lease deleted, port silent); Unknown (1), False (2)"}  # fmt: skip
