@@ -112,6 +112,7 @@ class FakeCluster:
     writes: list[Write] = attrs.Factory(list)
     history: list[tuple[datetime, NodeView, NodeView]] = attrs.Factory(list)  # (when, before, after) of our patches
     failures: list[ApiError] = attrs.Factory(list)  # raised by the next patches, in order
+    lost_answers: int = 0  # the next patches are applied, then their answer is lost (a client timeout)
     gets: int = 0
     healer: Healer | None = None
     deliver: bool = True  # False: changes stay unseen until relist() (a watch gap)
@@ -222,6 +223,9 @@ class FakeCluster:
         self.objects[name] = merge(obj, clean)
         self._changed(name)
         self.history.append((self.clock.now(), before, self.view(name)))
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise ApiError(0, f"PATCH /api/v1/nodes/{name}: TimeoutError: the answer was lost")
         return self.view(name)
 
 

@@ -16,6 +16,7 @@ import trio.testing
 from prometheus_client import REGISTRY
 
 from asklepios.core.evidence import HoldReason
+from asklepios.core.node import OUT_OF_SERVICE_TAINT
 from asklepios.core.pod import PodRef
 from asklepios.kube.client import ApiError
 from tests.unit.world import World, running, settings, until
@@ -353,3 +354,25 @@ async def test_a_transient_error_is_retried_at_once_and_429_waits_for_retry_afte
         first, second, third = kickout_attempts(w)
         assert second - first <= 2.5  # jittered exponential backoff, within the same write
         assert third - second >= 3.0  # Retry-After honoured
+
+
+async def test_a_kickout_whose_answer_is_lost_ends_kicked_out_without_spinning() -> None:
+    """The apiserver applies the kickout PATCH, but the answer never arrives (a timeout under
+    load). Asklepios must not loop on the node (bench mass-outage once saw 4,002 record PATCHes
+    in 300 s and 22 nodes never recorded as kicked out): one kickout, recorded as ours."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        await anyio.sleep(5)
+        w.power_cut("b")
+        await anyio.sleep(59.9)
+        w.cluster.lost_answers = 1
+        await until(lambda: w.has_taint("b"), 5, "kickout")
+        writes = len(w.records.writes)
+        await anyio.sleep(60)
+        assert len(w.records.writes) - writes <= 3, w.records.writes[writes:]
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.tainted and kickout.cordoned  # what Asklepios added is its own
+        assert [t.key for t in w.cluster.view("b").taints].count(OUT_OF_SERVICE_TAINT.key) == 1
+        w.back("b")
+        await until(lambda: not w.has_taint("b") and not w.cluster.view("b").unschedulable, 120, "kickin")

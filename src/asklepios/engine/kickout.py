@@ -84,6 +84,10 @@ class Kickout:
         assert death.dead
         assert evidence is not None
         written = await self._write(view, verdict, death, evidence, memory, rejudge)
+        if written is None:  # rolled back (the node moved under the write): look again later, never in a loop
+            failures = memory.failures + 1
+            delay = backoff_delay(failures, base=1.0, cap=float(self.settings.resync_seconds))
+            return None, attrs.evolve(memory, failures=failures, look_at=self.clock.now() + timedelta(seconds=delay))
         return written, attrs.evolve(memory, failures=0, hold=None, detail="", look_at=None)
 
     def _held(self, memory: NodeMemory, death: DeathVerdict, look_at: datetime) -> NodeMemory:
@@ -128,20 +132,34 @@ class Kickout:
             record = self._record(view, death, evidence, memory, at)
             await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
             stale: list[bool] = []
+            decided_on = view.record  # a re-read node carries the record just put: judge it as decided
 
             def build(
-                node: NodeView, record: NodeRecord = record, stale: list[bool] = stale
+                node: NodeView,
+                record: NodeRecord = record,
+                stale: list[bool] = stale,
+                old: NodeRecord | None = decided_on,
             ) -> dict[str, object] | None:
                 if rejudge(attrs.evolve(node, record=before)).action is not Action.KICKOUT:
                     return None
-                if self._record(node, death, evidence, memory, at) != record:
+                if self._record(attrs.evolve(node, record=old), death, evidence, memory, at) != record:
                     stale.append(True)  # someone cordoned or tainted it meanwhile: record that first
                     return None
                 assert record.kickout is not None
                 return kickout_patch(node, record.kickout, death)
 
+            def after_lost(node: NodeView, record: NodeRecord = record) -> dict[str, object] | None:
+                """Our PATCH may have been applied: the cordon and taint it adds are then ours."""
+                intended = record.kickout
+                assert intended is not None
+                if (node.unschedulable or not intended.cordoned) and (
+                    node.has_out_of_service_taint or not intended.tainted
+                ):
+                    return kickout_patch(node, intended, death)  # the same again: the node as written
+                return build(node)
+
             try:
-                written = await self.writer.write("kickout", view, build)
+                written = await self.writer.write("kickout", view, build, lost=after_lost)
             except BaseException:
                 await self._roll_back(view.name, before)
                 raise

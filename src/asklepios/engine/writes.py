@@ -18,6 +18,7 @@ from asklepios.core.node import NodeView
 from asklepios.engine.gate import REQUEST_TIMEOUT, WriteGate
 from asklepios.engine.ports import JSON, NodePort
 from asklepios.engine.retry import attempts
+from asklepios.kube.client import ApiError
 
 
 @attrs.define(eq=False)
@@ -30,19 +31,33 @@ class NodeWriter:
         """A write may take no longer than this replica is sure to stay the leader."""
         return max(0.5, min(REQUEST_TIMEOUT, self.gate.write_budget()))
 
-    async def write(self, operation: str, view: NodeView, build: Callable[[NodeView], JSON | None]) -> NodeView | None:
+    async def write(
+        self,
+        operation: str,
+        view: NodeView,
+        build: Callable[[NodeView], JSON | None],
+        *,
+        lost: Callable[[NodeView], JSON | None] | None = None,
+    ) -> NodeView | None:
         """Patch the node with `build(view)`; after a failed attempt, re-read it and build again.
 
         `build` returns None when the write is no longer due on the node it is given.
+        `lost` builds instead after an attempt whose answer was lost (a timeout: the
+        apiserver may have applied it), when the caller can tell its own change.
         Returns the node as written, or None when nothing was written (no longer
         due, or no longer the leader). Raises ApiError once the retries give up.
         """
+        answer_lost = False
         async for attempt in attempts(operation, self.budget()):
             with attempt:
                 if attempt.num > 1:
                     view = self.attach(await self.nodes.get(view.name))
-                body = build(view)
+                body = (lost if answer_lost and lost is not None else build)(view)
                 if body is None or not self.gate.may_write():
                     return None
-                return await self.nodes.patch(view.name, body, self.budget())
+                try:
+                    return await self.nodes.patch(view.name, body, self.budget())
+                except ApiError as exc:
+                    answer_lost = exc.status == 0
+                    raise
         return None  # pragma: no cover - the retry context either returns or raises

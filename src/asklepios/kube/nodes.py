@@ -124,7 +124,8 @@ def kickout_patch(view: NodeView, record: KickoutRecord, death: DeathVerdict) ->
         spec["unschedulable"] = True
     if record.tainted:
         _dead(death, "kickout")
-        spec["taints"] = _taints((*view.taints, OUT_OF_SERVICE_TAINT))
+        present = view.has_out_of_service_taint  # after a lost answer: our own taint, already there
+        spec["taints"] = _taints(view.taints if present else (*view.taints, OUT_OF_SERVICE_TAINT))
     return _patch(view, {KICKOUT_ANNOTATION: record.mirror()}, spec)
 
 
