@@ -362,3 +362,22 @@ async def test_a_kubelet_that_renews_while_the_force_off_applies_holds_the_taint
         await until(lambda: w.has_taint("b"), 120, "kickout once the Lease was silent for its duration")
         kickout = w.kickout("b")
         assert kickout is not None and kickout.fenced and not kickout.found_off, kickout
+
+
+async def test_a_kickout_that_never_reached_its_node_is_not_half_repaired_while_held() -> None:
+    """The next 60-minute soak's find: a kickout record stored just before an apiserver outage,
+    its node patch never sent, and the new leader put back the cordon alone with 5 of 5 NotReady.
+    Without its taint the node is not kicked out: while the guard holds, nothing is put back."""
+    w = World(settings(kickout_seconds=30))
+    w.add("a", "b", "c", "d", "e")
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 120, "kickout")
+        w.cluster.edit("b", {"spec": {"taints": None, "unschedulable": None}})  # none of it on the node
+        w.power_cut("c")
+        w.power_cut("d")  # 3 of 5 NotReady: the guard (50%: 2) holds kickouts
+        await anyio.sleep(60)
+        assert not w.has_taint("b") and not w.cluster.view("b").unschedulable  # held: neither put back
+        w.back("c")
+        w.back("d")
+        await until(lambda: w.has_taint("b") and w.cluster.view("b").unschedulable, 60, "repaired once allowed")

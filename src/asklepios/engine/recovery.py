@@ -118,8 +118,10 @@ class Recovery:
         guard: str | None = None,
     ) -> tuple[NodeView | None, NodeMemory]:
         """Put back a cordon of ours; our taint only if the node is dead right now, not paused, and
-        the guard allows kickouts (`guard`: why it holds them): re-adding the taint is a new taint,
-        held like a kickout while too many nodes are NotReady."""
+        the guard allows kickouts (`guard`: why it holds them). Without its taint the node is not
+        kicked out any more: putting back even the cordon starts a new kickout, so while too many
+        nodes are NotReady nothing is put back (the 60-minute soak: a record written just before an
+        apiserver outage, its node patch never sent, and the cordon restored with 5 of 5 NotReady)."""
         record = view.kickout
         assert record is not None
         death = None
@@ -130,10 +132,11 @@ class Recovery:
                 memory, hold=HoldReason.TOO_MANY_NOTREADY, detail=guard, look_at=self.clock.now() + resync
             )
             log.warning(
-                "taint not repaired: kickouts are held",
+                "kickout not repaired: kickouts are held",
                 extra={"node": view.name, "reason": HoldReason.TOO_MANY_NOTREADY.value, "detail": guard},
             )
-        elif missing and not self.settings.dry_run and not paused:
+            return None, memory
+        if missing and not self.settings.dry_run and not paused:
             now = self.clock.now()
             death, _, memory = await self.check.confirm(view, memory)
             if not death.dead:
