@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 import anyio
@@ -160,10 +160,12 @@ class Reflector(Generic[T]):
         # The server ends the watch after `timeout` (a normal restart); silent for longer, it is dead.
         async with self.client.stream(self.path, query, read_timeout=timeout + 30) as events:
             self.hooks.progress()  # the apiserver answered: a quiet resource sends nothing else for a while
-            async for i, event in _numbered(events):
+            applied = 0
+            async for event in events:
                 self._apply(store, event)
                 self.hooks.progress()
-                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                applied += 1
+                if applied % YIELD_EVERY == 0:
                     await anyio.lowlevel.checkpoint()  # the Lease renewal, probes and deadlines run too
 
     def _apply(self, store: Store[T], event: JSON) -> None:
@@ -205,10 +207,3 @@ class Reflector(Generic[T]):
                 extra={"resource": self.path, "object": str(name)[:253], "error": repr(exc)[:300]},
             )
             return None
-
-
-async def _numbered(events: AsyncIterator[JSON]) -> AsyncIterator[tuple[int, JSON]]:
-    i = 0
-    async for event in events:
-        yield i, event
-        i += 1
