@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storm2", type=int, default=100, help="nodes dead at once (below the guard)")
     p.add_argument("--kickout-seconds", type=int, default=60, help="longer than storm 1 takes to land")
     p.add_argument("--hold", type=float, default=30.0, help="seconds storm 1 lasts past the kickout deadline")
+    p.add_argument("--pods", type=int, default=0, help="balancer pods on the nodes (balancer on if > 0)")
     p = sub.add_parser("lists", help="what each kind of list costs the apiserver and etcd")
     p.add_argument("--nodes", type=int, default=500)
     p.add_argument("--pods", type=int, default=5000)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         load.run(args.nodes, window=args.window, burst=args.burst, keep=args.keep)
     elif args.scenario == "mass-outage":
         massoutage.run(args.nodes, storm1=args.storm1, storm2=args.storm2, kickout_s=args.kickout_seconds,
-                       hold=args.hold, keep=args.keep)  # fmt: skip
+                       hold=args.hold, pods=args.pods, keep=args.keep)  # fmt: skip
     elif args.scenario == "lists":
         lists.run(nodes=args.nodes, pods=args.pods, repeat=args.repeat, version=args.release, keep=args.keep)
     elif args.scenario == "memory":

@@ -23,6 +23,12 @@ peak (``/proc``, every second), ``/healthz`` answers other than 200 (polled ever
 successful Lease UPDATEs in the audit log longer than 1.5 retry periods) and
 leadership changes (the Lease's holder, polled every 0.5 s), and the apiserver
 requests of both replicas, from the audit log.
+
+With ``pods`` > 0 the balancer is on and the nodes carry that many balancer pods
+(StatefulSets of 100, ``asklepios.io/balance=true``, created and bound as the memory
+scenario does, ``bench.memory``), so both replicas also keep a cluster-wide pod watch
+through the storms: node-lifecycle marks the pods of storm 1's Unknown nodes NotReady
+(one pod event each), and storm 2's kickouts force-delete the pods of the dead nodes.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from bench.cluster import WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler, histogram
 from bench.lag import audit_requests, kickout_steps
 from bench.load import count, is_leader_lease, read_audit
+from bench.memory import NAMESPACE, REPLICAS, statefulset
+from bench.memory import bind_all as bind_pods
+from bench.memory import wait_ready as wait_pods_ready
 from bench.results import Steps, distribution, histogram_quantile, source_commit, write_result
 from bench.watch import NodeTracker, Watch
 
@@ -203,19 +212,43 @@ class Storms:
                 "kicked_out_window_end": end, "all_kicked_in_again": untainted}  # fmt: skip
 
 
-def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: float = 30.0, keep: bool = False) -> Path:
+def _pods(lb: Lab, names: list[str], pods: int, steps: Steps) -> JSON:
+    """``pods`` balancer pods on ``names`` (StatefulSets of REPLICAS), all Running and Ready."""
+    lb.create_namespace(NAMESPACE)
+    api = lb.cp.api
+    for s in range(pods // REPLICAS):
+        api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(f"sts-{s:04d}", REPLICAS))
+    bind_pods(api, names, pods)
+    repaired = wait_pods_ready(api, pods)
+    steps.done(f"{pods} balancer pods created, bound, Running")
+    return {"pods": pods, "pods_marked_ready_by_bench": repaired}
+
+
+def run(
+    nodes: int,
+    *,
+    storm1: int,
+    storm2: int,
+    kickout_s: int = 60,
+    hold: float = 30.0,
+    pods: int = 0,
+    keep: bool = False,
+) -> Path:
     steps = Steps()
+    pods = pods // REPLICAS * REPLICAS
     env = {
         "ASKLEPIOS_NODE_SELECTOR": f"{WATCHED_LABEL}=true",
         "ASKLEPIOS_KICKOUT_SECONDS": str(kickout_s),
         "ASKLEPIOS_KICKIN_SECONDS": "5",
         "ASKLEPIOS_LEADER_ELECTION": "true",
         "ASKLEPIOS_NAMESPACE": "kube-system",
+        **({"ASKLEPIOS_BALANCER": "true"} if pods else {}),
     }
     with lab(audit=True, keep=keep) as lb:
         steps.done("control plane up")
         names = lb.add_nodes(nodes, listeners=True)
         steps.done(f"{nodes} bulk nodes Ready")
+        pod_facts = _pods(lb, names, pods, steps) if pods else {"pods": 0}
         tracker = NodeTracker()
         watch = Watch(lb.cp.api, "/api/v1/nodes", tracker.handle, {"labelSelector": f"{WATCHED_LABEL}=true"})
         watch.begin()
@@ -253,7 +286,7 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
         assert lb.audit_log is not None
         records = read_audit(lb.audit_log)
         storm2_steps = kickout_steps(audit_requests(lb.audit_log), storms.kickouts)
-    summary: JSON = {"watched_nodes": nodes, "warnings": warnings}
+    summary: JSON = {"watched_nodes": nodes, **pod_facts, "warnings": warnings}
     for name, w in storms.windows.items():
         start, end = w["start"], w["end"]
         summary[name] = {
@@ -265,7 +298,7 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
         }
     summary["storm2"]["kickout_steps_s"] = storm2_steps  # where the lag went, from the audit log (see bench/lag.py)
     params = {"nodes": nodes, "storm1": storm1, "storm2": storm2, "kickout_s": kickout_s, "hold_s": hold,
-              "replicas": 2, "leader_election": True, "kubelet_ports": True,
+              "pods": pods, "balancer": bool(pods), "replicas": 2, "leader_election": True, "kubelet_ports": True,
               "death": "crash (out of kwok, Lease deleted, port silent); Unknown (1), False (2)"}  # fmt: skip
     notes = [
         "event-loop lag from each replica's histogram: p50/p99 interpolated within buckets, max = upper bound "
@@ -273,5 +306,6 @@ def run(nodes: int, *, storm1: int, storm2: int, kickout_s: int = 60, hold: floa
         "Lease renewals missed: gaps between the leader's successful UPDATEs longer than 1.5 retry periods",
         "apiserver requests: both replicas (one identity), watches counted when they open",
     ]
-    name = f"mass-outage-{nodes}-{storm1}-{storm2}-{source_commit().split()[0].replace('+', '-')}"
+    size = f"{nodes}-{storm1}-{storm2}" + (f"-pods{pods}" if pods else "")
+    name = f"mass-outage-{size}-{source_commit().split()[0].replace('+', '-')}"
     return write_result(name, "mass-outage", params=params, summary=summary, raw={}, steps=steps, notes=notes)

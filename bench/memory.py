@@ -98,7 +98,7 @@ def statefulset(name: str, replicas: int) -> JSON:
     }
 
 
-def _bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> None:
+def bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> None:
     """Bind every pending pod: pod ``sts-S-I`` goes to node ``(S * REPLICAS + I) % len(nodes)``."""
     bound, deadline = 0, time.monotonic() + timeout
 
@@ -123,7 +123,7 @@ def _bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> 
             print(f"[memory] bound {bound}/{total} pods", flush=True)
 
 
-def _wait_ready(api: Api, total: int, timeout: float = 1800) -> int:
+def wait_ready(api: Api, total: int, timeout: float = 1800) -> int:
     """Wait until every pod is Ready; returns how many had to be marked Ready by hand.
 
     Under the load of creating them, node-lifecycle may mark a node that kwok was slow to
@@ -303,8 +303,8 @@ def _setup(lb: Lab, nodes: int, pods: int, steps: Steps) -> tuple[list[str], int
     api = lb.cp.api
     for s in range(pods // REPLICAS):
         api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(f"sts-{s:04d}", REPLICAS))
-    _bind_all(api, names, pods)
-    repaired = _wait_ready(api, pods)
+    bind_all(api, names, pods)
+    repaired = wait_ready(api, pods)
     steps.done(f"{pods} pods created, bound, Running")
     return names, repaired
 
