@@ -376,3 +376,63 @@ async def test_a_kickout_whose_answer_is_lost_ends_kicked_out_without_spinning()
         assert [t.key for t in w.cluster.view("b").taints].count(OUT_OF_SERVICE_TAINT.key) == 1
         w.back("b")
         await until(lambda: not w.has_taint("b") and not w.cluster.view("b").unschedulable, 120, "kickin")
+
+
+def _taint_changes(w: World, name: str) -> list[bool]:
+    """For each of Asklepios' patches of `name` that changed the taint: whether it added it."""
+    return [
+        after.has_out_of_service_taint
+        for _, before, after in w.cluster.history
+        if after.name == name and before.has_out_of_service_taint != after.has_out_of_service_taint
+    ]
+
+
+async def test_a_kickin_whose_answer_is_lost_ends_kicked_in_once() -> None:
+    """The kickin PATCH is applied but its answer is lost: the retry finds the node already
+    kicked in and must neither loop nor leave the record claiming a kickout."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        await anyio.sleep(5)
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        w.back("b")
+        await anyio.sleep(59.9)  # the kickin is the next patch of b (KICKIN 60 s)
+        patches = len(w.cluster.writes)
+        w.cluster.lost_answers = 1
+        await until(lambda: w.kickout("b") is None, 30, "kickin recorded")
+        lost = w.cluster.writes[patches]  # the kickin's PATCH, applied with its answer lost
+        assert w.cluster.lost_answers == 0 and "taints" in lost.body["spec"] and not lost.body["spec"]["taints"], lost
+        assert not w.has_taint("b") and not w.cluster.view("b").unschedulable
+        assert _taint_changes(w, "b") == [True, False]
+        await anyio.sleep(120)
+        assert len(w.cluster.writes) - patches <= 3, w.cluster.writes[patches:]
+        assert w.events.reasons("b").count("NodeKickedIn") <= 1
+        assert w.kickout("b") is None and w.record("b") is not None  # the flap history stays
+
+
+async def test_a_repair_whose_answer_is_lost_ends_repaired_without_spinning() -> None:
+    """An admin lifts the taint of a node that is still dead; the repair PATCH is applied but
+    its answer is lost: the node ends tainted once, the record still Asklepios' kickout, and
+    the kickin later undoes both."""
+    w = World(settings())
+    w.add("a", "b", "c")
+    async with running(w):
+        await anyio.sleep(5)
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+        w.cluster.lost_answers = 1
+        w.cluster.edit("b", {"spec": {"unschedulable": None, "taints": None}})  # an admin lifts both by hand
+        before = len(w.cluster.writes)
+        await until(lambda: w.has_taint("b"), 30, "repair")
+        assert w.cluster.lost_answers == 0  # the repair's PATCH, applied with its answer lost
+        assert sum(1 for p in w.cluster.writes[before:] if p.body.get("spec", {}).get("taints")) == 1
+        patches = len(w.cluster.writes)
+        await anyio.sleep(120)
+        assert len(w.cluster.writes) - patches <= 2, w.cluster.writes[patches:]
+        kickout = w.kickout("b")
+        assert kickout is not None and kickout.tainted and kickout.cordoned
+        assert [t.key for t in w.cluster.view("b").taints].count(OUT_OF_SERVICE_TAINT.key) == 1
+        assert w.cluster.view("b").unschedulable
+        w.back("b")
+        await until(lambda: not w.has_taint("b") and not w.cluster.view("b").unschedulable, 120, "kickin")
