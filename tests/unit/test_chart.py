@@ -191,7 +191,7 @@ def test_deployment_values() -> None:
     [container] = spec["containers"]
     assert deployment["spec"]["replicas"] == 3
     assert container["image"] == "registry.example/infra/asklepios:9.9"
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "192Mi"}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}}
     assert spec["nodeSelector"] == {"role": "infra"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
     assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]

@@ -283,7 +283,7 @@ def test_deployment(directory: str) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["resources"] == {
         "requests": {"cpu": "50m", "memory": "96Mi"},
-        "limits": {"memory": "192Mi"},
+        "limits": {"memory": "256Mi"},
     }
 
 
