@@ -46,9 +46,7 @@ from bench.cluster import WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler, histogram
 from bench.lag import audit_requests, kickout_steps
 from bench.load import count, is_leader_lease, read_audit
-from bench.memory import NAMESPACE, REPLICAS, statefulset
-from bench.memory import bind_all as bind_pods
-from bench.memory import wait_ready as wait_pods_ready
+from bench.memory import REPLICAS, add_pods
 from bench.results import Steps, distribution, histogram_quantile, source_commit, write_result
 from bench.watch import NodeTracker, Watch
 
@@ -213,13 +211,8 @@ class Storms:
 
 
 def _pods(lb: Lab, names: list[str], pods: int, steps: Steps) -> JSON:
-    """``pods`` balancer pods on ``names`` (StatefulSets of REPLICAS), all Running and Ready."""
-    lb.create_namespace(NAMESPACE)
-    api = lb.cp.api
-    for s in range(pods // REPLICAS):
-        api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(f"sts-{s:04d}", REPLICAS))
-    bind_pods(api, names, pods)
-    repaired = wait_pods_ready(api, pods)
+    """``pods`` balancer pods on ``names``, as ``bench memory`` makes them."""
+    repaired = add_pods(lb, names, pods)
     steps.done(f"{pods} balancer pods created, bound, Running")
     return {"pods": pods, "pods_marked_ready_by_bench": repaired}
 

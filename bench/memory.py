@@ -98,7 +98,7 @@ def statefulset(name: str, replicas: int) -> JSON:
     }
 
 
-def bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> None:
+def _bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> None:
     """Bind every pending pod: pod ``sts-S-I`` goes to node ``(S * REPLICAS + I) % len(nodes)``."""
     bound, deadline = 0, time.monotonic() + timeout
 
@@ -123,7 +123,7 @@ def bind_all(api: Api, nodes: list[str], total: int, timeout: float = 3600) -> N
             print(f"[memory] bound {bound}/{total} pods", flush=True)
 
 
-def wait_ready(api: Api, total: int, timeout: float = 1800) -> int:
+def _wait_ready(api: Api, total: int, timeout: float = 1800) -> int:
     """Wait until every pod is Ready; returns how many had to be marked Ready by hand.
 
     Under the load of creating them, node-lifecycle may mark a node that kwok was slow to
@@ -296,15 +296,21 @@ def _power_off(lb: Lab, chosen: list[str]) -> str:
     return "crash" if crash else "set_ready False"
 
 
-def _setup(lb: Lab, nodes: int, pods: int, steps: Steps) -> tuple[list[str], int]:
-    names = lb.add_nodes(nodes, timeout=1800)
-    steps.done(f"{nodes} bulk nodes Ready")
+def add_pods(lb: Lab, names: list[str], pods: int) -> int:
+    """``pods`` balancer pods on ``names`` (StatefulSets of REPLICAS), all Running and Ready;
+    returns how many the bench had to mark Ready (see ``_wait_ready``)."""
     lb.create_namespace(NAMESPACE)
     api = lb.cp.api
     for s in range(pods // REPLICAS):
         api.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets", statefulset(f"sts-{s:04d}", REPLICAS))
-    bind_all(api, names, pods)
-    repaired = wait_ready(api, pods)
+    _bind_all(api, names, pods)
+    return _wait_ready(api, pods)
+
+
+def _setup(lb: Lab, nodes: int, pods: int, steps: Steps) -> tuple[list[str], int]:
+    names = lb.add_nodes(nodes, timeout=1800)
+    steps.done(f"{nodes} bulk nodes Ready")
+    repaired = add_pods(lb, names, pods)
     steps.done(f"{pods} pods created, bound, Running")
     return names, repaired
 

@@ -378,6 +378,13 @@ async def test_a_kickout_whose_answer_is_lost_ends_kicked_out_without_spinning()
         await until(lambda: not w.has_taint("b") and not w.cluster.view("b").unschedulable, 120, "kickin")
 
 
+async def _kicked_out(w: World, name: str) -> None:
+    """Power `name` off 5 s in and wait for its kickout."""
+    await anyio.sleep(5)
+    w.power_cut(name)
+    await until(lambda: w.has_taint(name), 70, "kickout")
+
+
 def _taint_changes(w: World, name: str) -> list[bool]:
     """For each of Asklepios' patches of `name` that changed the taint: whether it added it."""
     return [
@@ -393,9 +400,7 @@ async def test_a_kickin_whose_answer_is_lost_ends_kicked_in_once() -> None:
     w = World(settings())
     w.add("a", "b", "c")
     async with running(w):
-        await anyio.sleep(5)
-        w.power_cut("b")
-        await until(lambda: w.has_taint("b"), 70, "kickout")
+        await _kicked_out(w, "b")
         w.back("b")
         await anyio.sleep(59.9)  # the kickin is the next patch of b (KICKIN 60 s)
         patches = len(w.cluster.writes)
@@ -418,9 +423,7 @@ async def test_a_repair_whose_answer_is_lost_ends_repaired_without_spinning() ->
     w = World(settings())
     w.add("a", "b", "c")
     async with running(w):
-        await anyio.sleep(5)
-        w.power_cut("b")
-        await until(lambda: w.has_taint("b"), 70, "kickout")
+        await _kicked_out(w, "b")
         w.cluster.lost_answers = 1
         w.cluster.edit("b", {"spec": {"unschedulable": None, "taints": None}})  # an admin lifts both by hand
         before = len(w.cluster.writes)
