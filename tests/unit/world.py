@@ -70,6 +70,7 @@ class World:
     def __attrs_post_init__(self) -> None:
         self.cluster = FakeCluster(self.clock, self.settings.node_selector, self.gate)
         self.leases = FakeLeases(self.clock)
+        self.records.clock = self.clock
         self.bmc = FakeBmc(self.clock)
         self.cluster.on_taint = self.assert_dead
         self.healer = self.build()
@@ -134,6 +135,7 @@ class World:
         )
         view = self.cluster.view(name)
         assert not any(self.probe.alive(a) for a in view.addresses), f"{name}: tainted while it answers"
+        assert self.kickout(name) is not None, f"{name}: tainted before its kickout record was stored"
         if self.settings.fencing_on:
             urls = [u for u, state in self.bmc.power.items() if state == "Off"]
             assert urls, f"{name}: tainted with fencing on but no BMC reads Off"
