@@ -426,9 +426,11 @@ async def test_a_repair_whose_answer_is_lost_ends_repaired_without_spinning() ->
     async with running(w):
         await _kicked_out(w, "b")
         w.cluster.lost_answers = 1
+        repairs = sample("asklepios_repairs_total")
         w.cluster.edit("b", {"spec": {"unschedulable": None, "taints": None}})  # an admin lifts both by hand
         before = len(w.cluster.writes)
         await until(lambda: w.has_taint("b"), 30, "repair")
+        await until(lambda: sample("asklepios_repairs_total") == repairs + 1, 5, "the repair counted once")
         assert w.cluster.lost_answers == 0  # the repair's PATCH, applied with its answer lost
         assert sum(1 for p in w.cluster.writes[before:] if p.body.get("spec", {}).get("taints")) == 1
         patches = len(w.cluster.writes)

@@ -7,7 +7,8 @@ kicked in. Each event re-judges that node (`core.judge`) and sets its one timer;
 a timer firing re-judges with the newest view and carries out what is due now.
 The resync re-judges every cached node (no API request), which repairs drift and
 catches anything a missed event would hide. Acting on one node never overlaps
-with acting on the same node; at most 16 nodes are acted on at once (`dispatch`).
+with acting on the same node (`dispatch`); acts on different nodes run at once, so
+a slow BMC or apiserver answer for one never delays another.
 """
 
 from __future__ import annotations

@@ -163,8 +163,17 @@ class Recovery:
                 return None
             return repair_patch(node, node.kickout, death)
 
-        written = await self.writer.write("repair", view, build)
-        if written is not None:
+        applied: list[bool] = []
+
+        def after_lost(node: NodeView) -> dict[str, object] | None:
+            """Our PATCH may have been applied: nothing left to put back is then our repair."""
+            if node.kickout is not None and repair_patch(node, node.kickout, death) is None:
+                applied.append(True)
+                return None
+            return build(node)
+
+        written = await self.writer.write("repair", view, build, lost=after_lost)
+        if written is not None or applied:
             metrics.REPAIRS.inc()
             what = "cordon and taint" if death is not None else "cordon"
             log.warning(
