@@ -405,6 +405,7 @@ async def test_a_kickin_whose_answer_is_lost_ends_kicked_in_once() -> None:
         w.back("b")
         await anyio.sleep(59.9)  # the kickin is the next patch of b (KICKIN 60 s)
         patches = len(w.cluster.writes)
+        kickins = sample("asklepios_kickins_total")
         w.cluster.lost_answers = 1
         await until(lambda: w.kickout("b") is None, 30, "kickin recorded")
         lost = w.cluster.writes[patches]  # the kickin's PATCH, applied with its answer lost
@@ -413,7 +414,8 @@ async def test_a_kickin_whose_answer_is_lost_ends_kicked_in_once() -> None:
         assert _taint_changes(w, "b") == [True, False]
         await anyio.sleep(120)
         assert len(w.cluster.writes) - patches <= 3, w.cluster.writes[patches:]
-        assert w.events.reasons("b").count("NodeKickedIn") <= 1
+        assert w.events.reasons("b").count("NodeKickedIn") == 1, w.events.reasons("b")
+        assert sample("asklepios_kickins_total") == kickins + 1
         assert w.kickout("b") is None and w.record("b") is not None  # the flap history stays
 
 
