@@ -119,6 +119,7 @@ class Controller:
             "ASKLEPIOS_HTTP_PORT": str(self.port),
             "ASKLEPIOS_LEADER_ELECTION": "false",
             "ASKLEPIOS_LOG_FORMAT": "json",
+            "TMPDIR": str(log_path.parent),  # the BMC CA file (fence/redfish.py) goes with the run's logs
             **SOURCE.env(),
             **env,
         }

@@ -34,6 +34,7 @@ class Asklepios:
             "ASKLEPIOS_HTTP_PORT": str(self.port),
             "ASKLEPIOS_LEADER_ELECTION": "false",
             "ASKLEPIOS_LOG_LEVEL": "debug",
+            "TMPDIR": str(log_path.parent),  # the BMC CA file (fence/redfish.py) goes with the test's logs
             **env,
         }
         self.log_path = log_path

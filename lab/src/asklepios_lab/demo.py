@@ -215,6 +215,7 @@ class Asklepios:
             "ASKLEPIOS_BALANCER_NAMESPACES": NAMESPACE,
             "ASKLEPIOS_LEADER_ELECTION": "false",
             "ASKLEPIOS_HTTP_PORT": str(free_port()),
+            "TMPDIR": str(workdir),  # the BMC CA file (fence/redfish.py) goes with the demo's logs
             **settings,
         }
         with self.log_path.open("wb") as out:
