@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("soak", help="random overlapping faults; invariants from the audit log and watches")
     p.add_argument("--minutes", type=float, default=3.0, help="how long faults are injected")
     p.add_argument("--seed", type=int, default=1, help="the fault plan's seed (the same seed replays it)")
+    p.add_argument("--fencing", choices=("redfish", "off"), default="redfish",
+                   help="ASKLEPIOS_FENCING of every process (off: the probe and the Lease alone decide)")  # fmt: skip
     p.add_argument(
         "--results-dir", type=Path, default=None, help="where the JSON and SOAK.md go (default: bench/results)"
     )
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "soak":
         from bench.soak.runner import run as soak  # noqa: PLC0415 - only the soak needs its modules
 
-        return soak(args.minutes, args.seed, keep=args.keep, results_dir=args.results_dir)
+        return soak(args.minutes, args.seed, keep=args.keep, results_dir=args.results_dir, fencing=args.fencing)
     return 0
 
 

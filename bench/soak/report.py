@@ -164,7 +164,7 @@ def build(
         "watch_gaps": len(history.watch_gaps),
     }
     return {
-        "scenario": f"soak-{minutes:g}m-{seed}",
+        "scenario": f"soak-{minutes:g}m-{seed}" + ("-no-fencing" if settings.get("ASKLEPIOS_FENCING") == "off" else ""),
         "kind": "soak",
         "finished": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),

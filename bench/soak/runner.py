@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,9 @@ def _stamp(start: float, t: float) -> str:
 class Soak:
     """One soak run: the cluster, the records, the faults (the :class:`~bench.soak.faults.Context`)."""
 
-    def __init__(self, minutes: float, seed: int, workdir: Path) -> None:
+    def __init__(self, minutes: float, seed: int, workdir: Path, settings: Mapping[str, str] = SETTINGS) -> None:
         self.minutes, self.seed, self.workdir = minutes, seed, workdir
+        self.settings = settings
         identities = [(f"asklepios-soak-{i}", secrets.token_hex(16)) for i in range(MAX_PROCESSES)]
         self.cp = SoakControlPlane(
             workdir,
@@ -123,7 +124,7 @@ class Soak:
         self.source_digest = snapshot_source(self.source)
         self.source_commit = source_commit()  # of the snapshot: HEAD may move during the run
         python_path = os.pathsep.join(p for p in (str(self.source), os.environ.get("PYTHONPATH", "")) if p)
-        env = {**SETTINGS, "PYTHONPATH": python_path}
+        env = {**settings, "PYTHONPATH": python_path}
         self.replicas = Replicas(self.cp, identities, env, workdir / "logs")
         self.nodes: Sequence[str] = NODES
         self.halt = threading.Event()
@@ -370,12 +371,19 @@ def _dump(history: History, path: Path) -> None:
     path.write_bytes(orjson.dumps(history, default=default))
 
 
-def run(minutes: float, seed: int, *, keep: bool = False, results_dir: Path | None = None) -> int:
-    """One soak; 0 when every invariant held, 1 otherwise."""
+def run(
+    minutes: float, seed: int, *, keep: bool = False, results_dir: Path | None = None, fencing: str = "redfish"
+) -> int:
+    """One soak; 0 when every invariant held, 1 otherwise.
+
+    `fencing="off"`: every process runs without fencing, so a kickout's record goes out
+    beside the deadline's Lease read (engine/kickout.py), a path the default soak never takes.
+    """
     wall = time.monotonic()
     faults = plan(seed, minutes * 60)
     workdir = Path(tempfile.mkdtemp(prefix="asklepios-soak-"))
-    soak = Soak(minutes, seed, workdir)
+    settings = {**SETTINGS, "ASKLEPIOS_FENCING": fencing}
+    soak = Soak(minutes, seed, workdir, settings)
     print(f"[soak] seed {seed}, {minutes:g} min, {len(faults)} faults planned; lab in {workdir}", flush=True)
     failed = True
     try:
@@ -398,7 +406,7 @@ def run(minutes: float, seed: int, *, keep: bool = False, results_dir: Path | No
         timing = {**soak.timing, "setup": setup_s, "drain": settle_s, "checks": check_s,
                   "total": time.monotonic() - wall}  # fmt: skip
         doc = report.build(history, results, faults, soak.rss, minutes=minutes, seed=seed, timing=timing,
-                           settings=SETTINGS, workdir=str(workdir), source=soak.source_digest,
+                           settings=settings, workdir=str(workdir), source=soak.source_digest,
                            commit=soak.source_commit)  # fmt: skip
         failed = not doc["summary"]["passed"]
         report.emit(doc, history, results, results_dir or RESULTS_DIR)
