@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from asklepios.core.evidence import HoldReason
 from asklepios.core.node import OUT_OF_SERVICE_TAINT
 from asklepios.core.pod import PodRef
-from asklepios.core.records import NodeRecord, node_key
+from asklepios.core.records import KICKOUT_ANNOTATION, NodeRecord, node_key
 from asklepios.kube.client import ApiError
 from tests.unit.world import World, running, settings, until
 
@@ -521,3 +521,56 @@ async def test_a_record_write_that_fails_beside_the_lease_read_taints_nothing_un
     (tainted,) = _taints_added(w, "b")
     assert tainted > first
     assert w.kickout("b") is not None
+
+
+async def test_the_guard_is_asked_again_just_before_a_forceoff() -> None:
+    """The 60-minute soak (seed 61, 99ef67d): an act judged on a stale node cache (2 of 5
+    NotReady where 4 were) sent a ForceOff that the guard of that moment held. The guard
+    and pause are asked again just before any power action: no ForceOff, no taint, held."""
+    w = World(settings(fencing="redfish"))
+    w.add("a", "b", "c", "d", "e")
+    url = w.credentials.data["b.url"] = "https://127.0.0.1:8443/redfish/v1/Systems/b"
+    async with running(w):
+        await anyio.sleep(5)
+        w.power_cut("b")
+        await anyio.sleep(59.9)
+        w.leases.delay = 2.0  # the deadline's Lease read is slow: meanwhile two more nodes go down
+
+        def more_down(node: str) -> None:
+            if node == "b":
+                w.leases.on_read = None
+                w.power_cut("c")
+                w.power_cut("d")
+
+        w.leases.on_read = more_down
+        await until(lambda: "KickoutHeld" in w.events.reasons("b"), 10, "held by the guard")
+        await anyio.sleep(60)
+        assert not [what for _, u, what in w.bmc.log if u == url], w.bmc.log
+        assert not w.has_taint("b")
+        assert w.record("b") is None or w.record("b").force_off is None  # type: ignore[union-attr]
+        assert any(e.reason == "KickoutHeld" and "too many NotReady" in e.message for e in w.events.emitted), [
+            (e.reason, e.message) for e in w.events.emitted
+        ]
+
+
+async def test_the_mirror_is_not_written_for_a_kickout_the_node_does_not_show() -> None:
+    """A kickout record whose node patch never landed (the soak: lost in an apiserver outage)
+    while the guard holds: the annotation `asklepios.io/kickout` is not written until the
+    repair puts the cordon and taint back with it."""
+    w = World(settings())
+    w.add("a", "b", "c", "d", "e")
+    async with running(w):
+        await _kicked_out(w, "b")
+        w.power_cut("c")
+        w.power_cut("d")  # 3 of 5 NotReady: the guard holds kickouts and repairs
+        w.cluster.edit(
+            "b",
+            {"metadata": {"annotations": {KICKOUT_ANNOTATION: None}}, "spec": {"unschedulable": None, "taints": None}},
+        )
+        patches = len(w.cluster.writes)
+        await anyio.sleep(60)
+        assert KICKOUT_ANNOTATION not in w.cluster.annotations("b"), w.cluster.writes[patches:]
+        assert not w.has_taint("b")
+        w.back("c")
+        w.back("d")  # the guard allows again: the repair (the verdict passes: b is still off)
+        await until(lambda: w.has_taint("b") and KICKOUT_ANNOTATION in w.cluster.annotations("b"), 60, "repair")

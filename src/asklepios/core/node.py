@@ -96,8 +96,20 @@ class NodeView:
 
     @property
     def mirror_out_of_date(self) -> bool:
-        """The node's mirror annotation differs from what our record says (forged, stale, or missing)."""
-        wanted = self.kickout.mirror() if self.kickout is not None else None
+        """The node's mirror annotation differs from what our record says (forged, stale, or missing).
+
+        Not while the node lacks a cordon or taint that the record says the kickout added:
+        the mirror says "kicked out" only with what it describes, so until a repair puts
+        them back (held by the guard, or by the verdict) or the kickin ends it, it is left
+        alone (the 60-minute soak: a record stored though its node patch was lost in an
+        apiserver outage, then only the mirror written while 3 of 5 nodes were NotReady).
+        """
+        kickout = self.kickout
+        if kickout is not None and (
+            (kickout.cordoned and not self.unschedulable) or (kickout.tainted and not self.has_out_of_service_taint)
+        ):
+            return False
+        wanted = kickout.mirror() if kickout is not None else None
         return self.mirror != wanted
 
     @property

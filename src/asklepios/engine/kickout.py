@@ -41,7 +41,7 @@ from asklepios.engine.gate import WriteGate
 from asklepios.engine.ports import EventPort, NodePort
 from asklepios.engine.records import RecordWriter
 from asklepios.engine.retry import backoff_delay
-from asklepios.engine.verdict import DeathCheck, look_again
+from asklepios.engine.verdict import DeathCheck, look_again, still_due
 from asklepios.engine.writes import NodeWriter
 from asklepios.kube.client import ApiError, NotFound
 from asklepios.kube.events import node_ref
@@ -85,7 +85,12 @@ class Kickout:
         guard = self.guard_count()
         ahead = self._record_ahead(view, memory, guard, now.replace(microsecond=0))
         if ahead is None:
-            death, evidence, memory = await self.check.confirm(view, memory, fence=not self.settings.dry_run)
+            death, evidence, memory = await self.check.confirm(
+                view,
+                memory,
+                fence=not self.settings.dry_run,
+                still_due=lambda: still_due(view, rejudge, Action.KICKOUT),
+            )
         else:
             death, evidence, memory = await self._confirm_beside(view, memory, ahead)
         if ahead is not None and not death.dead:

@@ -40,7 +40,7 @@ from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, PodDeletePort, PodWatchPort
 from asklepios.engine.records import RecordWriter
 from asklepios.engine.retry import count_failure
-from asklepios.engine.verdict import DeathCheck, look_again
+from asklepios.engine.verdict import DeathCheck, look_again, still_due
 from asklepios.engine.writes import NodeWriter
 from asklepios.kube.client import ApiError, Conflict, NotFound
 from asklepios.kube.events import node_ref
@@ -138,7 +138,9 @@ class Recovery:
             return None, memory
         if missing and not self.settings.dry_run and not paused:
             now = self.clock.now()
-            death, _, memory = await self.check.confirm(view, memory)
+            death, _, memory = await self.check.confirm(
+                view, memory, still_due=lambda: still_due(view, rejudge, Action.REPAIR)
+            )
             if not death.dead:
                 resync = timedelta(seconds=self.settings.resync_seconds)
                 memory = attrs.evolve(

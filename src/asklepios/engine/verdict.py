@@ -13,6 +13,7 @@ taint (`kube.nodes.kickout_patch`, `repair_patch`) refuse a verdict that is not
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import attrs
@@ -27,6 +28,7 @@ from asklepios.core.evidence import (
     death_verdict,
     observe_lease,
 )
+from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
 from asklepios.core.records import NodeRecord
@@ -79,13 +81,21 @@ class DeathCheck:
         return timedelta(0) <= now - memory.probed_at <= timedelta(seconds=PROBE_TIMEOUT + PROBE_MARGIN)
 
     async def confirm(
-        self, view: NodeView, memory: NodeMemory, *, fence: bool = True
+        self,
+        view: NodeView,
+        memory: NodeMemory,
+        *,
+        fence: bool = True,
+        still_due: Callable[[], DeathVerdict | None] | None = None,
     ) -> tuple[DeathVerdict, Evidence | None, NodeMemory]:
         """The verdict of this moment: (verdict, what it saw, memory with the new Lease look).
 
         A failed Lease read is no verdict: held (`kubelet alive`: not known to be
         silent), looked at again at the next resync. `fence=False` (a dry run, a
-        pause) stops before any power action.
+        pause) stops before any power action. `still_due` is asked just before one:
+        the guard and a pause of this moment, not of when the act began (the 60-minute
+        soak: an act judged on a node cache that a relist after an apiserver outage had
+        not yet refreshed, 2 of 5 NotReady where 4 were, sent a ForceOff the guard held).
         """
         now = self.clock.now()
         try:
@@ -104,6 +114,9 @@ class DeathCheck:
         log.debug("death verdict", extra={"node": view.name, "dead": death.dead, "detail": death.detail,
                                           "evidence": list(evidence.summary())})  # fmt: skip
         if death.fence_next and fence:
+            held = still_due() if still_due is not None else None
+            if held is not None:
+                return held, evidence, memory
             death, evidence, memory = await self._fence(view, evidence, memory)
         return death, evidence, memory
 
@@ -152,3 +165,11 @@ def look_again(death: DeathVerdict, now: datetime, resync: timedelta) -> datetim
     if death.look_at is not None and death.look_at > now:
         return min(death.look_at, now + resync)
     return now + resync
+
+
+def still_due(view: NodeView, rejudge: Callable[[NodeView], Verdict], action: Action) -> DeathVerdict | None:
+    """None while `action` is still what the node wants with the guard and pause of this moment."""
+    again = rejudge(view)
+    if again.action is action:
+        return None
+    return DeathVerdict(False, hold=again.hold or HoldReason.KUBELET_ALIVE, detail=again.detail or "no longer due")
