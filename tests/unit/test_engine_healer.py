@@ -8,7 +8,7 @@ forgotten relabelled node, ...).
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 import pytest
@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from asklepios.core.evidence import HoldReason
 from asklepios.core.node import OUT_OF_SERVICE_TAINT
 from asklepios.core.pod import PodRef
-from asklepios.core.records import KICKOUT_ANNOTATION, NodeRecord, node_key
+from asklepios.core.records import KICKOUT_ANNOTATION
 from asklepios.kube.client import ApiError
 from tests.unit.world import World, running, settings, until
 
@@ -444,83 +444,6 @@ async def test_a_repair_whose_answer_is_lost_ends_repaired_without_spinning() ->
         assert w.cluster.view("b").unschedulable
         w.back("b")
         await until(lambda: not w.has_taint("b") and not w.cluster.view("b").unschedulable, 120, "kickin")
-
-
-def _kickout_records_sent(w: World, name: str) -> list[datetime]:
-    """When each records write that stores a kickout of `name` went out."""
-    key = node_key(name)
-    return [
-        at
-        for at, changes in w.records.sent
-        if (raw := changes.get(key)) is not None and (record := NodeRecord.decode(raw)) and record.kickout
-    ]
-
-
-def _taints_added(w: World, name: str) -> list[datetime]:
-    return [
-        at
-        for at, before, after in w.cluster.history
-        if after.name == name and after.has_out_of_service_taint and not before.has_out_of_service_taint
-    ]
-
-
-async def test_the_kickout_record_goes_out_beside_the_deadline_lease_read() -> None:
-    """Issue 19's lag: without fencing, the kickout's record no longer waits for the Lease read
-    at the deadline (three requests in a row made the tail at 5,000 nodes): it goes out while
-    the read is in flight, and the taint waits for both."""
-    w = World(settings())
-    w.add("a", "b", "c")
-    async with running(w):
-        await anyio.sleep(5)
-        w.power_cut("b")
-        await anyio.sleep(30)
-        w.leases.delay = w.records.delay = 1.0
-        await until(lambda: w.has_taint("b"), 60, "kickout")
-    (tainted,) = _taints_added(w, "b")
-    record_sent = _kickout_records_sent(w, "b")[0]  # (later ones: `released`)
-    read_sent, read_answered = next((s, a) for n, s, a in reversed(w.leases.read_times) if n == "b" and a <= tainted)
-    assert read_sent <= record_sent < read_answered
-    assert tainted >= record_sent + timedelta(seconds=1.0)  # the record was stored first (also world.assert_dead)
-
-
-async def test_a_renewal_seen_by_the_deadline_lease_read_rolls_the_record_back() -> None:
-    """The record went out beside the Lease read, and that read shows a renewal: no taint, and
-    the record is rolled back (it never claims a kickout that did not happen)."""
-    w = World(settings())
-    w.add("a", "b", "c")
-    async with running(w):
-        await anyio.sleep(5)
-        w.power_cut("b")
-        await anyio.sleep(59.9)  # after the probe ahead of the deadline
-        w.leases.delay = 0.5
-
-        def renew(node: str) -> None:
-            if node == "b":
-                w.leases.alive.add("b")  # the kubelet renews while Asklepios reads
-
-        w.leases.on_read = renew
-        await until(lambda: bool(_kickout_records_sent(w, "b")), 10, "the record beside the read")
-        await until(lambda: w.kickout("b") is None and "KickoutHeld" in w.events.reasons("b"), 10, "roll back")
-        await anyio.sleep(120)
-        assert not _taints_added(w, "b")
-        assert w.kickout("b") is None
-
-
-async def test_a_record_write_that_fails_beside_the_lease_read_taints_nothing_until_it_is_stored() -> None:
-    """Nothing half-done: the record's write is refused (403, not retried at once); no taint
-    without its record, and the kickout lands once a later attempt stores it."""
-    w = World(settings())
-    w.add("a", "b", "c")
-    async with running(w):
-        await anyio.sleep(5)
-        w.power_cut("b")
-        await anyio.sleep(59.9)
-        w.records.failures.append(ApiError(403, "forbidden"))
-        await until(lambda: w.has_taint("b"), 120, "kickout after the refused record")
-    first, *_ = _kickout_records_sent(w, "b")
-    (tainted,) = _taints_added(w, "b")
-    assert tainted > first
-    assert w.kickout("b") is not None
 
 
 async def test_the_guard_is_asked_again_just_before_a_forceoff() -> None:

@@ -10,11 +10,7 @@ This is where a wrong decision costs data, so the order is fixed:
    still leaves a record that the kickin undoes exactly;
 3. the one node patch that cordons, taints and writes the mirror annotation.
 
-Without fencing, when the Lease watch and the probe ahead already say dead, step 2
-goes out beside step 1's Lease read instead of after it: the taint still waits for
-both, and a record written for a verdict that then holds is rolled back, as one for
-a patch that is no longer due (the node came back). A record without its taint is
-harmless: the kickin undoes nothing it did not do, and a repair asks the verdict. A
+If the patch is no longer due (the node came back) the record is rolled back. A
 node kicked out more than ASKLEPIOS_FLAP_MAX_KICKOUTS times within
 ASKLEPIOS_FLAP_WINDOW_SECONDS is marked flapping: it stays kicked out (no kickin, no
 power on) until `asklepios release`. In dry run everything up to step 2 is decided,
@@ -27,11 +23,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-import anyio
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason, death_verdict
+from asklepios.core.evidence import DeathVerdict, Evidence, HoldReason
 from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
@@ -43,7 +38,7 @@ from asklepios.engine.records import RecordWriter
 from asklepios.engine.retry import backoff_delay
 from asklepios.engine.verdict import DeathCheck, look_again, still_due
 from asklepios.engine.writes import NodeWriter
-from asklepios.kube.client import ApiError, NotFound
+from asklepios.kube.client import NotFound
 from asklepios.kube.events import node_ref
 from asklepios.kube.nodes import kickout_patch
 from asklepios.observe import metrics
@@ -51,14 +46,6 @@ from asklepios.observe import metrics
 log = logging.getLogger("asklepios.healer")
 FENCING_BACKOFF_CAP = 60.0
 _FENCING_HOLDS = (HoldReason.FENCING_FAILED, HoldReason.NO_BMC, HoldReason.BMC_MISMATCH)
-
-
-@attrs.frozen
-class Ahead:
-    """A kickout's record stored beside its Lease read, and the record to roll back to."""
-
-    record: NodeRecord
-    before: NodeRecord
 
 
 @attrs.define(eq=False)
@@ -82,19 +69,8 @@ class Kickout:
         if verdict.deadline is not None and now < verdict.deadline:  # ahead of the deadline: the probe only
             memory = await self.check.probe_ahead(view, memory)
             return None, attrs.evolve(memory, look_at=verdict.deadline)
-        guard = self.guard_count()
-        ahead = self._record_ahead(view, memory, guard, now.replace(microsecond=0))
-        if ahead is None:
-            death, evidence, memory = await self.check.confirm(
-                view,
-                memory,
-                fence=not self.settings.dry_run,
-                still_due=lambda: still_due(view, rejudge, Action.KICKOUT),
-            )
-        else:
-            death, evidence, memory = await self._confirm_beside(view, memory, ahead)
-        if ahead is not None and not death.dead:
-            await self._roll_back(view.name, ahead.before)
+        due = lambda: still_due(view, rejudge, Action.KICKOUT)  # noqa: E731 - the guard just before a ForceOff
+        death, evidence, memory = await self.check.confirm(view, memory, fence=not self.settings.dry_run, still_due=due)
         if death.hold in _FENCING_HOLDS:
             failures = memory.failures + 1
             delay = backoff_delay(failures, base=self.settings.resync_seconds / 2, cap=FENCING_BACKOFF_CAP)
@@ -108,12 +84,7 @@ class Kickout:
             return None, self._held(memory, dry, now + resync)
         assert death.dead
         assert evidence is not None
-        if ahead is None:  # as of now: fencing may have taken a minute
-            guard, at = self.guard_count(), self.clock.now().replace(microsecond=0)
-        else:
-            assert ahead.record.kickout is not None
-            at = ahead.record.kickout.at
-        written = await self._write(view, verdict, death, evidence, memory, rejudge, guard, at, ahead)
+        written = await self._write(view, verdict, death, evidence, memory, rejudge)
         if written is None:  # rolled back (the node moved under the write): look again later, never in a loop
             failures = memory.failures + 1
             delay = backoff_delay(failures, base=1.0, cap=float(self.settings.resync_seconds))
@@ -123,54 +94,11 @@ class Kickout:
     def _held(self, memory: NodeMemory, death: DeathVerdict, look_at: datetime) -> NodeMemory:
         return attrs.evolve(memory, hold=death.hold, detail=death.detail, look_at=look_at)
 
-    def _record_ahead(self, view: NodeView, memory: NodeMemory, guard: str, at: datetime) -> Ahead | None:
-        """The record a kickout will store, when it can go out beside the Lease read.
-
-        Only without fencing (a power action changes the record) and in earnest, when the
-        Lease as watched and the probe just ahead of the deadline already give the verdict
-        `dead` that the Lease read is about to confirm.
-        """
-        if self.settings.fencing_on or self.settings.dry_run or memory.lease is None:
-            return None
-        if not self.check.fresh_probe(memory, self.clock.now()):
-            return None
-        evidence = Evidence(lease=memory.lease, answers=memory.answers)
-        death = death_verdict(evidence, self.clock.now(), fencing=False)
-        if not death.dead:
-            return None
-        before = self.records.book.of(view.name) or view.record or NodeRecord()
-        return Ahead(self._record(view, death, evidence, memory, at, guard), before)
-
-    async def _confirm_beside(
-        self, view: NodeView, memory: NodeMemory, ahead: Ahead
-    ) -> tuple[DeathVerdict, Evidence | None, NodeMemory]:
-        """`DeathCheck.confirm` while the record goes out; returns once both are done."""
-        failed: list[ApiError] = []
-
-        async def put() -> None:
-            try:
-                await self.records.put_node(view.name, ahead.record, urgent=True)
-            except ApiError as exc:
-                failed.append(exc)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(put)
-                death, evidence, memory = await self.check.confirm(view, memory, fence=False)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._roll_back(view.name, ahead.before)
-            raise
-        if failed:
-            await self._roll_back(view.name, ahead.before)
-            raise failed[0]
-        return death, evidence, memory
-
     def _record(
-        self, node: NodeView, death: DeathVerdict, evidence: Evidence, memory: NodeMemory, at: datetime, guard: str
+        self, node: NodeView, death: DeathVerdict, evidence: Evidence, memory: NodeMemory, at: datetime
     ) -> NodeRecord:
         since = memory.notready.since if memory.notready is not None else None
-        seen = (*evidence.summary(), f"guard: {guard}") if guard else evidence.summary()
+        seen = (*evidence.summary(), f"guard: {self.guard_count()}") if self.guard_count() else evidence.summary()
         kickout = KickoutRecord(
             at=at,
             cordoned=not node.unschedulable,
@@ -197,21 +125,13 @@ class Kickout:
         evidence: Evidence,
         memory: NodeMemory,
         rejudge: Callable[[NodeView], Verdict],
-        guard: str,
-        at: datetime,
-        ahead: Ahead | None,
     ) -> NodeView | None:
+        at = self.clock.now().replace(microsecond=0)
         # as stored now: the death check may have just noted a ForceOff, which a roll back must keep
-        stored: NodeRecord | None = None
-        if ahead is not None:
-            before, stored = ahead.before, ahead.record
-        else:
-            before = self.records.book.of(view.name) or view.record or NodeRecord()
+        before = self.records.book.of(view.name) or view.record or NodeRecord()
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
-            record = self._record(view, death, evidence, memory, at, guard)
-            if record != stored:
-                await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
-            stored = None
+            record = self._record(view, death, evidence, memory, at)
+            await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
             stale: list[bool] = []
             decided_on = view.record  # a re-read node carries the record just put: judge it as decided
 
@@ -223,7 +143,7 @@ class Kickout:
             ) -> dict[str, object] | None:
                 if rejudge(attrs.evolve(node, record=before)).action is not Action.KICKOUT:
                     return None
-                if self._record(attrs.evolve(node, record=old), death, evidence, memory, at, guard) != record:
+                if self._record(attrs.evolve(node, record=old), death, evidence, memory, at) != record:
                     stale.append(True)  # someone cordoned or tainted it meanwhile: record that first
                     return None
                 assert record.kickout is not None
