@@ -197,11 +197,12 @@ def _last(
 def kickout_steps(requests: list[JSON], kickouts: list[tuple[str, float, float]]) -> JSON:
     """Per kickout (node, deadline, taint seen): the requests at the deadline and the gaps on its path.
 
-    Without fencing the records PATCH goes out beside the Lease GET (engine/kickout.py), so
-    it may start before the GET ends: `records_after_get_sent` is negative then, and
-    `records_beyond_get` is how long the record kept the node PATCH waiting after the GET
-    had answered (0 when it landed first). The records PATCH is the last one that ended
-    before the node PATCH was received (with kickouts in parallel it may be another node's).
+    The steps hold for either order of the records PATCH and the Lease GET: in a row (the
+    kickout now), or side by side (tried in f1d148d, reverted in cf77473): then
+    `records_after_get_sent` is negative when the PATCH went first, and `records_beyond_get`
+    is how long the record kept the node PATCH waiting after the GET had answered. The
+    records PATCH is the last one that ended before the node PATCH was received (with
+    kickouts in parallel it may be another node's).
     """
     steps: dict[str, list[float]] = {k: [] for k in ("to_lease_get", "lease_get", "records_after_get_sent",
                                                      "records_patch", "records_beyond_get", "to_node_patch",
