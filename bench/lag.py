@@ -195,18 +195,9 @@ def _last(
 
 
 def kickout_steps(requests: list[JSON], kickouts: list[tuple[str, float, float]]) -> JSON:
-    """Per kickout (node, deadline, taint seen): the requests at the deadline and the gaps on its path.
-
-    The steps hold for either order of the records PATCH and the Lease GET: in a row (the
-    kickout now), or side by side (tried in f1d148d, reverted in cf77473): then
-    `records_after_get_sent` is negative when the PATCH went first, and `records_beyond_get`
-    is how long the record kept the node PATCH waiting after the GET had answered. The
-    records PATCH is the last one that ended before the node PATCH was received (with
-    kickouts in parallel it may be another node's).
-    """
-    steps: dict[str, list[float]] = {k: [] for k in ("to_lease_get", "lease_get", "records_after_get_sent",
-                                                     "records_patch", "records_beyond_get", "to_node_patch",
-                                                     "node_patch", "to_watch")}  # fmt: skip
+    """Per kickout (node, deadline, taint seen), the three requests at the deadline and the gaps between them."""
+    steps: dict[str, list[float]] = {k: [] for k in ("to_lease_get", "lease_get", "to_records_patch", "records_patch",
+                                                     "to_node_patch", "node_patch", "to_watch")}  # fmt: skip
     conflicts = 0  # node PATCHes answered 409 (the node changed since Asklepios read it: read again, retried)
     for node, deadline, taint in kickouts:
         patch = _last(requests, "patch", "nodes", node, deadline - 1, taint, first=True)
@@ -218,17 +209,14 @@ def kickout_steps(requests: list[JSON], kickouts: list[tuple[str, float, float]]
         get = _last(requests, "get", "leases", node, deadline - 1, patch["received"])
         if get is None:
             continue
-        landed = [r for r in requests if r["verb"] == "patch" and r["name"] == "asklepios-records"
-                  and deadline - 1 <= r["received"] and r["completed"] <= patch["received"]]  # fmt: skip
-        if not landed:
+        rec = _last(requests, "patch", "configmaps", "asklepios-records", get["completed"], patch["received"])
+        if rec is None:
             continue
-        rec = max(landed, key=lambda r: float(r["completed"]))
         steps["to_lease_get"].append(get["received"] - deadline)
         steps["lease_get"].append(get["completed"] - get["received"])
-        steps["records_after_get_sent"].append(rec["received"] - get["received"])
+        steps["to_records_patch"].append(rec["received"] - get["completed"])
         steps["records_patch"].append(rec["completed"] - rec["received"])
-        steps["records_beyond_get"].append(max(0.0, rec["completed"] - get["completed"]))
-        steps["to_node_patch"].append(patch["received"] - max(rec["completed"], get["completed"]))
+        steps["to_node_patch"].append(patch["received"] - rec["completed"])
         steps["node_patch"].append(patch["completed"] - patch["received"])
         steps["to_watch"].append(taint - patch["completed"])
     return {**{k: distribution(v) for k, v in steps.items()}, "node_patch_conflicts": conflicts}

@@ -111,7 +111,6 @@ class Soak:
 
     def __init__(self, minutes: float, seed: int, workdir: Path, settings: Mapping[str, str] = SETTINGS) -> None:
         self.minutes, self.seed, self.workdir = minutes, seed, workdir
-        self.settings = settings
         identities = [(f"asklepios-soak-{i}", secrets.token_hex(16)) for i in range(MAX_PROCESSES)]
         self.cp = SoakControlPlane(
             workdir,

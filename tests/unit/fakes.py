@@ -239,7 +239,6 @@ class FakeLeases:
     behind: dict[str, float] = attrs.Factory(dict)  # a kubelet clock this many seconds behind
     reads: list[str] = attrs.Factory(list)
     delay: float = 0.0  # seconds a read takes (the apiserver under load)
-    read_times: list[tuple[str, datetime, datetime]] = attrs.Factory(list)  # node, sent, answered
     on_read: Callable[[str], None] | None = None  # called as a read is answered: the kubelet renews now
 
     def stop(self, node: str) -> None:
@@ -247,13 +246,11 @@ class FakeLeases:
         self.silent_since[node] = self.clock.now()
 
     async def get(self, node: str, timeout: float) -> LeaseSeen | None:
-        sent = self.clock.now()
         await anyio.lowlevel.checkpoint()
         if self.delay:
             await anyio.sleep(self.delay)
         if self.on_read is not None:
             self.on_read(node)
-        self.read_times.append((node, sent, self.clock.now()))
         self.reads.append(node)
         if node in self.alive:  # renewed every second, on the kubelet's own clock
             now = self.clock.now().replace(microsecond=0) - timedelta(seconds=self.behind.get(node, 0.0))
@@ -297,16 +294,9 @@ class FakeRecords:
     rv: int = 1
     writes: list[dict[str, str | None]] = attrs.Factory(list)
     failures: list[ApiError] = attrs.Factory(list)
-    clock: Any = None  # given: `sent` notes when each write went out, and what it carried
-    sent: list[tuple[datetime, dict[str, str | None]]] = attrs.Factory(list)
-    delay: float = 0.0  # seconds a write takes
 
     async def put(self, changes: Any, timeout: float) -> RecordData:
-        if self.clock is not None:
-            self.sent.append((self.clock.now(), dict(changes)))
         await anyio.lowlevel.checkpoint()
-        if self.delay:
-            await anyio.sleep(self.delay)
         self.writes.append(dict(changes))
         if self.failures:
             raise self.failures.pop(0)

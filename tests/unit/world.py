@@ -70,7 +70,6 @@ class World:
     def __attrs_post_init__(self) -> None:
         self.cluster = FakeCluster(self.clock, self.settings.node_selector, self.gate)
         self.leases = FakeLeases(self.clock)
-        self.records.clock = self.clock
         self.bmc = FakeBmc(self.clock)
         self.cluster.on_taint = self.assert_dead
         self.healer = self.build()

@@ -150,11 +150,7 @@ def _down(
     since = record.at
     action: Action | None = None
     detail = ""
-    lost = []
-    if record.tainted and not view.has_out_of_service_taint:
-        lost.append("out-of-service taint")
-    if record.cordoned and not view.unschedulable:
-        lost.append("cordon")
+    lost = view.kickout_lost
     flapping = view.record is not None and view.record.flapping
     if lost and view.excluded_by is None:
         action, detail = Action.REPAIR, " and ".join(lost) + " removed"

@@ -104,13 +104,19 @@ class NodeView:
         alone (the 60-minute soak: a record stored though its node patch was lost in an
         apiserver outage, then only the mirror written while 3 of 5 nodes were NotReady).
         """
-        kickout = self.kickout
-        if kickout is not None and (
-            (kickout.cordoned and not self.unschedulable) or (kickout.tainted and not self.has_out_of_service_taint)
-        ):
+        if self.kickout_lost:
             return False
-        wanted = kickout.mirror() if kickout is not None else None
+        wanted = self.kickout.mirror() if self.kickout is not None else None
         return self.mirror != wanted
+
+    @property
+    def kickout_lost(self) -> tuple[str, ...]:
+        """What our kickout added that the node no longer shows (a repair puts it back)."""
+        kickout = self.kickout
+        if kickout is None:
+            return ()
+        lost = ("out-of-service taint",) if kickout.tainted and not self.has_out_of_service_taint else ()
+        return (*lost, "cordon") if kickout.cordoned and not self.unschedulable else lost
 
     @property
     def has_out_of_service_taint(self) -> bool:

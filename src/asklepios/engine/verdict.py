@@ -74,7 +74,7 @@ class DeathCheck:
         answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
         return attrs.evolve(memory, answers=answers, probed_at=self.clock.now())
 
-    def fresh_probe(self, memory: NodeMemory, now: datetime) -> bool:
+    def _fresh_probe(self, memory: NodeMemory, now: datetime) -> bool:
         """A probe that ended at most one probe timeout (and the margin) ago still says how the node answers now."""
         if memory.probed_at is None:
             return False
@@ -103,7 +103,7 @@ class DeathCheck:
         except ApiError as exc:
             log.warning("could not read the node Lease", extra={"node": view.name, "error": str(exc)})
             return DeathVerdict(False, HoldReason.KUBELET_ALIVE, detail=f"node Lease not readable: {exc}"), None, memory
-        if self.fresh_probe(memory, now):
+        if self._fresh_probe(memory, now):
             answers = memory.answers
         else:
             answers = await self.probe.answers(view.addresses, self.settings.liveness_probe_ports)
