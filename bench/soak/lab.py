@@ -7,7 +7,8 @@
   when it accepts or refuses: only a machine that is off is silent). Its ``restore`` boots the machine even when
   the apiserver is down (the lab's own one first clears the ``set_ready`` override
   through the apiserver and gives up if it cannot; a real machine boots anyway): the
-  override is then cleared later by :meth:`SoakControlPlane.retry_overrides`. Its
+  override is then cleared later by :meth:`SoakControlPlane.retry_overrides`; the boot
+  is the lab's ``boot_kwok``, with its pod resync (:mod:`asklepios_lab.resync`). Its
   kwoks have one Stage more than the lab's (:data:`POD_READY_AGAIN`): a running pod
   that node-lifecycle marked NotReady (its node looked dead for a moment, e.g. after
   an apiserver outage) is reported Ready again, as a real kubelet's status sync does;
@@ -162,12 +163,7 @@ class SoakControlPlane(ControlPlane):
         except (ApiError, OSError):
             self.pending_overrides.add(name)
 
-        def boot() -> None:
-            self._stop_skew(name)
-            self._set_ports(name, "accept")
-            self._kwok_of(name).start()
-
-        self._logged("restore", name, boot)
+        self._logged("restore", name, lambda: self.boot_kwok(name))
         if wait_ready:
             self.wait_ready(name, "True", timeout)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from asklepios_lab import ControlPlane, Kube, ready_condition, wait_for
+from asklepios_lab import RESYNC_ANNOTATION, ControlPlane, Kube, PodResync, ready_condition, wait_for
 
 from .conftest import NodeFactory, unique_id
 
@@ -101,6 +101,58 @@ def test_crash_makes_node_unknown_and_restore_makes_it_ready(control_plane: Cont
     control_plane.restore(node, wait_ready=False)
     restored = control_plane.wait_ready(node, "True", timeout=30)
     assert _parse_time((ready_condition(restored) or {})["lastTransitionTime"]) >= int(crashed_at)
+
+
+def _bound_pod(name: str, namespace: str, node: str) -> dict[str, object]:
+    """A pod bound to ``node`` directly (no scheduler), as a kubelet finds it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }
+
+
+def test_restore_finishes_pods_left_terminating(
+    control_plane: ControlPlane, namespace: str, nodes: NodeFactory
+) -> None:
+    api, node = control_plane.api, nodes.add()
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    api.create(path, _bound_pod("left", namespace, node))
+    wait_for(lambda: api.get(f"{path}/left")["status"].get("phase") == "Running", 30, what="pod left Running")
+    control_plane.stop_kubelet(node)
+    api.delete(f"{path}/left", grace_seconds=30)
+    assert api.get(f"{path}/left")["metadata"].get("deletionTimestamp"), "Terminating while no kubelet runs"
+
+    control_plane.restore(node, wait_ready=False)
+    wait_for(lambda: api.get_or_none(f"{path}/left") is None, 60, what="pod left gone after the restore")
+
+
+def test_pod_resync_touches_unfinished_pods_until_none_is_left(
+    control_plane: ControlPlane, namespace: str, nodes: NodeFactory
+) -> None:
+    """The lab's stand-in for the kubelet's start-up sync that kwok can miss (asklepios_lab.resync)."""
+    api, node = control_plane.api, nodes.add()
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    with control_plane.skewed_kubelet(node, behind_seconds=0, every=0.5):  # no kwok; the Lease renewed
+        api.create(path, _bound_pod("pending", namespace, node))
+        api.create(path, _bound_pod("deleting", namespace, node))
+        api.delete(f"{path}/deleting", grace_seconds=30)  # Terminating: no kubelet confirms it
+        resync = PodResync(api, node, time.time(), every=0.5, within=30).start()
+        try:
+
+            def touched_twice() -> bool:
+                notes = [(api.get(f"{path}/{n}")["metadata"].get("annotations") or {}) for n in ("pending", "deleting")]
+                return all(int(a.get(RESYNC_ANNOTATION, "0")) >= 2 for a in notes)
+
+            wait_for(touched_twice, 20, what="both unfinished pods annotated twice")
+            assert api.get(f"{path}/pending")["status"]["phase"] == "Pending"  # touched, never run or deleted
+            for name in ("deleting", "pending"):
+                api.delete(f"{path}/{name}", grace_seconds=0)
+            assert resync.join(10), "the resync ends once no unfinished pod is left"
+            assert not resync.errors
+        finally:
+            resync.stop()
 
 
 @pytest.mark.timeout(90)

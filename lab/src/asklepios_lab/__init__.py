@@ -34,10 +34,12 @@ from .leases import SkewedKubelet
 from .listeners import PortMode
 from .nodes import ready_condition
 from .procs import ProcessDiedError
+from .resync import RESYNC_ANNOTATION, PodResync
 
 __all__ = [
     "CONTROLLERS",
     "READY_OVERRIDE",
+    "RESYNC_ANNOTATION",
     "Api",
     "ApiError",
     "Bmc",
@@ -45,6 +47,7 @@ __all__ = [
     "ControlPlane",
     "Kube",
     "KubectlError",
+    "PodResync",
     "PortMode",
     "PortState",
     "ProcessDiedError",

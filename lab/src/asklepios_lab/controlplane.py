@@ -248,8 +248,8 @@ class ControlPlane(FaultOps):
         if self._bmc is not None:
             self._bmc.close()
             self._bmc = None
-        for node in list(self._skewed):
-            self._stop_skew(node)
+        for node in {*self._skewed, *self._resyncs}:
+            self._stop_node_threads(node)
         for node in list(self._node_apis):
             self._close_node_api(node)
         if self._volumes is not None:

@@ -20,6 +20,8 @@ kubelet towards the apiserver: Ready condition, Lease renewals) and its kubelet 
 * :meth:`~FaultOps.restore` starts a new kwok and opens the port (accepting): the kwok
   takes the Lease over once the old one has expired and posts Ready=True
   (lastTransitionTime = now), like a rebooted kubelet. It works after any fault above.
+  Pods the new kwok misses at its start (it can, see :mod:`asklepios_lab.resync`) are
+  touched by the lab until kwok has finished or started them.
 * :meth:`~FaultOps.set_ready` writes the Ready condition directly and it *sticks*: the
   node gets the :data:`~asklepios_lab.kwok.READY_OVERRIDE` annotation, which kwok's
   stages respect, and a still-renewed Lease keeps node-lifecycle from overwriting it.
@@ -37,6 +39,7 @@ be faulted and restored on its own, its kwok keeping the others alive: see
 from __future__ import annotations
 
 import socket
+import time
 from typing import Literal
 
 from . import kwok
@@ -44,6 +47,7 @@ from .api import JSON, ApiError
 from .leases import LEASES, SkewedKubelet
 from .listeners import PortMode
 from .nodes import NodeOps, now_rfc3339, ready_condition
+from .resync import PodResync
 
 _DEFAULT_REASON = {"True": "KubeletReady", "False": "KubeletNotReady", "Unknown": "NodeStatusUnknown"}
 PortState = Literal["accepted", "refused", "silent"]
@@ -84,7 +88,7 @@ class FaultOps(NodeOps):
 
     def _kubelet_down(self, name: str, port: PortMode) -> None:
         with self._lock:
-            self._stop_skew(name)
+            self._stop_node_threads(name)
             if name in self._group_of:
                 cut = name in self._cut
                 self._cut[name] = port
@@ -166,7 +170,7 @@ class FaultOps(NodeOps):
         leaves nodes faulted on their own as they are.
         """
         with self._lock:
-            self._stop_skew(name)
+            self._stop_node_threads(name)
         if name in self._group_of:
             self._power_on_member(name)
             if wait_ready:
@@ -181,13 +185,30 @@ class FaultOps(NodeOps):
                     self._clear_override(node["metadata"]["name"])
         else:
             self._clear_override(name)
-        with self._lock:
-            self._set_ports(name, "accept")
-            proc.start()
+        if group:
+            with self._lock:
+                self._set_ports(name, "accept")
+                proc.start()
+        else:
+            self.boot_kwok(name)
         if wait_ready and group:
             self._wait_group_ready(name, proc, timeout)
         elif wait_ready:
             self.wait_ready(name, "True", timeout)
+
+    def boot_kwok(self, name: str) -> None:
+        """The core of :meth:`restore` for a node with its own kwok: port accepting, a new kwok, a pod resync.
+
+        The lab's other threads acting for the node (a skewed kubelet, an older resync)
+        stop first. The :class:`~asklepios_lab.resync.PodResync` touches the pods the new
+        kwok may miss at its start.
+        """
+        with self._lock:
+            self._stop_node_threads(name)
+            self._set_ports(name, "accept")
+            started = time.time()
+            self._kwok_of(name).start()
+            self._resyncs[name] = PodResync(self.api, name, started).start()
 
     def port_mode(self, name: str) -> PortMode:
         """The mode the lab keeps node ``name``'s kubelet port in (no connect): accept, refuse, silent."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .bmc import Bmc
     from .leases import SkewedKubelet
     from .pki import Pki
+    from .resync import PodResync
     from .volumes import Volumes
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
@@ -74,6 +75,7 @@ class NodeOps:
         self._listen_on: dict[str, list[Address]] = {}  # node or group -> kubelet ports
         self._modes: dict[str, PortMode] = {}  # node or group with ports -> their mode (cut members aside)
         self._skewed: dict[str, SkewedKubelet] = {}  # node -> the lab's Lease renewer in its name
+        self._resyncs: dict[str, PodResync] = {}  # node -> the start-up pod sync of its restarted kwok
         self._node_apis: dict[str, Api] = {}
         self._bulk_counter = 0
         self._net: LoopbackNet | None = None  # claimed by start()
@@ -238,7 +240,7 @@ class NodeOps:
             self.api.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", 0)
         self.api.delete(f"/api/v1/nodes/{name}")
         with self._lock:
-            self._stop_skew(name)
+            self._stop_node_threads(name)
             proc = self._kwoks.pop(name, None)
             if proc is not None:
                 proc.stop(grace=3.0)
@@ -260,7 +262,7 @@ class NodeOps:
         members = [n for n, g in self._group_of.items() if g == group]
         with self._lock:
             for n in members:
-                self._stop_skew(n)
+                self._stop_node_threads(n)
             proc = self._kwoks.pop(group, None)
             if proc is not None:
                 proc.stop(grace=3.0)
@@ -288,10 +290,18 @@ class NodeOps:
             self.listeners.set([a for a in self._listen_on[key] if a not in cut], mode)
             self._modes[key] = mode
 
-    def _stop_skew(self, name: str) -> None:
+    def _stop_node_threads(self, name: str) -> None:
+        """Stop the lab's threads acting for node ``name``: a skewed kubelet, a pod resync."""
         renewer = self._skewed.pop(name, None)
         if renewer is not None:
             renewer.stop()
+        resync = self._resyncs.pop(name, None)
+        if resync is not None:
+            resync.stop()
+
+    def pod_resync(self, name: str) -> PodResync | None:
+        """The pod resync the last :meth:`~asklepios_lab.faults.FaultOps.restore` of ``name`` started, while it runs."""
+        return self._resyncs.get(name)
 
     def as_node(self, name: str) -> Api:
         """A REST client authenticated as node ``name``'s kubelet: user ``system:node:<name>``,
