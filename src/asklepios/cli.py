@@ -26,10 +26,12 @@ from asklepios.core.preflight.settings import settings_findings
 from asklepios.engine.clock import SYSTEM_CLOCK
 from asklepios.engine.commands import Commands, Refused, operator
 from asklepios.engine.controller import run_controller
-from asklepios.engine.preflight import check_version, run_checks, server_version, startup_checks
+from asklepios.engine.preflight import run_checks
+from asklepios.engine.startup import check_version, server_version, startup_checks
 from asklepios.engine.status import NodeRow, describe_record, followed_nodes, node_rows
 from asklepios.engine.statuswatch import StatusWatch
-from asklepios.kube.client import ApiError, KubeClient, KubeConfigError, Loaded, load, resolve_source
+from asklepios.kube.client import ApiError, KubeClient
+from asklepios.kube.kubeconfig import KubeConfigError, Loaded, load, resolve_source
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.records import RecordApi
 from asklepios.observe.health import Health, serve_http

@@ -24,7 +24,7 @@ import pytest
 from asklepios import __version__
 from asklepios.config.settings import variables
 from asklepios.core.preflight.settings import UNFENCED
-from asklepios.kube.client import IN_CLUSTER, KubeConfigError, KubeSource, resolve_source
+from asklepios.kube.kubeconfig import IN_CLUSTER, KubeConfigError, KubeSource, resolve_source
 
 
 class FakeApiserver(ThreadingHTTPServer):

@@ -27,9 +27,10 @@ from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprot
 from asklepios.engine.balancer import PodShard
 from asklepios.engine.controller import _freeze_the_synced_heap
 from asklepios.kube.access import ClusterReads, parse_label_selector
-from asklepios.kube.client import ApiError, KubeClient, NotFound, _events, env_proxy
+from asklepios.kube.client import ApiError, KubeClient, NotFound, _events
 from asklepios.kube.nodes import NodeApi
 from asklepios.kube.pods import parse_pod
+from asklepios.kube.proxy import env_proxy
 from asklepios.kube.reflector import object_key
 
 STS = OwnerRef("StatefulSet", "db", "uid-sts")

@@ -48,7 +48,8 @@ from asklepios.core.preflight import (
     version_finding,
 )
 from asklepios.core.selector import parse_selector
-from asklepios.engine.preflight import log_findings, needs_of, run_checks
+from asklepios.engine.preflight import needs_of, run_checks
+from asklepios.engine.startup import log_findings
 from asklepios.kube.access import parse_label_selector, parse_pod_seen
 from asklepios.kube.client import ApiError, KubeClient, NotFound
 from tests.unit.test_config import silent_apiserver  # noqa: F401 - the fixture

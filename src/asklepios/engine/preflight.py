@@ -29,14 +29,12 @@ from asklepios.core.preflight import (
     PODS,
     RBAC,
     SEE_RBAC,
-    VERSION,
     VOLUMES,
     Finding,
     Need,
     PodSeen,
     PowerSeen,
     Review,
-    Status,
     annotation_finding,
     balancer_finding,
     bmc_findings,
@@ -55,7 +53,6 @@ from asklepios.core.preflight import (
     required_access,
     sample,
     statefulset_sample,
-    version_finding,
     warning,
 )
 from asklepios.core.preflight.access import ServiceAccount
@@ -69,7 +66,6 @@ from asklepios.kube.secrets import SecretApi
 log = logging.getLogger("asklepios.check")
 SECTION_TIMEOUT = 30.0  # seconds for one check's reads
 BMC_TIMEOUT = 20.0  # seconds for one BMC's answer
-STARTUP_TIMEOUT = 20.0  # seconds `asklepios run` gives the checks before it starts the controller anyway
 CONCURRENCY = 8  # requests in flight at once
 PER_NODE_LIMIT = 50  # up to this many nodes, their pods are listed node by node; beyond, all pods at once
 T = TypeVar("T")
@@ -137,42 +133,6 @@ async def _gather(items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list
     if errors:
         raise errors[0]
     return [results[index] for index in range(len(items))]
-
-
-async def server_version(client: KubeClient) -> Finding:
-    """`check`'s first read: the version finding; ApiError when the apiserver cannot be reached.
-
-    An apiserver that does not answer at all is one line and exit 1 for `check`,
-    not a screen of "could not check" lines.
-    """
-    try:
-        with anyio.fail_after(SECTION_TIMEOUT):
-            seen = await AccessApi(client).version()
-    except TimeoutError:
-        raise ApiError(0, f"GET /version: no answer within {SECTION_TIMEOUT:.0f} s") from None
-    except ApiError as exc:
-        if exc.status == 0:
-            raise
-        return _unknown_version(exc)
-    return version_finding(seen.git_version, seen.major, seen.minor)
-
-
-def _unknown_version(exc: Exception | None) -> Finding:
-    return warning(
-        VERSION,
-        f"could not read the server version: {exc or 'no answer'}",
-        "make sure the apiserver answers; Asklepios needs Kubernetes 1.28 or later (1.26 at least)",
-    )
-
-
-async def check_version(client: KubeClient) -> Finding:
-    """GET /version; a failure (only `blocks_start`) when the server is older than 1.26."""
-    try:
-        with anyio.fail_after(SECTION_TIMEOUT):
-            seen = await AccessApi(client).version()
-    except (ApiError, TimeoutError) as exc:
-        return _unknown_version(exc)
-    return version_finding(seen.git_version, seen.major, seen.minor)
 
 
 @attrs.define
@@ -353,40 +313,3 @@ async def run_checks(
 ) -> list[Finding]:
     """Every check but the version (see `check_version`), in print order."""
     return await Preflight(settings, client, bmc, subject=subject).run()
-
-
-async def startup_checks(settings: Settings, client: KubeClient, version: Finding) -> None:
-    """`asklepios run`, before the controller starts: the checks, logged; never more than STARTUP_TIMEOUT."""
-    findings: list[Finding] = []
-    with anyio.move_on_after(STARTUP_TIMEOUT):
-        findings = await run_checks(settings, client)
-    if not findings:
-        findings = [
-            warning(
-                "checks",
-                f"the start-up checks did not finish within {STARTUP_TIMEOUT:.0f} s; starting anyway",
-                "run `asklepios check` to see them",
-            )
-        ]
-    log_findings([version, *findings])
-
-
-def log_findings(findings: Sequence[Finding]) -> None:
-    """`asklepios run`: every warning and failure once, as a structured line."""
-    for finding in findings:
-        if finding.status is Status.OK:
-            continue
-        level = logging.ERROR if finding.status is Status.FAILURE else logging.WARNING
-        log.log(
-            level,
-            f"check {finding.check}: {finding.status.value}",
-            extra={
-                "check": finding.check,
-                "result": finding.status.value,
-                "detail": finding.message,
-                "todo": finding.todo,
-            },
-        )
-    failed = sum(1 for f in findings if f.status is Status.FAILURE)
-    warned = sum(1 for f in findings if f.status is Status.WARNING)
-    log.info("checks done", extra={"failures": failed, "warnings": warned, "checks": len(findings)})

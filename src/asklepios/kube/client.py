@@ -5,136 +5,26 @@ with token refresh) and its aiohttp session; requests are sent raw and decoded
 with orjson, which keeps big lists fast and lets us see status codes (409, 410,
 429) as values instead of generated model objects.
 
-Which configuration is used is decided here, in kubectl's (client-go's) order:
-`--kubeconfig FILE`; else `KUBECONFIG` (a `:`-separated list, missing files
-skipped, the rest merged); else `~/.kube/config`; when none of these names a file
-that exists, the in-cluster service account (`KUBERNETES_SERVICE_HOST` and
-`KUBERNETES_SERVICE_PORT` set and the token file present). A configuration that
-cannot be used raises `KubeConfigError`: one line, before any request.
+Which configuration is used is decided in `kube.kubeconfig`; the proxy of the
+connections in `kube.proxy`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
-import attrs
 import orjson
 
 from asklepios.kube import k8s
+from asklepios.kube.kubeconfig import KubeSource, Loaded, load_configuration, resolve_source
+from asklepios.kube.proxy import without_env_lookups
 
 JSON = dict[str, Any]
 T = TypeVar("T")
 LIST_PAGE = 100  # items per list request: a page is decoded whole (see Reflector.page_size)
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-IN_CLUSTER = "in-cluster"
-
-
-class KubeConfigError(Exception):
-    """No usable configuration to reach the apiserver; str() is the one line to print (exit 2)."""
-
-
-@attrs.frozen
-class KubeSource:
-    """Where the connection's configuration comes from: kubeconfig file(s), or IN_CLUSTER."""
-
-    kubeconfig: str  # a path, a `:`-separated KUBECONFIG list, or IN_CLUSTER
-    context: str = ""  # "": the kubeconfig's current-context
-
-    @property
-    def in_cluster(self) -> bool:
-        return self.kubeconfig == IN_CLUSTER
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _home() -> Path:
-    """$HOME; a container user without one (no HOME, no passwd entry) has no ~/.kube/config."""
-    try:
-        return Path.home()
-    except RuntimeError:
-        return Path("/nonexistent")
-
-
-def in_cluster_possible(environ: Mapping[str, str], token: Path = SERVICE_ACCOUNT_TOKEN) -> bool:
-    """client-go's rule: both service variables set and the token file present."""
-    return (
-        bool(environ.get("KUBERNETES_SERVICE_HOST"))
-        and bool(environ.get("KUBERNETES_SERVICE_PORT"))
-        and token.is_file()
-    )
-
-
-def resolve_source(
-    kubeconfig: str | None = None,
-    context: str | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    home: Path | None = None,
-    token: Path = SERVICE_ACCOUNT_TOKEN,
-) -> KubeSource:
-    """Choose the configuration as kubectl does (see the module docstring); raise KubeConfigError."""
-    env = os.environ if environ is None else environ
-    context = context or ""
-    if kubeconfig is not None:
-        if not Path(kubeconfig).expanduser().is_file():
-            raise KubeConfigError(f"--kubeconfig {kubeconfig}: no such file")
-        return KubeSource(kubeconfig, context)
-    listed = env.get("KUBECONFIG", "")
-    if listed:
-        if any(Path(p).expanduser().is_file() for p in listed.split(os.pathsep) if p):
-            return KubeSource(listed, context)
-    else:
-        default = (home if home is not None else _home()) / ".kube" / "config"
-        if default.is_file():
-            return KubeSource(str(default), context)
-    if in_cluster_possible(env, token):
-        if context:
-            raise KubeConfigError(f"--context {context}: there is no kubeconfig, only the in-cluster service account")
-        return KubeSource(IN_CLUSTER)
-    where = f"KUBECONFIG={listed}: no such file" if listed else "KUBECONFIG is unset and ~/.kube/config does not exist"
-    raise KubeConfigError(
-        f"no kubeconfig: {where}, and this is not a pod with a service account token "
-        "→ pass --kubeconfig FILE or set KUBECONFIG"
-    )
-
-
-@attrs.frozen
-class Loaded:
-    """A configuration loaded (and so checked) before the first request: `connect` takes it as is."""
-
-    source: KubeSource
-    configuration: Any  # k8s.Configuration
-
-
-async def load(source: KubeSource) -> Loaded:
-    """`source` loaded: KubeConfigError (one line) when it cannot be used."""
-    return Loaded(source, await load_configuration(source))
-
-
-async def load_configuration(source: KubeSource) -> k8s.Configuration:
-    """The client configuration of `source`; KubeConfigError (one line) when it cannot be used."""
-    configuration = k8s.Configuration()
-    try:
-        if source.in_cluster:
-            k8s.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            await k8s.load_kube_config(
-                config_file=source.kubeconfig, context=source.context or None, client_configuration=configuration
-            )
-    except Exception as exc:  # yaml, missing keys, a context not found, a broken exec plugin: all one line
-        where = "in-cluster config" if source.in_cluster else f"kubeconfig {source.kubeconfig}"
-        raise KubeConfigError(f"{where}: {_one_line(exc)}") from None
-    if not str(configuration.host or "").startswith(("https://", "http://")):
-        raise KubeConfigError(f"kubeconfig {source.kubeconfig}: no usable server address ({configuration.host!r})")
-    return configuration
 
 
 class ApiError(Exception):
@@ -297,54 +187,6 @@ class KubeClient:
             yield _events(response, path)
         finally:
             response.close()
-
-
-def without_env_lookups(api: k8s.ApiClient, environ: Mapping[str, str] | None = None) -> k8s.ApiClient:
-    """The client's session, reading the proxy variables once instead of at every request.
-
-    kubernetes-asyncio opens its aiohttp session with `trust_env=True`: for every
-    request aiohttp then reads the proxy variables and `~/.netrc` again, in a thread
-    of the default executor. In a mass outage that was an eighth of the leader's CPU,
-    and those threads take the GIL from the event loop (bench mass-outage, py-spy).
-    The session is replaced by one without it on the same connector; the proxy that
-    `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` name for the apiserver (client-go honours
-    them too) is looked up here once, unless the kubeconfig already set one.
-    """
-    rest = api.rest_client
-    old: aiohttp.ClientSession = rest.pool_manager
-    rest.pool_manager = aiohttp.ClientSession(connector=old.connector, trust_env=False, read_bufsize=2**21)
-    old.detach()  # the connector now belongs to the new session
-    proxy = env_proxy(str(api.configuration.host), os.environ if environ is None else environ)
-    if proxy and not rest.proxy:
-        rest.proxy = proxy
-    return api
-
-
-def env_proxy(url: str, environ: Mapping[str, str]) -> str | None:
-    """The proxy the environment names for `url` (as urllib: lower case first, NO_PROXY), or None."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0]
-    proxies = {
-        key[: -len("_proxy")].lower(): value
-        for key, value in sorted(environ.items(), key=lambda kv: kv[0].islower())  # lower case wins
-        if key.lower().endswith("_proxy") and value
-    }
-    if not proxies.get(scheme) or _no_proxy(host, proxies.get("no", "")):
-        return None
-    return proxies[scheme]
-
-
-def _no_proxy(host_port: str, no_proxy: str) -> bool:
-    """urllib's NO_PROXY rule: `*`, or an entry that is the host (or host:port) or a domain of it."""
-    host_port = host_port.lower()
-    if host_port.startswith("["):  # [IPv6]:port
-        host = host_port[1 : host_port.find("]")]
-    else:
-        host = host_port.rsplit(":", 1)[0] if ":" in host_port else host_port
-    for entry in (e.strip().lstrip(".").lower() for e in no_proxy.split(",")):
-        if entry == "*" or entry in (host, host_port) or (entry and host.endswith("." + entry)):
-            return True
-    return False
 
 
 async def _events(response: aiohttp.ClientResponse, path: str) -> AsyncIterator[JSON]:
