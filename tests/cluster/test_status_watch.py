@@ -8,6 +8,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +19,19 @@ from tests.cluster.runner import AsklepiosFactory
 
 
 class Screen:
-    """A command running in a detached tmux session of a fixed size."""
+    """A command running in a detached tmux session of a fixed size.
 
-    def __init__(self, command: list[str], environment: dict[str, str]) -> None:
+    Its exit status is written to ``exit_file`` by the bash that runs it, as soon as it
+    exits: tmux's own record of a dead pane waits for the tmux server to reap the
+    process, and under load that took more than 30 s (the process a zombie meanwhile).
+    """
+
+    def __init__(self, command: list[str], environment: dict[str, str], exit_file: Path) -> None:
         self.name = f"asklepios-{secrets.token_hex(4)}"
+        self.exit_file = exit_file
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in environment.items())
-        line = f"env {exports} {shlex.join(command)}"
-        self._tmux("new-session", "-d", "-s", self.name, "-x", "200", "-y", "40", line)
-        self._tmux("set-option", "-t", self.name, "remain-on-exit", "on")
+        script = f"env {exports} {shlex.join(command)}; echo $? > {shlex.quote(str(exit_file))}"
+        self._tmux("new-session", "-d", "-s", self.name, "-x", "200", "-y", "40", shlex.join(["bash", "-c", script]))
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True, timeout=10).stdout
@@ -37,8 +43,10 @@ class Screen:
         return next((ln for ln in self.text().splitlines() if ln.startswith(node + " ")), "")
 
     def exited(self) -> int | None:
-        dead, *status = self._tmux("display-message", "-p", "-t", self.name, "#{pane_dead} #{pane_dead_status}").split()
-        return int(status[0]) if dead == "1" and status else None
+        """The command's exit status once it has exited (bash waits for it through Ctrl-C: a
+        child that handles SIGINT and exits normally lets bash go on)."""
+        text = self.exit_file.read_text() if self.exit_file.exists() else ""
+        return int(text) if text.endswith("\n") else None
 
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", self.name, *keys)
@@ -54,7 +62,7 @@ def seconds_left(line: str) -> int | None:
 
 @pytest.mark.timeout(180)
 def test_status_watch_shows_countdowns_holds_and_the_leader(
-    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory
+    control_plane: ControlPlane, nodes: Any, namespace: str, asklepios: AsklepiosFactory, tmp_path: Path
 ) -> None:
     cp = control_plane
     victim, alive, _ = nodes.watched("v", "a", "o")
@@ -68,7 +76,7 @@ def test_status_watch_shows_countdowns_holds_and_the_leader(
     healer = asklepios(settings)
     wait_for(lambda: healer.metric("asklepios_is_leader") == 1, 20, what="a leader")
     environment = {"KUBECONFIG": str(cp.kubeconfig), "PATH": os.environ["PATH"], "TERM": "xterm", **settings}
-    screen = Screen([sys.executable, "-m", "asklepios", "status", "--watch"], environment)
+    screen = Screen([sys.executable, "-m", "asklepios", "status", "--watch"], environment, tmp_path / "exit-status")
     try:
         wait_for(lambda: "leader: " in screen.text() and screen.line(victim), 20, what="the first screen")
         assert "no replica holds the Lease" not in screen.text()  # the leader's identity is shown
