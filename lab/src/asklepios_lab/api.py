@@ -147,8 +147,8 @@ class Api:
     def get(self, path: str, **kw: Any) -> JSON:
         return self.call("GET", path, **kw)
 
-    def get_or_none(self, path: str) -> JSON | None:
-        status, payload = self.request("GET", path)
+    def get_or_none(self, path: str, timeout: float = 30.0) -> JSON | None:
+        status, payload = self.request("GET", path, timeout=timeout)
         if status == 404:
             return None
         if status != 200:

@@ -32,6 +32,7 @@ from .api import JSON, Api, ApiError
 from .leases import LEASES
 
 RESYNC_ANNOTATION = "lab.asklepios.io/kubelet-resync"
+REQUEST_TIMEOUT = 5.0  # a fault's stop() joins this thread under the lab's lock: never wait long
 
 
 def _epoch(micro_time: str) -> float:
@@ -70,13 +71,14 @@ class PodResync:
         return not self._thread.is_alive()
 
     def _lease_renewed(self) -> bool:
-        lease = self.api.get_or_none(f"{LEASES}/{self.node}")
+        lease = self.api.get_or_none(f"{LEASES}/{self.node}", timeout=REQUEST_TIMEOUT)
         renew = ((lease or {}).get("spec") or {}).get("renewTime")
         return isinstance(renew, str) and _epoch(renew) >= self.since - 1.0
 
     def _touch_unfinished(self) -> int:
         """Annotate each unfinished pod of the node; returns how many there were."""
-        pods = self.api.get("/api/v1/pods", query={"fieldSelector": f"spec.nodeName={self.node}"})["items"]
+        query = {"fieldSelector": f"spec.nodeName={self.node}"}
+        pods = self.api.get("/api/v1/pods", query=query, timeout=REQUEST_TIMEOUT)["items"]
         left = [p for p in pods if unfinished(p)]
         for pod in left:
             meta = pod["metadata"]
@@ -84,7 +86,8 @@ class PodResync:
             count = sum(1 for k in self.touched if k == key) + 1
             patch = {"metadata": {"annotations": {RESYNC_ANNOTATION: str(count)}}}
             try:
-                self.api.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", patch)
+                path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+                self.api.patch(path, patch, timeout=REQUEST_TIMEOUT)
             except ApiError as exc:
                 if exc.status != 404:  # gone meanwhile: what we wanted
                     raise
