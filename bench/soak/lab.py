@@ -340,6 +340,9 @@ class Replicas:
         """SIGKILL or SIGTERM one process; returns its exit status (None if it would not exit)."""
         ctl = self.controllers[inc.index]
         assert ctl.proc is not None
+        with self.lock:  # out of its slot first: reap() must not take this exit for a crash and start another
+            if self.current.get(inc.slot) == inc.index:
+                del self.current[inc.slot]
         ctl.proc.send_signal(sig)
         try:
             code: int | None = ctl.proc.wait(30)
@@ -349,8 +352,6 @@ class Replicas:
             code = None
         with self.lock:
             self._finish(inc.index, "sigkill" if sig == signal.SIGKILL else "sigterm", code)
-            if self.current.get(inc.slot) == inc.index:
-                del self.current[inc.slot]
         return code
 
     def reap(self) -> list[Incarnation]:
@@ -366,8 +367,14 @@ class Replicas:
         return died
 
     def stop_all(self) -> None:
-        """SIGTERM every live process (the end of the soak); each must exit 0."""
-        for inc, ctl in self.live():
+        """SIGTERM every process still running (the end of the soak); each must exit 0."""
+        with self.lock:
+            running = [
+                (self.incarnations[i], ctl)
+                for i, ctl in self.controllers.items()
+                if ctl.proc is not None and ctl.proc.poll() is None
+            ]
+        for inc, ctl in running:
             code = ctl.stop(timeout=30)
             with self.lock:
                 self._finish(inc.index, "end", code)
