@@ -13,13 +13,13 @@ admits a kubelet. ``leaseDurationSeconds`` and the rest of the Lease stay as the
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 from .api import Api, ApiError
+from .nodethread import NodeThread
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 
@@ -29,7 +29,7 @@ def micro_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class SkewedKubelet:
+class SkewedKubelet(NodeThread):
     """Renews node ``node``'s Lease every ``every`` s with renewTime ``behind_seconds`` in the past.
 
     Start with :meth:`start` (or ``with``); :meth:`stop` ends it (the lab's ``restore`` and
@@ -41,26 +41,17 @@ class SkewedKubelet:
     def __init__(self, api: Api, node: str, *, behind_seconds: float, every: float, lease_seconds: int) -> None:
         if every <= 0:
             raise ValueError(f"every must be > 0, not {every}")
-        self.api, self.node = api, node
+        super().__init__(api, node, "skewed-kubelet")
         self.behind_seconds, self.every = behind_seconds, every
         self.lease_seconds = lease_seconds
         self.renew_times: list[str] = []
-        self.errors: list[str] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lab-skewed-kubelet-{node}", daemon=True)
 
     @property
     def renewals(self) -> int:
         return len(self.renew_times)
 
-    def start(self) -> Self:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        super().stop()
         self.api.close_all()
 
     @property
@@ -97,5 +88,5 @@ class SkewedKubelet:
             try:
                 self.renew_times.append(self.renew_once())
             except (ApiError, OSError) as exc:
-                self.errors = [*self.errors[-9:], str(exc)[:300]]
+                self._rode_out(exc)
             self._stopping.wait(self.every)

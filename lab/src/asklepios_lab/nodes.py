@@ -299,10 +299,6 @@ class NodeOps:
         if resync is not None:
             resync.stop()
 
-    def pod_resync(self, name: str) -> PodResync | None:
-        """The pod resync the last :meth:`~asklepios_lab.faults.FaultOps.restore` of ``name`` started, while it runs."""
-        return self._resyncs.get(name)
-
     def as_node(self, name: str) -> Api:
         """A REST client authenticated as node ``name``'s kubelet: user ``system:node:<name>``,
         group ``system:nodes`` (a client certificate of the lab CA), so the apiserver's Node

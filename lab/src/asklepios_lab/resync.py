@@ -24,12 +24,13 @@ never deletes a pod or writes a pod's status: kwok still does all of that.
 
 from __future__ import annotations
 
-import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from .api import JSON, Api, ApiError
 from .leases import LEASES
+from .nodethread import NodeThread
 
 RESYNC_ANNOTATION = "lab.asklepios.io/kubelet-resync"
 REQUEST_TIMEOUT = 5.0  # a fault's stop() joins this thread under the lab's lock: never wait long
@@ -45,30 +46,13 @@ def unfinished(pod: JSON) -> bool:
     return being_deleted or (pod.get("status") or {}).get("phase") == "Pending"
 
 
-class PodResync:
+class PodResync(NodeThread):
     """Touches node ``node``'s unfinished pods after its kwok restarted at ``since`` (epoch)."""
 
     def __init__(self, api: Api, node: str, since: float, *, every: float = 2.0, within: float = 90.0) -> None:
-        self.api, self.node, self.since = api, node, since
-        self.every, self.within = every, within
-        self.touched: list[str] = []  # "namespace/name" of each touch, in order
-        self.errors: list[str] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lab-pod-resync-{node}", daemon=True)
-
-    def start(self) -> PodResync:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-
-    def join(self, timeout: float) -> bool:
-        """Wait until the thread has ended (True) or ``timeout`` passed (False)."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        super().__init__(api, node, "pod-resync")
+        self.since, self.every, self.within = since, every, within
+        self.touches: Counter[str] = Counter()  # "namespace/name" -> how many times annotated
 
     def _lease_renewed(self) -> bool:
         lease = self.api.get_or_none(f"{LEASES}/{self.node}", timeout=REQUEST_TIMEOUT)
@@ -83,8 +67,7 @@ class PodResync:
         for pod in left:
             meta = pod["metadata"]
             key = f"{meta['namespace']}/{meta['name']}"
-            count = sum(1 for k in self.touched if k == key) + 1
-            patch = {"metadata": {"annotations": {RESYNC_ANNOTATION: str(count)}}}
+            patch = {"metadata": {"annotations": {RESYNC_ANNOTATION: str(self.touches[key] + 1)}}}
             try:
                 path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
                 self.api.patch(path, patch, timeout=REQUEST_TIMEOUT)
@@ -92,7 +75,7 @@ class PodResync:
                 if exc.status != 404:  # gone meanwhile: what we wanted
                     raise
                 continue
-            self.touched.append(key)
+            self.touches[key] += 1
         return len(left)
 
     def _run(self) -> None:
@@ -110,7 +93,7 @@ class PodResync:
                     else:
                         wait = self.every
                 except (ApiError, OSError) as exc:  # an apiserver outage: keep trying
-                    self.errors = [*self.errors[-9:], str(exc)[:300]]
+                    self._rode_out(exc)
                     wait = 0.5
                 self._stopping.wait(wait)
         finally:
