@@ -294,10 +294,13 @@ class FakeRecords:
     rv: int = 1
     writes: list[dict[str, str | None]] = attrs.Factory(list)
     failures: list[ApiError] = attrs.Factory(list)
+    on_put: Callable[[dict[str, str | None]], None] | None = None  # called as a write arrives
 
     async def put(self, changes: Any, timeout: float) -> RecordData:
         await anyio.lowlevel.checkpoint()
         self.writes.append(dict(changes))
+        if self.on_put is not None:
+            self.on_put(dict(changes))
         if self.failures:
             raise self.failures.pop(0)
         for key, value in changes.items():

@@ -19,7 +19,7 @@ import environ
 
 from asklepios.config import parse
 from asklepios.config.legacy import read_legacy_file
-from asklepios.core.evidence import PROBE_MARGIN, PROBE_TIMEOUT
+from asklepios.core.evidence import PROBE_MARGIN, PROBE_TIMEOUT, VERDICT_LEAD
 from asklepios.core.guard import MaxUnhealthy
 from asklepios.core.judge import Timing
 from asklepios.core.selector import LabelSelector
@@ -123,7 +123,7 @@ class Settings:
             kickout=timedelta(seconds=self.kickout_seconds),
             kickin=timedelta(seconds=self.kickin_seconds),
             pod_wait=timedelta(seconds=self.kickin_pod_wait_seconds),
-            probe_lead=timedelta(seconds=PROBE_TIMEOUT + PROBE_MARGIN if self.liveness_probe_ports else 0),
+            probe_lead=timedelta(seconds=PROBE_TIMEOUT + PROBE_MARGIN if self.liveness_probe_ports else VERDICT_LEAD),
         )
 
 

@@ -68,6 +68,10 @@ class LeaseLook:
 DEFAULT_LEASE = timedelta(seconds=40)
 PROBE_TIMEOUT = 2.0  # seconds a probe waits for an answer: a machine that is off gives none
 PROBE_MARGIN = 0.5  # the probe ahead of a deadline ends this long before it (a late wake, a busy loop)
+# Without fencing a first verdict is gathered this long before the deadline and the
+# kickout's record stored on its strength, so that at the deadline only the verdict of
+# that moment (the Lease read; the probe ran ahead) and the node patch are left.
+VERDICT_LEAD = 0.5
 
 
 def observe_lease(before: LeaseLook | None, seen: LeaseSeen | None, now: datetime) -> LeaseLook:

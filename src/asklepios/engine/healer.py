@@ -101,6 +101,7 @@ class Healer:
         self.records.on_node = self.record_changed
         self.records.on_pause = lambda: self.rejudge_soon(self.views)
         self.kickout.guard_count = self.guard_count
+        self.kickout.view_of = self.book.views.get  # the one dict, never replaced
 
     def source(self, kind: str) -> NodeSource:
         return NodeSource(self, kind)

@@ -1,0 +1,93 @@
+"""The kickout's record is stored just before the deadline; the taint still waits for the verdict of the deadline.
+
+Without fencing, a kickout at its deadline used to be three requests in a row (the
+node Lease, the record, the node patch): the kickout lag's tail at 5,000 nodes. Now a
+first look just before the deadline stores the record, and at the deadline only the
+Lease read of the verdict of that moment and the node patch are left. These tests hold
+the safety side of it: a kubelet that renews, or a node that posts Ready, after the
+record was stored is never tainted, and the record is rolled back. Every World also
+checks, at each taint, that the machine is dead at that very moment.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import anyio
+import attrs
+import pytest
+import trio.testing
+
+from asklepios.core.evidence import VERDICT_LEAD, HoldReason
+from asklepios.core.records import NodeRecord, node_key
+from tests.unit.world import World, running, settings, until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+
+def kickout_puts(changes: dict[str, str | None], name: str) -> bool:
+    """A records write that stores a kickout of `name`."""
+    raw = changes.get(node_key(name))
+    record = NodeRecord.decode(raw) if raw is not None else None
+    return record is not None and record.kickout is not None
+
+
+@pytest.mark.parametrize("probe_takes", [0.0, 2.0])
+async def test_at_the_deadline_only_the_lease_read_and_the_node_patch_are_left(probe_takes: float) -> None:
+    w = World(settings())
+    w.probe.timeout = probe_takes  # a silent port costs the probe its whole timeout
+    w.add("a", "b", "c")
+    stored: list[datetime] = []
+    reads: list[datetime] = []
+    w.records.on_put = lambda changes: stored.extend([w.clock.now()] if kickout_puts(changes, "b") else [])
+    w.leases.on_read = lambda node: reads.extend([w.clock.now()] if node == "b" else [])
+    async with running(w):
+        await anyio.sleep(1.7)
+        cut = w.clock.now()
+        w.power_cut("b")
+        await until(lambda: w.has_taint("b"), 70, "kickout")
+    deadline = cut + timedelta(seconds=60)
+    taint = next(x.at for x in w.cluster.writes if x.node == "b" and "taints" in x.body.get("spec", {}))
+    assert deadline - timedelta(seconds=VERDICT_LEAD) <= stored[0] < deadline  # the record: ahead
+    kickouts = [NodeRecord.decode(c[node_key("b")] or "") for c in w.records.writes if kickout_puts(c, "b")]
+    stored_as = {attrs.evolve(r.kickout, released=None, volumes_released=None) for r in kickouts if r and r.kickout}
+    assert len(stored_as) == 1  # stored once, ahead (later writes only add `released`)
+    assert deadline <= taint <= deadline + timedelta(seconds=0.01)  # the taint: at the deadline
+    assert [t for t in reads if deadline <= t <= taint], reads  # on the Lease as read at the deadline
+    record = w.kickout("b")
+    assert record is not None and record.at == deadline.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("comes_back", ["renews its Lease", "posts Ready"])
+async def test_life_after_the_record_was_stored_holds_the_taint_and_rolls_the_record_back(comes_back: str) -> None:
+    """The record is stored on the look just before the deadline; the kubelet comes back
+    right after it. The deadline's verdict (or the node patch's own judgement) sees it:
+    no taint, and the record no longer claims a kickout."""
+    w = World(settings())
+    w.add("a", "b", "c")
+
+    def revive(changes: dict[str, str | None]) -> None:
+        if not kickout_puts(changes, "b"):
+            return
+        if comes_back == "posts Ready":
+            w.back("b")
+        else:
+            w.leases.alive.add("b")
+
+    w.records.on_put = revive
+    async with running(w):
+        w.power_cut("b")
+        await until(lambda: any(kickout_puts(c, "b") for c in w.records.writes), 70, "the record stored ahead")
+        w.records.on_put = None
+        await until(lambda: w.kickout("b") is None, 5, "the record rolled back")
+        await anyio.sleep(3 * 60)
+        assert not w.has_taint("b")
+        assert not any("taints" in x.body.get("spec", {}) for x in w.cluster.writes if x.node == "b")
+        assert w.kickout("b") is None
+        if comes_back == "renews its Lease":
+            assert w.healer.holds() == {"b": HoldReason.KUBELET_ALIVE}
