@@ -10,7 +10,11 @@ This is where a wrong decision costs data, so the order is fixed:
    still leaves a record that the kickin undoes exactly;
 3. the one node patch that cordons, taints and writes the mirror annotation.
 
-If the patch is no longer due (the node came back) the record is rolled back. A
+Without fencing, steps 1 and 2 run just before the deadline (VERDICT_LEAD), and at
+the deadline `confirm` runs again before step 3: the verdict of that moment still
+gates the taint, and only its Lease read and the patch are left on the deadline's
+path. If the patch is no longer due (the node came back, its kubelet renewed) the
+record is rolled back. A
 node kicked out more than ASKLEPIOS_FLAP_MAX_KICKOUTS times within
 ASKLEPIOS_FLAP_WINDOW_SECONDS is marked flapping: it stays kicked out (no kickin, no
 power on) until `asklepios release`. In dry run everything up to step 2 is decided,
@@ -145,10 +149,10 @@ class Kickout:
         return attrs.evolve(memory, hold=death.hold, detail=death.detail, look_at=look_at)
 
     def _record(
-        self, node: NodeView, death: DeathVerdict, evidence: Evidence, memory: NodeMemory, at: datetime
+        self, node: NodeView, death: DeathVerdict, evidence: Evidence, memory: NodeMemory, at: datetime, guard: str
     ) -> NodeRecord:
         since = memory.notready.since if memory.notready is not None else None
-        seen = (*evidence.summary(), f"guard: {self.guard_count()}") if self.guard_count() else evidence.summary()
+        seen = (*evidence.summary(), f"guard: {guard}") if guard else evidence.summary()
         kickout = KickoutRecord(
             at=at,
             cordoned=not node.unschedulable,
@@ -180,10 +184,11 @@ class Kickout:
         """Record, then patch. With `deadline` (a record stored ahead of it) the patch waits
         for the deadline and for the death verdict gathered then."""
         at = max(self.clock.now(), deadline or self.clock.now()).replace(microsecond=0)
+        guard = self.guard_count()  # as decided: the count moves on while the patch waits for the deadline
         # as stored now: the death check may have just noted a ForceOff, which a roll back must keep
         before = self.records.book.of(view.name) or view.record or NodeRecord()
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
-            record = self._record(view, death, evidence, memory, at)
+            record = self._record(view, death, evidence, memory, at, guard)
             await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
             if deadline is not None:  # the taint: at the deadline, on the verdict of that moment
                 at_deadline = await self._dead_at(deadline, view, memory)
@@ -201,7 +206,7 @@ class Kickout:
             ) -> dict[str, object] | None:
                 if rejudge(attrs.evolve(node, record=before)).action is not Action.KICKOUT:
                     return None
-                if self._record(attrs.evolve(node, record=old), death, evidence, memory, at) != record:
+                if self._record(attrs.evolve(node, record=old), death, evidence, memory, at, guard) != record:
                     stale.append(True)  # someone cordoned or tainted it meanwhile: record that first
                     return None
                 assert record.kickout is not None
