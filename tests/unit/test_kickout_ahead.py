@@ -30,22 +30,26 @@ def anyio_backend() -> tuple[str, dict[str, object]]:
     return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
-def kickout_puts(changes: dict[str, str | None], name: str) -> bool:
-    """A records write that stores a kickout of `name`."""
+def kickout_in(changes: dict[str, str | None], name: str) -> KickoutRecord | None:
+    """The kickout of `name` that a records write stores, if any."""
     raw = changes.get(node_key(name))
     record = NodeRecord.decode(raw) if raw is not None else None
-    return record is not None and record.kickout is not None
+    return record.kickout if record is not None else None
+
+
+def kickout_puts(changes: dict[str, str | None], name: str) -> bool:
+    """A records write that stores a kickout of `name`."""
+    return kickout_in(changes, name) is not None
 
 
 def kickouts_stored(w: World, name: str) -> list[KickoutRecord]:
     """Each kickout record of `name` as first stored (a later write that only adds `released` is not one)."""
     out: list[KickoutRecord] = []
     for changes in w.records.writes:
-        raw = changes.get(node_key(name))
-        record = NodeRecord.decode(raw) if raw is not None else None
-        if record is None or record.kickout is None:
+        stored = kickout_in(changes, name)
+        if stored is None:
             continue
-        kickout = attrs.evolve(record.kickout, released=None, volumes_released=None)
+        kickout = attrs.evolve(stored, released=None, volumes_released=None)
         if not out or out[-1] != kickout:
             out.append(kickout)
     return out

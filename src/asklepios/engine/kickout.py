@@ -75,7 +75,7 @@ class Kickout:
         if verdict.deadline is not None and now < verdict.deadline:  # ahead of the deadline
             memory = await self.check.probe_ahead(view, memory)
             if not self.settings.fencing_on and not self.settings.dry_run:
-                written, memory = await self._ahead(view, verdict, verdict.deadline, memory, rejudge)
+                written, memory = await self._ahead(view, verdict, memory, rejudge)
                 if written is not None:
                     return written, memory
             return None, attrs.evolve(memory, look_at=verdict.deadline)  # the deadline gathers it all anew
@@ -102,12 +102,7 @@ class Kickout:
         return written, attrs.evolve(memory, failures=0, hold=None, detail="", look_at=None)
 
     async def _ahead(
-        self,
-        view: NodeView,
-        verdict: Verdict,
-        deadline: datetime,
-        memory: NodeMemory,
-        rejudge: Callable[[NodeView], Verdict],
+        self, view: NodeView, verdict: Verdict, memory: NodeMemory, rejudge: Callable[[NodeView], Verdict]
     ) -> tuple[NodeView | None, NodeMemory]:
         """Without fencing: the record stored just before the deadline, so that at the
         deadline only the verdict's Lease read and the node patch are left (the kickout lag
@@ -117,13 +112,14 @@ class Kickout:
         taint still waits for the verdict of the deadline itself. Anything but `dead`
         leaves the memory as the probe left it: the deadline then gathers everything anew.
         """
-        await self._sleep_until(deadline - timedelta(seconds=VERDICT_LEAD))
+        assert verdict.deadline is not None
+        await self._sleep_until(verdict.deadline - timedelta(seconds=VERDICT_LEAD))
         view = self.view_of(view.name) or view
         death, evidence, looked = await self.check.confirm(view, memory, fence=False)
         memory = attrs.evolve(memory, lease=looked.lease)  # the probe's answers stay for the deadline
         if not death.dead or evidence is None:
             return None, memory
-        written = await self._write(view, verdict, death, evidence, memory, rejudge, deadline=deadline)
+        written = await self._write(view, verdict, death, evidence, memory, rejudge, deadline=verdict.deadline)
         if written is None:
             return None, memory
         return written, attrs.evolve(memory, failures=0, hold=None, detail="", look_at=None, answers=(), probed_at=None)
@@ -134,8 +130,11 @@ class Kickout:
         if (left := (when - self.clock.now()).total_seconds()) > 0:
             await anyio.sleep(left + 0.001)
 
-    async def _dead_at(self, deadline: datetime, view: NodeView, memory: NodeMemory) -> NodeView | None:
-        """The verdict of the deadline itself, for a record stored ahead of it: the node then, or None."""
+    async def _dead_at(
+        self, deadline: datetime, view: NodeView, memory: NodeMemory
+    ) -> tuple[NodeView, DeathVerdict] | None:
+        """The verdict of the deadline itself, for a record stored ahead of it: (the node then,
+        the verdict its taint goes out on), or None."""
         await self._sleep_until(deadline)
         fresh = self.view_of(view.name)  # its newest version, judged with the record as decided
         view = attrs.evolve(fresh, record=view.record) if fresh is not None else view
@@ -143,7 +142,7 @@ class Kickout:
         if not death.dead:
             log.info("not dead at the deadline: the kickout is held", extra={"node": view.name, "why": death.detail})
             return None
-        return view
+        return view, death
 
     def _held(self, memory: NodeMemory, death: DeathVerdict, look_at: datetime) -> NodeMemory:
         return attrs.evolve(memory, hold=death.hold, detail=death.detail, look_at=look_at)
@@ -183,10 +182,12 @@ class Kickout:
     ) -> NodeView | None:
         """Record, then patch. With `deadline` (a record stored ahead of it) the patch waits
         for the deadline and for the death verdict gathered then."""
-        at = max(self.clock.now(), deadline or self.clock.now()).replace(microsecond=0)
+        now = self.clock.now()
+        at = (max(now, deadline) if deadline is not None else now).replace(microsecond=0)
         guard = self.guard_count()  # as decided: the count moves on while the patch waits for the deadline
         # as stored now: the death check may have just noted a ForceOff, which a roll back must keep
         before = self.records.book.of(view.name) or view.record or NodeRecord()
+        taint_on = death  # the verdict the taint goes out on: the deadline's own, for a record stored ahead
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
             record = self._record(view, death, evidence, memory, at, guard)
             await self.records.put_node(view.name, record, urgent=True)  # the taint waits for it
@@ -194,7 +195,7 @@ class Kickout:
                 at_deadline = await self._dead_at(deadline, view, memory)
                 if at_deadline is None:
                     break
-                view, deadline = at_deadline, None
+                (view, taint_on), deadline = at_deadline, None
             stale: list[bool] = []
             decided_on = view.record  # a re-read node carries the record just put: judge it as decided
 
@@ -203,6 +204,7 @@ class Kickout:
                 record: NodeRecord = record,
                 stale: list[bool] = stale,
                 old: NodeRecord | None = decided_on,
+                taint_on: DeathVerdict = taint_on,
             ) -> dict[str, object] | None:
                 if rejudge(attrs.evolve(node, record=before)).action is not Action.KICKOUT:
                     return None
@@ -210,16 +212,18 @@ class Kickout:
                     stale.append(True)  # someone cordoned or tainted it meanwhile: record that first
                     return None
                 assert record.kickout is not None
-                return kickout_patch(node, record.kickout, death)
+                return kickout_patch(node, record.kickout, taint_on)
 
-            def after_lost(node: NodeView, record: NodeRecord = record) -> dict[str, object] | None:
+            def after_lost(
+                node: NodeView, record: NodeRecord = record, taint_on: DeathVerdict = taint_on
+            ) -> dict[str, object] | None:
                 """Our PATCH may have been applied: the cordon and taint it adds are then ours."""
                 intended = record.kickout
                 assert intended is not None
                 if (node.unschedulable or not intended.cordoned) and (
                     node.has_out_of_service_taint or not intended.tainted
                 ):
-                    return kickout_patch(node, intended, death)  # the same again: the node as written
+                    return kickout_patch(node, intended, taint_on)  # the same again: the node as written
                 return build(node)
 
             try:
@@ -228,7 +232,7 @@ class Kickout:
                 await self._roll_back(view.name, before)
                 raise
             if written is not None:
-                return await self._announce(written, record, verdict, death)
+                return await self._announce(written, record, verdict, taint_on)
             if not stale:
                 break
             try:
