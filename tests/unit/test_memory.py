@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprotected_statefulsets
 from asklepios.engine.balancer import PodShard
-from asklepios.engine.controller import _freeze_the_synced_heap
+from asklepios.engine.controller import FULL_COLLECTION_EVERY, _freeze_the_synced_heap
 from asklepios.kube.access import ClusterReads, parse_label_selector
 from asklepios.kube.client import ApiError, KubeClient, NotFound, _events
 from asklepios.kube.nodes import NodeApi
@@ -435,13 +435,17 @@ async def test_the_heap_is_frozen_once_the_first_lists_are_in() -> None:
 
     health = Syncing()
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_freeze_the_synced_heap, cast(Any, health))
                 await anyio.sleep(0.5)
                 assert gc.get_freeze_count() == 0  # still syncing
+                assert gc.get_threshold() == thresholds
         assert health.polls == 3
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (*thresholds[:2], FULL_COLLECTION_EVERY)  # full collections rarer from now on
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
