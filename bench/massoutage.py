@@ -207,7 +207,7 @@ class Storms:
             now = time.time()
             if now < earliest or not all(tracker.ready.get(n, False) for n in names):
                 return False
-            return now - max((t for t in self._notready(names, 0.0).values()), default=0.0) >= QUIET_S
+            return now - max(self._notready(names, 0.0).values(), default=0.0) >= QUIET_S
 
         while not settled() and time.time() - start < SETTLE_TIMEOUT_S:
             time.sleep(1)
