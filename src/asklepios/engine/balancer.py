@@ -5,7 +5,11 @@ optionally one per namespace). Runs a round when a node may take new pods again
 (a kickin, once node-lifecycle has also removed its cordon taint
 `node.kubernetes.io/unschedulable`; triggered from the node cache, so the round
 sees it) and on every resync tick; a trigger that arrives during a round is not
-lost. Only the leader plays rounds: a follower makes no API call beyond its watches.
+lost. Rounds start at most every ROUND_GAP (2 s): when a rack comes back, 3,000 nodes
+become schedulable within seconds, and a round per node (a pass over every balancer
+pod, 50,000 in the bench) took over half of the leader's CPU and its event loop's
+timing (bench/README.md, "A rack goes dark"); a round yields to the event loop every
+YIELD_EVERY StatefulSets. Only the leader plays rounds: a follower makes no API call beyond its watches.
 A StatefulSet is touched only while all its replicas are Ready; one of its pods is
 evicted (Eviction API, so PodDisruptionBudgets hold). The move is then followed
 until the replacement runs: `PodRebalanced` says where it really went; a
@@ -58,6 +62,8 @@ log = logging.getLogger("asklepios.balancer")
 MOVE_TIMEOUT = timedelta(minutes=10)  # an evicted pod not replaced by a Ready one by then is a failed move
 FAILED_MOVE_BASE = 60.0  # seconds: the first backoff after a move that did not land
 BACKOFF_CAP = 3600.0
+ROUND_GAP = 2.0  # seconds from one round's start to the next one's at the soonest
+YIELD_EVERY = 50  # StatefulSets judged in a round between two turns of the event loop
 Key = tuple[str, str]  # (namespace, StatefulSet uid)
 
 
@@ -117,7 +123,9 @@ class Balancer:
                 with anyio.move_on_after(self.settings.resync_seconds):
                     await self._wake.wait()
             self._pending = False
+            started = anyio.current_time()
             await self.round()
+            await anyio.sleep_until(started + ROUND_GAP)  # triggers meanwhile: one round after the gap
 
     async def round(self) -> None:
         if not self.gate.may_write():
@@ -129,7 +137,9 @@ class Balancer:
         now = self.clock.now()
         groups = statefulset_pods(self.pods.values())
         await self._prune(groups)
-        for key, members in groups.items():
+        for judged, (key, members) in enumerate(groups.items(), start=1):
+            if judged % YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()  # the Lease renewal, probes and deadlines run too
             flight = self.inflight.get(key)
             if flight is not None and not await self._follow(key, members, flight, now):
                 continue
