@@ -13,7 +13,10 @@ leader election on, as in production. Two storms, measured one after the other:
 * **storm 2**: ``storm2`` nodes (below the guard) die at once (Ready=False): all are
   kicked out. Kickout lag = taint seen by the bench's watch - (the moment the bench's
   Ready=False PATCH returned + KICKOUT: Asklepios cannot have seen it earlier), and
-  the time from the first crash to the last taint.
+  the time from the first crash to the last taint. That lag is split in two with
+  Asklepios' own record of each period's start (`kickout.since` in the ConfigMap
+  `asklepios-records`, read before the restore): how late the NotReady reached
+  Asklepios, and the taint after Asklepios' own deadline (that mark + KICKOUT).
 
 Per storm, per replica: event-loop lag p50/p99/max (from the replica's own
 ``asklepios_event_loop_lag_seconds``, the difference of two scrapes; bucket
@@ -34,11 +37,13 @@ through the storms: node-lifecycle marks the pods of storm 1's Unknown nodes Not
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,7 @@ RETRY_PERIOD = 2.0  # ASKLEPIOS_LEASE_RETRY_SECONDS (default): the leader renews
 QUIET_S = 20.0  # between the storms: no node went NotReady for this long, all Ready
 SETTLE_TIMEOUT_S = 600.0
 LAG = "asklepios_event_loop_lag_seconds"
+RECORDS_NAMESPACE = "kube-system"  # ASKLEPIOS_NAMESPACE of both replicas
 
 
 class Poller(threading.Thread):
@@ -224,6 +230,35 @@ class Storms:
                 if what == "notready" and t > after
             }
 
+    def _notready_marks(self, nodes: list[str]) -> dict[str, float]:
+        """Per node, the start of its NotReady period in Asklepios' own record (`kickout.since`).
+
+        Asklepios starts a countdown at the later of the Ready condition's time and the
+        moment it saw the condition (core/periods.py), so its deadline is that mark +
+        KICKOUT: how late the NotReady reached it is part of the lag the bench measures.
+        """
+        path = f"/api/v1/namespaces/{RECORDS_NAMESPACE}/configmaps/asklepios-records"
+        data = (self.lb.cp.api.get_or_none(path) or {}).get("data") or {}
+        marks: dict[str, float] = {}
+        for node in nodes:
+            try:
+                since = json.loads(data.get(f"node.{node}", "{}")).get("kickout", {}).get("since")
+                marks[node] = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+            except (AttributeError, TypeError, ValueError):
+                continue  # no record of a kickout (yet): left out of the split
+        return marks
+
+    def _lag_split(self, nodes: list[str], down: dict[str, float], seen: dict[str, float], kickout_s: int) -> JSON:
+        """The kickout lag in two: NotReady set -> Asklepios' mark, its own deadline -> the taint seen."""
+        seen_late, after_own = [], []
+        for n in nodes:
+            hit = self.tracker.last(n, "taint_on", after=down[n])
+            if hit is None or n not in seen:
+                continue
+            seen_late.append(seen[n] - down[n])
+            after_own.append(hit[0] - (seen[n] + kickout_s))
+        return {"notready_seen_after_s": distribution(seen_late), "taint_after_own_deadline_s": distribution(after_own)}
+
     def storm2(self, nodes: list[str], kickout_s: int, everyone: list[str]) -> JSON:
         cp, tracker = self.lb.cp, self.tracker
         down: dict[str, float] = {}
@@ -240,6 +275,7 @@ class Storms:
             self.kickouts.append((n, down[n] + kickout_s, hit[0]))
         time.sleep(3)  # the NodeKickedOut Events follow the PATCHes
         end = time.time()
+        seen_at = self._notready_marks(nodes)
         _parallel(lambda n: cp.restore(n, wait_ready=False), nodes)
         untainted = tracker.wait(lambda: not any(tracker.tainted.get(n, False) for n in nodes), 300)
         dying = set(nodes)
@@ -247,6 +283,7 @@ class Storms:
         return {"nodes": len(nodes), "down_within_s": t1 - t0, "kicked_out": len(taints),
                 "other_nodes_went_notready": len(bystanders),
                 "kickout_lag_s": distribution(lags),
+                **self._lag_split(nodes, down, seen_at, kickout_s),
                 "first_crash_to_last_taint_s": (max(taints) - t0) if taints else math.nan,
                 "kicked_out_window_end": end, "all_kicked_in_again": untainted}  # fmt: skip
 
@@ -275,7 +312,7 @@ def run(
         "ASKLEPIOS_KICKOUT_SECONDS": str(kickout_s),
         "ASKLEPIOS_KICKIN_SECONDS": "5",
         "ASKLEPIOS_LEADER_ELECTION": "true",
-        "ASKLEPIOS_NAMESPACE": "kube-system",
+        "ASKLEPIOS_NAMESPACE": RECORDS_NAMESPACE,
         **({"ASKLEPIOS_BALANCER": "true"} if pods else {}),
     }
     with lab(audit=True, keep=keep) as lb:
