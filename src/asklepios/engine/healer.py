@@ -404,7 +404,7 @@ class Healer:
         elif action is Action.REPAIR:
             paused = self.paused() is not None
             written, memory = await self.recovery.repair(
-                view, memory, verdict, self._rejudge, paused=paused, guard=self.guard()
+                view, memory, verdict, self._rejudge, paused=paused, guard=self.guard
             )
             self.memory[view.name] = memory
         elif action is Action.RELEASE:

@@ -27,7 +27,7 @@ from datetime import timedelta
 import attrs
 
 from asklepios.config import Settings
-from asklepios.core.evidence import HoldReason
+from asklepios.core.evidence import DeathVerdict, HoldReason
 from asklepios.core.judge import Action, Verdict
 from asklepios.core.node import NodeView
 from asklepios.core.periods import NodeMemory
@@ -115,32 +115,36 @@ class Recovery:
         rejudge: Callable[[NodeView], Verdict],
         *,
         paused: bool = False,
-        guard: str | None = None,
+        guard: Callable[[], str | None] = lambda: None,
     ) -> tuple[NodeView | None, NodeMemory]:
         """Put back a cordon of ours; our taint only if the node is dead right now, not paused, and
-        the guard allows kickouts (`guard`: why it holds them). Without its taint the node is not
-        kicked out any more: putting back even the cordon starts a new kickout, so while too many
+        the guard allows kickouts (`guard()`: why it holds them now). Without its taint the node is
+        not kicked out any more: putting back even the cordon starts a new kickout, so while too many
         nodes are NotReady nothing is put back (the 60-minute soak: a record written just before an
-        apiserver outage, its node patch never sent, and the cordon restored with 5 of 5 NotReady)."""
+        apiserver outage, its node patch never sent, and the cordon restored with 5 of 5 NotReady).
+        The guard is asked again before a ForceOff and before the patch: a node that goes NotReady
+        while the verdict gathers its evidence counts (the 60-minute soak on 30e7fe4: a third node
+        went NotReady 0.1 s after a repair began, and its taint went back with 3 NotReady of 2 allowed)."""
         record = view.kickout
         assert record is not None
         death = None
         missing = record.tainted and not view.has_out_of_service_taint
-        if missing and guard is not None and not paused:
-            resync = timedelta(seconds=self.settings.resync_seconds)
-            memory = attrs.evolve(
-                memory, hold=HoldReason.TOO_MANY_NOTREADY, detail=guard, look_at=self.clock.now() + resync
-            )
-            log.warning(
-                "kickout not repaired: kickouts are held",
-                extra={"node": view.name, "reason": HoldReason.TOO_MANY_NOTREADY.value, "detail": guard},
-            )
-            return None, memory
+        if missing and not paused and (held := guard()) is not None:
+            return None, self._held_by_guard(view, memory, held)
         if missing and not self.settings.dry_run and not paused:
             now = self.clock.now()
-            death, _, memory = await self.check.confirm(
-                view, memory, still_due=lambda: still_due(view, rejudge, Action.REPAIR)
-            )
+
+            def due() -> DeathVerdict | None:
+                held = guard()
+                if held is not None:
+                    return DeathVerdict(False, hold=HoldReason.TOO_MANY_NOTREADY, detail=held)
+                return still_due(view, rejudge, Action.REPAIR)
+
+            death, _, memory = await self.check.confirm(view, memory, still_due=due)
+            if death.dead and (held := guard()) is not None:
+                return None, self._held_by_guard(view, memory, held)
+            if death.hold is HoldReason.TOO_MANY_NOTREADY:
+                return None, self._held_by_guard(view, memory, death.detail)
             if not death.dead:
                 resync = timedelta(seconds=self.settings.resync_seconds)
                 memory = attrs.evolve(
@@ -163,6 +167,8 @@ class Recovery:
         def build(node: NodeView) -> dict[str, object] | None:
             if node.kickout is None or rejudge(node).action is not Action.REPAIR:
                 return None
+            if not paused and guard() is not None and node.kickout.tainted and not node.has_out_of_service_taint:
+                return None  # the guard holds now: nothing is put back (looked at again on its flip)
             return repair_patch(node, node.kickout, death)
 
         applied: list[bool] = []
@@ -183,6 +189,14 @@ class Recovery:
                 extra={"node": view.name, "action": "repair", "reason": verdict.detail, "restored": what},
             )
         return written, memory
+
+    def _held_by_guard(self, view: NodeView, memory: NodeMemory, why: str) -> NodeMemory:
+        log.warning(
+            "kickout not repaired: kickouts are held",
+            extra={"node": view.name, "reason": HoldReason.TOO_MANY_NOTREADY.value, "detail": why},
+        )
+        resync = timedelta(seconds=self.settings.resync_seconds)
+        return attrs.evolve(memory, hold=HoldReason.TOO_MANY_NOTREADY, detail=why, look_at=self.clock.now() + resync)
 
     async def release(self, view: NodeView, *, volumes_followed: bool = False) -> NodeView | None:
         record = view.kickout
