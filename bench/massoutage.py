@@ -37,16 +37,15 @@ through the storms: node-lifecycle marks the pods of storm 1's Unknown nodes Not
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from asklepios.core.records import RECORDS_CONFIGMAP, NodeRecord, node_key
 from bench.cluster import BULK_GRACE_SECONDS, WATCHED_LABEL, Lab, lab
 from bench.controller import Controller, Sampler, histogram
 from bench.lag import audit_requests, kickout_steps
@@ -237,27 +236,24 @@ class Storms:
         moment it saw the condition (core/periods.py), so its deadline is that mark +
         KICKOUT: how late the NotReady reached it is part of the lag the bench measures.
         """
-        path = f"/api/v1/namespaces/{RECORDS_NAMESPACE}/configmaps/asklepios-records"
+        path = f"/api/v1/namespaces/{RECORDS_NAMESPACE}/configmaps/{RECORDS_CONFIGMAP}"
         data = (self.lb.cp.api.get_or_none(path) or {}).get("data") or {}
         marks: dict[str, float] = {}
         for node in nodes:
-            try:
-                since = json.loads(data.get(f"node.{node}", "{}")).get("kickout", {}).get("since")
-                marks[node] = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-            except (AttributeError, TypeError, ValueError):
-                continue  # no record of a kickout (yet): left out of the split
+            record = NodeRecord.decode(data.get(node_key(node)))
+            since = record.kickout.since if record is not None and record.kickout is not None else None
+            if since is not None:  # else no record of a kickout (yet): left out of the split
+                marks[node] = since.timestamp()
         return marks
 
-    def _lag_split(self, nodes: list[str], down: dict[str, float], seen: dict[str, float], kickout_s: int) -> JSON:
+    @staticmethod
+    def _lag_split(down: dict[str, float], taint: dict[str, float], seen: dict[str, float], kickout_s: int) -> JSON:
         """The kickout lag in two: NotReady set -> Asklepios' mark, its own deadline -> the taint seen."""
-        seen_late, after_own = [], []
-        for n in nodes:
-            hit = self.tracker.last(n, "taint_on", after=down[n])
-            if hit is None or n not in seen:
-                continue
-            seen_late.append(seen[n] - down[n])
-            after_own.append(hit[0] - (seen[n] + kickout_s))
-        return {"notready_seen_after_s": distribution(seen_late), "taint_after_own_deadline_s": distribution(after_own)}
+        both = [n for n in taint if n in seen]
+        return {
+            "notready_seen_after_s": distribution([seen[n] - down[n] for n in both]),
+            "taint_after_own_deadline_s": distribution([taint[n] - (seen[n] + kickout_s) for n in both]),
+        }
 
     def storm2(self, nodes: list[str], kickout_s: int, everyone: list[str]) -> JSON:
         cp, tracker = self.lb.cp, self.tracker
@@ -265,12 +261,13 @@ class Storms:
         t0, t1 = _parallel(lambda n: down.__setitem__(n, _die(cp, n, "False")), nodes)
         print(f"[mass-outage] storm 2: {len(nodes)} nodes down in {t1 - t0:.1f} s", flush=True)
         tracker.wait(lambda: all(tracker.tainted.get(n, False) for n in nodes), kickout_s + 180)
-        lags, taints = [], []
+        lags, taints, taint_at = [], [], {}
         for n in nodes:
             hit = tracker.last(n, "taint_on", after=t0)
             if hit is None:
                 continue
             taints.append(hit[0])
+            taint_at[n] = hit[0]
             lags.append(hit[0] - (down[n] + kickout_s))  # the deadline: Ready=False set + KICKOUT
             self.kickouts.append((n, down[n] + kickout_s, hit[0]))
         time.sleep(3)  # the NodeKickedOut Events follow the PATCHes
@@ -283,7 +280,7 @@ class Storms:
         return {"nodes": len(nodes), "down_within_s": t1 - t0, "kicked_out": len(taints),
                 "other_nodes_went_notready": len(bystanders),
                 "kickout_lag_s": distribution(lags),
-                **self._lag_split(nodes, down, seen_at, kickout_s),
+                **self._lag_split(down, taint_at, seen_at, kickout_s),
                 "first_crash_to_last_taint_s": (max(taints) - t0) if taints else math.nan,
                 "kicked_out_window_end": end, "all_kicked_in_again": untainted}  # fmt: skip
 
