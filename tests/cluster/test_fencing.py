@@ -225,7 +225,11 @@ def finalized_pod(cp: ControlPlane, namespace: str, node: str, name: str = "held
 
 
 def let_go(cp: ControlPlane, path: str) -> None:
-    cp.api.patch(path, {"metadata": {"finalizers": None}})
+    """Remove the test's finalizer; a pod already gone is fine (a restored node's kwok
+    confirms termination and empties finalizers, unlike a real kubelet)."""
+    status, body = cp.api.request("PATCH", path, {"metadata": {"finalizers": None}},
+                                  content_type="application/merge-patch+json")  # fmt: skip
+    assert status in (200, 404), (status, body)
 
 
 @pytest.mark.timeout(180)
@@ -301,6 +305,9 @@ def test_a_pod_held_by_a_finalizer_delays_power_on_at_most_the_pod_wait(
         wait_for(lambda: bmc.power_state(victim) == "On", 60, what="the machine On again")
         on = [r for r in bmc.timeline(victim) if r.kind == "reset" and r.value == "On"]
         assert on and on[0].time >= seen + wait - 1.5, (on, seen)  # not before the pod wait ran out
-        assert "deletionTimestamp" in cp.api.get(held)["metadata"]  # still held: powered on all the same
+        # Powered on all the same, and the pod was only ever deleted, never stripped of its
+        # finalizer by Asklepios (the audit log; the restored node's kwok removes it soon after).
+        writes = writes_by_asklepios(cp, resource="pods", namespace=namespace)
+        assert all(e["verb"] == "delete" for e in writes), [(e["verb"], e["objectRef"]) for e in writes]
     finally:
         let_go(cp, held)
