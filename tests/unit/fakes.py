@@ -113,6 +113,7 @@ class FakeCluster:
     history: list[tuple[datetime, NodeView, NodeView]] = attrs.Factory(list)  # (when, before, after) of our patches
     failures: list[ApiError] = attrs.Factory(list)  # raised by the next patches, in order
     lost_answers: int = 0  # the next patches are applied, then their answer is lost (a client timeout)
+    patch_takes: float = 0.0  # seconds between a patch's arrival and its effect (the apiserver under load)
     gets: int = 0
     healer: Healer | None = None
     deliver: bool = True  # False: changes stay unseen until relist() (a watch gap)
@@ -207,6 +208,8 @@ class FakeCluster:
         self.writes.append(
             Write(self.clock.now(), name, copy.deepcopy(body), self.gate.may_write() if self.gate else True)
         )
+        if self.patch_takes:
+            await anyio.sleep(self.patch_takes)
         if self.failures:
             raise self.failures.pop(0)
         if name not in self.objects:

@@ -3,14 +3,16 @@
 Two node reflectors (watched nodes, cordoned nodes) -> healer (cache, wheel,
 actions, resync); one pod watch per kicked-out node; the leader elector gates
 writes; the balancer (when on) has its own pod reflector. Cancelling the group
-(SIGTERM) stops them all; the elector releases the lease on the way out, and no
-task is left behind.
+(SIGTERM) stops them all; the elector releases the lease on the way out, once the
+healer's last write has ended (a kickout's patch is shielded, see `engine.kickout`),
+and no task is left behind.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -195,14 +197,23 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         tg.start_soon(node_reflector(CORDONED, field_selector="spec.unschedulable=true").run, healer.source(CORDONED))
         tg.start_soon(pod_watches.run)
         tg.start_soon(volume_watch.run)
-        tg.start_soon(healer.run)
+        healer_stopped = anyio.Event()
+        tg.start_soon(_run_then_set, healer.run, healer_stopped)
         tg.start_soon(_freeze_the_synced_heap, health)
         if elector is not None and caught_up is not None:
             elector.on_started, caught_up.on_caught_up = caught_up.gained, healer.leadership_gained
+            elector.writers_stopped = healer_stopped.wait  # the lease is released after the healer's last write
             tg.start_soon(caught_up.run)
             tg.start_soon(elector.run)
         if settings.balancer:
             _start_balancer(tg, settings, client, health, healer, gate, events, clock)
+
+
+async def _run_then_set(run: Callable[[], Awaitable[None]], stopped: anyio.Event) -> None:
+    try:
+        await run()
+    finally:
+        stopped.set()
 
 
 async def _freeze_the_synced_heap(health: Health) -> None:

@@ -187,6 +187,36 @@ class Kickout:
         guard = self.guard_count()  # as decided: the count moves on while the patch waits for the deadline
         # as stored now: the death check may have just noted a ForceOff, which a roll back must keep
         before = self.records.book.of(view.name) or view.record or NodeRecord()
+        try:
+            done = await self._record_and_patch(view, death, evidence, memory, rejudge, deadline, at, guard, before)
+        except BaseException:  # an error, or cancelled (SIGTERM) between the record and the patch
+            await self._roll_back(view.name, before)
+            raise
+        if done is None:
+            await self._roll_back(view.name, before)
+            return None
+        written, record, taint_on = done
+        return await self._announce(written, record, verdict, taint_on)
+
+    async def _record_and_patch(
+        self,
+        view: NodeView,
+        death: DeathVerdict,
+        evidence: Evidence,
+        memory: NodeMemory,
+        rejudge: Callable[[NodeView], Verdict],
+        deadline: datetime | None,
+        at: datetime,
+        guard: str,
+        before: NodeRecord,
+    ) -> tuple[NodeView, NodeRecord, DeathVerdict] | None:
+        """Store the record, then patch the node as it says: (node as written, record, verdict
+        the taint went out on), or None when the patch is no longer due (the caller rolls back).
+
+        The patch, once begun, is shielded from cancellation: on SIGTERM it ends (written,
+        refused or given up within the write budget) before the leader releases its lease
+        (`engine.leader`), so the record is then either what the node shows or rolled back.
+        """
         taint_on = death  # the verdict the taint goes out on: the deadline's own, for a record stored ahead
         for _ in range(3):  # the record must say what the patch changes: re-read and redo if the node moved
             record = self._record(view, death, evidence, memory, at, guard)
@@ -194,7 +224,7 @@ class Kickout:
             if deadline is not None:  # the taint: at the deadline, on the verdict of that moment
                 at_deadline = await self._dead_at(deadline, view, memory)
                 if at_deadline is None:
-                    break
+                    return None
                 (view, taint_on), deadline = at_deadline, None
             stale: list[bool] = []
             decided_on = view.record  # a re-read node carries the record just put: judge it as decided
@@ -226,27 +256,25 @@ class Kickout:
                     return kickout_patch(node, intended, taint_on)  # the same again: the node as written
                 return build(node)
 
-            try:
+            with anyio.CancelScope(shield=True):
                 written = await self.writer.write("kickout", view, build, lost=after_lost)
-            except BaseException:
-                await self._roll_back(view.name, before)
-                raise
             if written is not None:
-                return await self._announce(written, record, verdict, taint_on)
+                return written, record, taint_on
             if not stale:
-                break
+                return None
             try:
                 view = await self.nodes.get(view.name)
             except NotFound:
-                break
-        await self._roll_back(view.name, before)
+                return None
         return None
 
     async def _roll_back(self, node: str, before: NodeRecord) -> None:
-        try:
-            await self.records.put_node(node, before)
-        except Exception as exc:  # the record then claims a kickout the node does not show: repaired or kicked in
-            log.error("could not roll back the kickout record", extra={"node": node, "error": str(exc)})
+        """Put the record back as it was; shielded, so a SIGTERM cannot stop it half-way."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.records.put_node(node, before)
+            except Exception as exc:  # the record then claims a kickout the node does not show: repaired or kicked in
+                log.error("could not roll back the kickout record", extra={"node": node, "error": str(exc)})
 
     async def _announce(self, written: NodeView, record: NodeRecord, verdict: Verdict, death: DeathVerdict) -> NodeView:
         kickout = record.kickout

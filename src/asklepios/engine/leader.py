@@ -6,7 +6,11 @@ deadline, which is shorter than the lease duration, so it stops writing before
 any other replica could take the lease. A follower takes the lease once it has
 seen no renewal for a whole lease duration (measured on its own clock, as
 client-go does, so clock skew between nodes does not matter). On shutdown the
-leader releases the lease so the follower takes over within one retry period.
+leader first waits, within its write budget, for the healer's last writes to end
+(a kickout's patch or the roll-back of its record), then releases the lease so the
+follower takes over within one retry period. Releasing first closed the gate under
+a kickout whose record was stored and whose patch then failed: its roll-back was
+refused, and the record claimed a kickout the node did not show (60-minute soak).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
@@ -41,6 +46,7 @@ class LeaderElector:
     renew_deadline: float
     retry_period: float
     on_started: Callable[[], None] = lambda: None
+    writers_stopped: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint  # awaited before the release
     clock: Clock = SYSTEM_CLOCK
     _renewed_at: float | None = None  # monotonic start of our last successful renewal
     _observed: LeaseRecord | None = None
@@ -74,8 +80,11 @@ class LeaderElector:
                     delay = min(delay, max(0.0, self.write_budget()) + 0.01)
                 await anyio.sleep(delay)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._release()
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(max(0.0, self.write_budget())):
+                    await self.writers_stopped()  # their last writes go out while we surely lead
+                with anyio.move_on_after(2):
+                    await self._release()
             metrics.IS_LEADER.set_function(lambda: 0.0)
 
     def _note_transition(self) -> None:

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+import anyio
 import attrs
 
 from asklepios.config import Settings
@@ -271,10 +272,12 @@ class Recovery:
             return kickin_patch(node, node.kickout)
 
         record = view.record or NodeRecord()
-        written = await self.writer.write("kickin", view, build)
+        with anyio.CancelScope(shield=True):  # a SIGTERM never parts the undo from the record it clears
+            written = await self.writer.write("kickin", view, build)
+            if written is not None:  # the flap history stays
+                await self.records.put_node(view.name, NodeRecord(kickouts=record.kickouts))
         if written is None:
             return None
-        await self.records.put_node(view.name, NodeRecord(kickouts=record.kickouts))  # the flap history stays
         metrics.KICKINS.inc()
         ref = node_ref(written)
         if verdict.pods:
