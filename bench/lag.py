@@ -42,6 +42,7 @@ from typing import Any
 import attrs
 import orjson
 
+from asklepios_lab import audit
 from bench.cluster import WATCHED_LABEL, lab
 from bench.controller import Controller, Sampler, histogram
 from bench.results import Steps, distribution, epoch, histogram_quantile, write_result
@@ -172,8 +173,7 @@ def _drive(
 def audit_requests(path: Path) -> list[JSON]:
     """Asklepios' requests: verb, resource, name, received and completed (epoch s)."""
     by_id: dict[str, JSON] = {}
-    for line in path.read_bytes().splitlines():
-        event = orjson.loads(line)
+    for event in audit.records(path):
         ref = event.get("objectRef") or {}
         what = ref.get("resource", "") + ("/" + ref["subresource"] if ref.get("subresource") else "")
         received = epoch(event["requestReceivedTimestamp"])

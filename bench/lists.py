@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from asklepios_lab import audit
 from bench.cluster import ASKLEPIOS_USER, lab
 from bench.results import Steps, distribution, epoch, write_result
 
@@ -117,8 +118,7 @@ def _list_all(api: Any, path: str, query: dict[str, str]) -> tuple[int, int, int
 
 def _audited(path: Path, since: float) -> list[JSON]:
     out = []
-    for line in path.read_bytes().splitlines():
-        event = orjson.loads(line)
+    for event in audit.records(path):
         if event.get("stage") != "ResponseComplete" or event["user"]["username"] != ASKLEPIOS_USER:
             continue
         received = epoch(event["requestReceivedTimestamp"]) or 0.0

@@ -13,8 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
+
+from . import jsonl
 
 JSON = dict[str, Any]
 
@@ -46,20 +47,18 @@ def apiserver_args(workdir: Path, users: Sequence[str]) -> tuple[Path, list[str]
     ]
 
 
+def records(log: Path) -> list[JSON]:
+    """Every audit event written so far, all stages, in order (a half-written last line waits)."""
+    return jsonl.read(log)
+
+
 def entries(log: Path, user: str | None = None) -> list[JSON]:
     """The audit events written so far (ResponseComplete stage), optionally of one user."""
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_bytes().splitlines():
-        if not line.strip():
-            continue
-        event: JSON = orjson.loads(line)
-        if event.get("stage") != "ResponseComplete":
-            continue
-        if user is None or event.get("user", {}).get("username") == user:
-            out.append(event)
-    return out
+    return [
+        event
+        for event in records(log)
+        if event.get("stage") == "ResponseComplete" and (user is None or event.get("user", {}).get("username") == user)
+    ]
 
 
 def when(event: JSON) -> float:

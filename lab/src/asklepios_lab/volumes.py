@@ -36,8 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from . import jsonl
 from .api import JSON, Api, ApiError
 from .csi import DRIVER
 from .kwok import VOLUME_GATE
@@ -185,9 +184,7 @@ class Volumes:
 
     def driver_calls(self) -> list[JSON]:
         """The plugin's record of its calls so far (one dict per call, in order)."""
-        if not self.calls.exists():
-            return []
-        return [orjson.loads(line) for line in self.calls.read_text().splitlines() if line.strip()]
+        return jsonl.read(self.calls)
 
     # ----------------------------------------------------------- the stand-in
 
