@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import anyio
-import anyio.lowlevel
 import attrs
 
 from asklepios.config import Settings
@@ -26,9 +25,8 @@ from asklepios.core.evidence import HoldReason
 from asklepios.core.fencing import FencingError
 from asklepios.core.judge import Action, Verdict, judge
 from asklepios.core.node import NodeView
-from asklepios.core.periods import NodeMemory, marks_out_of_date, remember, wanted_marks
+from asklepios.core.periods import NodeMemory, remember
 from asklepios.core.pod import NodePods
-from asklepios.core.records import NodeRecord
 from asklepios.core.volumes import NodeVolumes
 from asklepios.engine.clock import Clock
 from asklepios.engine.dispatch import Dispatcher
@@ -39,19 +37,17 @@ from asklepios.engine.notes import Notes
 from asklepios.engine.ports import EventPort, PodWatchPort, VolumePort
 from asklepios.engine.records import RecordBook, RecordWriter
 from asklepios.engine.recovery import Recovery
+from asklepios.engine.rejudge import Rejudge
 from asklepios.engine.retry import backoff_delay
+from asklepios.engine.upkeep import Upkeep
 from asklepios.engine.verdict import DeathCheck
 from asklepios.engine.wheel import TimerWheel
 from asklepios.engine.writes import NodeWriter
 from asklepios.kube.client import ApiError, NotFound
 from asklepios.kube.events import node_ref
-from asklepios.kube.nodes import mirror_patch
 from asklepios.observe import metrics
 
 log = logging.getLogger("asklepios.healer")
-
-
-YIELD_EVERY = 50  # nodes judged in one go before the Lease renewal, probes and HTTP may run
 
 
 @attrs.define(eq=False)
@@ -92,12 +88,14 @@ class Healer:
     wheel: TimerWheel = attrs.field(default=None)
     judgements: int = 0  # how many times a node was judged (work, for the storm's unit test)
     _guard_held: bool = False
-    _to_rejudge: set[str] = attrs.Factory(set)  # to judge again soon, in chunks (a guard flip, a new leader)
-    _rejudge_wanted: anyio.Event = attrs.Factory(anyio.Event)
+    _upkeep: Upkeep = attrs.field(init=False)
+    _rejudge: Rejudge = attrs.field(init=False)  # a guard flip, a new leader: thousands, in chunks
 
     def __attrs_post_init__(self) -> None:
         if self.wheel is None:
             self.wheel = TimerWheel(lambda: self.clock.now().timestamp())
+        self._upkeep = Upkeep(self.settings, self.clock, self.writer, self.record_writer)
+        self._rejudge = Rejudge(self.schedule)
         self.records.on_node = self.record_changed
         self.records.on_pause = lambda: self.rejudge_soon(self.views)
         self.kickout.guard_count = self.guard_count
@@ -220,7 +218,7 @@ class Healer:
         )
         return view, memory, verdict
 
-    def _rejudge(self, view: NodeView) -> Verdict:
+    def _verdict_of(self, view: NodeView) -> Verdict:
         return self.judge(view.name, view)[2]
 
     def _chores(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> bool:
@@ -233,7 +231,7 @@ class Healer:
             return True
         if self.settings.dry_run:
             return False
-        if marks_out_of_date(view, memory) or view.mirror_out_of_date or self._stale_force_off(view, memory):
+        if self._upkeep.due(view, memory):
             return True
         return self.settings.force_delete and self.recovery.pending_deletes(view, memory)
 
@@ -267,33 +265,12 @@ class Healer:
             self.schedule(name)
 
     async def resync_yielding(self) -> None:
-        """`resync`, letting the event loop run every YIELD_EVERY nodes (thousands of nodes)."""
-        await self._schedule_yielding(list(self.views))
-
-    async def _schedule_yielding(self, names: list[str]) -> None:
-        for i, name in enumerate(names):
-            self.schedule(name)
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await anyio.lowlevel.checkpoint()
+        """`resync`, letting the event loop run now and then (thousands of nodes)."""
+        await self._rejudge.now(list(self.views))
 
     def rejudge_soon(self, names: Iterable[str]) -> None:
-        """Judge these nodes again from the healer's own task, YIELD_EVERY at a time.
-
-        A guard flip or a new leader touches every NotReady node, thousands in a storm.
-        Judged in the watch handler that saw the change, they blocked the event loop for
-        seconds (bench mass-outage, 3,000 of 5,000 down: loop lag p99 0.25 s, max up to
-        5 s). Every act judges afresh with the guard of its moment, so deferring this only
-        moves wakes and announcements, never what a write decides.
-        """
-        self._to_rejudge.update(names)
-        self._rejudge_wanted.set()
-
-    async def _rejudge_loop(self) -> None:
-        while True:
-            await self._rejudge_wanted.wait()
-            self._rejudge_wanted = anyio.Event()
-            names, self._to_rejudge = sorted(self._to_rejudge), set()
-            await self._schedule_yielding(names)
+        """Judge these nodes again from the healer's own task, in chunks (`engine.rejudge`)."""
+        self._rejudge.soon(names)
 
     def leadership_gained(self) -> None:
         self.notes.leadership_gained()
@@ -304,7 +281,7 @@ class Healer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(Dispatcher(self.act, self.after_act).run, self.wheel)
             tg.start_soon(self._resync_loop)
-            tg.start_soon(self._rejudge_loop)
+            tg.start_soon(self._rejudge.run)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -332,8 +309,9 @@ class Healer:
             if self._first_look_due(view, memory, verdict):
                 self.memory[name] = memory = await self.check.look(view, memory)
             if not self.settings.dry_run:
-                view = await self._write_marks(view, memory)
-                view = await self._write_mirror(view)
+                view = await self._upkeep.write_marks(view, memory, lambda: self.views.get(name, view))
+                mirrored = await self._upkeep.write_mirror(view)
+                view = self._cache(mirrored) if mirrored is not None else view
             if verdict.action is not None:
                 view = await self._carry_out(view, memory, verdict)
         except NotFound:
@@ -348,52 +326,10 @@ class Healer:
         if self.settings.force_delete and not self.settings.dry_run:
             await self.recovery.release_pods(view, memory)
 
-    def _stale_force_off(self, view: NodeView, memory: NodeMemory) -> bool:
-        """A ForceOff marker left from a NotReady period that ended without a kickout.
-
-        Only once the ForceOff can no longer be applying (the fencing timeout after it went
-        out): a machine that was powering on when the ForceOff went out may post Ready once
-        before its BMC applies it, and the Off that follows is still Asklepios' own to undo.
-        """
-        record = view.record
-        if record is None or record.force_off is None or view.kickout is not None or memory.notready is not None:
-            return False
-        return self.clock.now() - record.force_off >= timedelta(seconds=self.settings.fencing_timeout_seconds)
-
-    async def _write_marks(self, view: NodeView, memory: NodeMemory) -> NodeView:
-        stale = self._stale_force_off(view, memory)
-        if not marks_out_of_date(view, memory) and not stale:
-            return view
-        notready, ready = wanted_marks(view, memory)
-        record = attrs.evolve(view.record or NodeRecord(), notready=notready, ready=ready)
-        if stale:
-            record = attrs.evolve(record, force_off=None)
-        try:
-            await self.record_writer.put_node(view.name, record)
-        except ApiError as exc:  # the marks make restarts exact; the next event or resync retries
-            log.warning("could not record the period start", extra={"node": view.name, "error": str(exc)})
-            return view
-        return self.views.get(view.name, view)
-
-    async def _write_mirror(self, view: NodeView) -> NodeView:
-        """The `asklepios.io/kickout` annotation says what our record says (a forged one is rewritten)."""
-        if not view.mirror_out_of_date:
-            return view
-
-        def build(node: NodeView) -> dict[str, object] | None:
-            return mirror_patch(node, node.kickout) if node.mirror_out_of_date else None
-
-        try:
-            written = await self.writer.write("mirror", view, build)
-        except ApiError as exc:
-            log.warning("could not rewrite the kickout annotation", extra={"node": view.name, "error": str(exc)})
-            return view
-        return self._cache(written) if written is not None else view
-
     async def _carry_out(self, view: NodeView, memory: NodeMemory, verdict: Verdict) -> NodeView:
         action, written = verdict.action, None
         if action is Action.KICKOUT:
-            written, memory = await self.kickout.attempt(view, verdict, memory, self._rejudge)
+            written, memory = await self.kickout.attempt(view, verdict, memory, self._verdict_of)
             self.memory[view.name] = memory
             if written is None and memory.probed_at is not None and memory.look_at is not None:
                 # the probe ran ahead of the deadline (its timeout is what a dead machine costs):
@@ -404,7 +340,7 @@ class Healer:
         elif action is Action.REPAIR:
             paused = self.paused() is not None
             written, memory = await self.recovery.repair(
-                view, memory, verdict, self._rejudge, paused=paused, guard=self.guard
+                view, memory, verdict, self._verdict_of, paused=paused, guard=self.guard
             )
             self.memory[view.name] = memory
         elif action is Action.RELEASE:
@@ -414,7 +350,7 @@ class Healer:
         elif action is Action.POWER_ON:
             written = await self.recovery.power_on(view, verdict)
         elif action is Action.KICKIN:
-            written = await self.recovery.kick_in(view, verdict, self._rejudge)
+            written = await self.recovery.kick_in(view, verdict, self._verdict_of)
         if written is None:
             return self.views.get(view.name, view)
         if action not in (Action.KICKOUT, Action.REPAIR):
