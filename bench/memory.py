@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from asklepios.engine.balancer import PodShard
+from asklepios.engine.podshard import PodShard
 from asklepios.kube.nodes import parse_node
 from asklepios.kube.pods import parse_pod
 from asklepios.kube.reflector import object_key

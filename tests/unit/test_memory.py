@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.preflight import Budget, PodSeen, statefulset_sample, unprotected_statefulsets
-from asklepios.engine.balancer import PodShard
 from asklepios.engine.controller import FULL_COLLECTION_EVERY, _freeze_the_synced_heap
+from asklepios.engine.podshard import PodShard
 from asklepios.kube.access import ClusterReads, parse_label_selector
 from asklepios.kube.client import ApiError, KubeClient, NotFound, _events
 from asklepios.kube.nodes import NodeApi

@@ -15,7 +15,7 @@ evicted (Eviction API, so PodDisruptionBudgets hold). The move is then followed
 until the replacement runs: `PodRebalanced` says where it really went; a
 replacement back next to a sibling is a failed move (`RebalanceFailed`) and the
 StatefulSet backs off. A refused eviction (a PDB's 429, or any other error) backs
-off too, through the same policy (`engine.retry.backoff`, from the resync period up
+off too, through the same policy (`engine.retry.backoff_delay`, from the resync period up
 to an hour); after REFUSALS_BEFORE_GIVING_UP (5) refusals in a row the StatefulSet is
 left alone, with one `RebalanceFailed` Event, until its pods or its
 PodDisruptionBudgets change. At most ASKLEPIOS_BALANCER_MAX_MOVES_PER_HOUR
@@ -34,7 +34,6 @@ from typing import Protocol
 
 import anyio
 import attrs
-import orjson
 
 from asklepios.config import Settings
 from asklepios.core.balance import (
@@ -52,6 +51,8 @@ from asklepios.core.balance import (
 from asklepios.core.node import NodeView
 from asklepios.engine.clock import SYSTEM_CLOCK, Clock
 from asklepios.engine.gate import REQUEST_TIMEOUT, AlwaysOpen, WriteGate
+from asklepios.engine.ledgers import Key, LedgerPort, LedgerRecord
+from asklepios.engine.podshard import PodShard
 from asklepios.engine.ports import EventPort
 from asklepios.engine.retry import backoff_delay, count_failure
 from asklepios.kube.client import ApiError, NotFound
@@ -64,7 +65,6 @@ FAILED_MOVE_BASE = 60.0  # seconds: the first backoff after a move that did not 
 BACKOFF_CAP = 3600.0
 ROUND_GAP = 2.0  # seconds from one round's start to the next one's at the soonest
 YIELD_EVERY = 50  # StatefulSets judged in a round between two turns of the event loop
-Key = tuple[str, str]  # (namespace, StatefulSet uid)
 
 
 class EvictionPort(Protocol):
@@ -73,11 +73,6 @@ class EvictionPort(Protocol):
     async def budgets(self, namespace: str) -> str:
         """What identifies the namespace's PodDisruptionBudgets now (names, resourceVersions)."""
         ...
-
-
-class RecordPort(Protocol):
-    async def load(self) -> dict[str, str]: ...
-    async def write(self, changes: dict[str, str | None], timeout: float) -> None: ...
 
 
 @attrs.frozen
@@ -94,15 +89,19 @@ class Balancer:
     nodes: Callable[[], Mapping[str, NodeView]]
     gate: WriteGate = attrs.Factory(AlwaysOpen)
     clock: Clock = SYSTEM_CLOCK
-    record: RecordPort | None = None  # None: kept in memory only
+    record: LedgerPort | None = None  # None: kept in memory only
     pods: dict[str, PodView] = attrs.Factory(dict)
     inflight: dict[Key, InFlight] = attrs.Factory(dict)
     ledgers: dict[Key, MoveLedger] = attrs.Factory(dict)
     _said: dict[Key, str] = attrs.Factory(dict)  # the last "not now" line logged per StatefulSet
     _shards: list[PodShard] = attrs.Factory(list)
     _loaded: bool = False  # the record was read since this replica started leading
+    _ledger_record: LedgerRecord = attrs.field(init=False)
     _wake: anyio.Event | None = None
     _pending: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self._ledger_record = LedgerRecord(self.settings, self.gate, self.record)
 
     def shard(self) -> PodShard:
         """A Store for one pod reflector (one per namespace, or one for all)."""
@@ -158,39 +157,14 @@ class Balancer:
 
     async def _load(self) -> bool:
         """Read the record (a new leader goes on from the old one's ledgers); False if it cannot."""
-        if self.record is None:
+        if self.record is None:  # kept in memory only: the ledgers go on as they are
             self._loaded = True
             return True
-        try:
-            stored = await self.record.load()
-        except ApiError as exc:
-            count_failure("balancer record", exc)
-            if exc.status != 403:
-                log.warning("cannot read the balancer's record; not moving pods", extra={"error": str(exc)})
-                return False
-            # RBAC without the record: go on from memory (its writes fail and are counted, so it shows)
-            log.warning("may not read the balancer's record; its limits do not survive a leader change",
-                        extra={"error": str(exc)})  # fmt: skip
-            stored = {}
-        ledgers: dict[Key, MoveLedger] = {}
-        for name, raw in stored.items():
-            namespace = name.partition(".")[0]
-            if not self._in_scope(namespace):
-                continue
-            try:
-                parsed = MoveLedger.from_record(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                parsed = None
-            if parsed is None or f"{namespace}.{parsed[1].name}" != name:
-                log.warning("balancer record entry ignored: unreadable", extra={"key": name, "value": raw[:200]})
-                continue
-            ledgers[(namespace, parsed[0])] = parsed[1]
+        ledgers = await self._ledger_record.load()
+        if ledgers is None:
+            return False
         self.ledgers, self.inflight, self._loaded = ledgers, {}, True
-        log.info("balancer record read", extra={"statefulsets": len(ledgers)})
         return True
-
-    def _in_scope(self, namespace: str) -> bool:
-        return not self.settings.balancer_namespaces or namespace in self.settings.balancer_namespaces
 
     async def _prune(self, groups: Mapping[Key, list[PodView]]) -> None:
         """Forget StatefulSets with no pod left (once every pod reflector has listed)."""
@@ -202,18 +176,7 @@ class Balancer:
             del self.inflight[key]
         for key in [k for k in self.ledgers if k not in groups]:
             ledger = self.ledgers.pop(key)
-            await self._save(key, ledger.name, None)
-
-    async def _save(self, key: Key, name: str, ledger: MoveLedger | None) -> None:
-        """Write one StatefulSet's ledger into the record (None deletes it); a failure is logged."""
-        if self.record is None or self.settings.dry_run or not self.gate.may_write():
-            return
-        value = None if ledger is None else orjson.dumps(ledger.to_record(key[1])).decode()
-        try:
-            await self.record.write({f"{key[0]}.{name}": value}, min(REQUEST_TIMEOUT, self.gate.write_budget()))
-        except ApiError as exc:
-            count_failure("balancer record", exc)
-            log.warning("cannot write the balancer's record", extra={"statefulset": name, "error": str(exc)})
+            await self._ledger_record.save(key, ledger.name, None)
 
     async def _changed(self, key: Key, members: list[PodView], ledger: MoveLedger, now: datetime) -> bool:
         """Whether a StatefulSet left alone has changed (its pods, its PDBs) enough to try again."""
@@ -230,7 +193,7 @@ class Balancer:
             return False
         log.info("trying to move again", extra={"statefulset": ledger.name, "why": what})
         self.ledgers[key] = ledger = ledger.retry()
-        await self._save(key, ledger.name, ledger)
+        await self._ledger_record.save(key, ledger.name, ledger)
         return True
 
     async def _budgets(self, namespace: str) -> str | None:
@@ -257,7 +220,7 @@ class Balancer:
             )
             return True
         self.ledgers[key] = ledger = ledger.succeeded()
-        await self._save(key, ledger.name, ledger)
+        await self._ledger_record.save(key, ledger.name, ledger)
         metrics.REBALANCED_PODS.inc()
         facts = {"pod": move.pod.name, "from_node": move.from_node, "to_node": replacement.node}
         log.info("pod moved", extra={**facts, "statefulset": f"{move.namespace}/{move.statefulset.name}"})
@@ -272,7 +235,7 @@ class Balancer:
         self.inflight.pop(key, None)
         wait = backoff_delay(ledger.failures + 1, base=FAILED_MOVE_BASE, cap=BACKOFF_CAP)
         ledger = self.ledgers[key] = ledger.failed(now, timedelta(seconds=wait))
-        await self._save(key, ledger.name, ledger)
+        await self._ledger_record.save(key, ledger.name, ledger)
         metrics.REBALANCE_FAILURES.inc()
         message = f"evicted {move.pod.name} from {move.from_node} for {move.to_node}, but {why}; next try after "
         message += f"{ledger.backoff_until:%H:%M:%S}" if ledger.backoff_until else "the backoff"
@@ -288,12 +251,12 @@ class Balancer:
             wait = backoff_delay(refusals, base=float(self.settings.resync_seconds), cap=BACKOFF_CAP)
             ledger = self.ledgers[key] = ledger.refused(now, timedelta(seconds=wait))
             self._say(key, f"eviction refused: {why}; next try after {ledger.backoff_until:%H:%M:%S}", move)
-            await self._save(key, ledger.name, ledger)
+            await self._ledger_record.save(key, ledger.name, ledger)
             return
         budgets = await self._budgets(move.namespace)
         ledger = ledger.refused(now, timedelta(0)).give_up(why, fingerprint(members), budgets or "", now)
         self.ledgers[key] = ledger
-        await self._save(key, ledger.name, ledger)
+        await self._ledger_record.save(key, ledger.name, ledger)
         metrics.REBALANCE_FAILURES.inc()
         message = (
             f"not moving {move.pod.name} from {move.from_node} to {move.to_node}: the eviction was refused "
@@ -336,7 +299,7 @@ class Balancer:
         self._said.pop(key, None)
         self.inflight[key] = InFlight(move, now)
         ledger = self.ledgers[key] = (self.ledgers.get(key) or MoveLedger(name=sts.name)).evicted(now)
-        await self._save(key, ledger.name, ledger)
+        await self._ledger_record.save(key, ledger.name, ledger)
         facts = {"pod": move.pod.name, "from_node": move.from_node, "to_node": move.to_node}
         log.info("pod evicted", extra={**facts, "statefulset": f"{move.namespace}/{sts.name}", "action": "rebalance"})
 
@@ -344,34 +307,3 @@ class Balancer:
 def _sts_ref(move: Move) -> ObjectRef:
     sts = move.statefulset
     return ObjectRef("StatefulSet", sts.name, sts.uid, move.namespace, api_version="apps/v1")
-
-
-@attrs.define(eq=False)
-class PodShard:
-    """The part of the balancer's pod cache that one reflector keeps.
-
-    A reflector watches one namespace or all of them, so the pods it owns are those of
-    the namespaces it has delivered: a relist drops the others of those namespaces, and
-    no set of 50,000 keys is needed to know them. Each pod is filed under its own `key`
-    string (equal to the reflector's), so the cache holds one key string per pod.
-    """
-
-    pods: dict[str, PodView]
-    namespaces: set[str] = attrs.Factory(set)
-    synced: bool = False  # its reflector has listed once
-
-    def replace(self, items: dict[str, PodView]) -> None:
-        self.synced = True
-        self.namespaces.update(pod.namespace for pod in items.values())
-        for key in [k for k, pod in self.pods.items() if pod.namespace in self.namespaces and k not in items]:
-            del self.pods[key]
-        for pod in items.values():
-            self.upsert(pod.key, pod)
-
-    def upsert(self, key: str, item: PodView) -> None:
-        self.namespaces.add(item.namespace)
-        self.pods.pop(key, None)  # a dict keeps its first key string; the pod's own one replaces it
-        self.pods[item.key] = item
-
-    def delete(self, key: str) -> None:
-        self.pods.pop(key, None)

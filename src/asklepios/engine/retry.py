@@ -8,7 +8,7 @@ holding anything). Every failed attempt of a write is counted (`asklepios_write_
 A write gives up after a few attempts or its time budget, whichever comes first,
 so a failing node never holds a write slot for long: the resync tries again later.
 What fails again on a later round (a refused eviction, a move that did not land) waits
-`backoff(failures, ...)`, the same jittered exponential policy, between rounds.
+`backoff_delay(failures, ...)`, the same jittered exponential policy, between rounds.
 """
 
 from __future__ import annotations
