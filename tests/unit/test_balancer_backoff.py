@@ -13,7 +13,6 @@ import anyio.lowlevel
 import attrs
 import orjson
 import pytest
-import trio.testing
 
 from asklepios.core.balance import REFUSALS_BEFORE_GIVING_UP, MoveLedger, OwnerRef, PodView
 from asklepios.core.node import NodeView
@@ -22,14 +21,9 @@ from asklepios.kube.client import ApiError
 from tests.unit.fakes import FakeEvents, LoopClock
 from tests.unit.world import settings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 STS = OwnerRef("StatefulSet", "db", "uid-sts")
 HOUR_OF_ROUNDS = 360  # the default resync is 10 s
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 @attrs.define(eq=False)

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import anyio
 import pytest
-import trio.testing
 from prometheus_client import REGISTRY
 
 from asklepios.core.evidence import HoldReason
@@ -22,12 +21,7 @@ from asklepios.core.records import KICKOUT_ANNOTATION
 from asklepios.kube.client import ApiError
 from tests.unit.world import World, running, settings, until
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 
 
 def sample(name: str, **labels: str) -> float:

@@ -10,7 +10,6 @@ import anyio
 import anyio.lowlevel
 import attrs
 import pytest
-import trio.testing
 from prometheus_client import REGISTRY
 
 from asklepios.core.balance import OwnerRef, PodView
@@ -25,13 +24,8 @@ from asklepios.kube.lease import LeaseRecord
 from tests.unit.fakes import FakeEvents, FakeGate, FakeRecords, LoopClock
 from tests.unit.world import World, running, settings, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 STS = OwnerRef("StatefulSet", "db", "uid-sts")
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 # --- the balancer ---------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import anyio
 import anyio.lowlevel
 import attrs
 import pytest
-import trio.testing
 
 from asklepios.core.balance import OwnerRef, PodView
 from asklepios.core.guard import MaxUnhealthy
@@ -23,12 +22,7 @@ from asklepios.engine.balancer import ROUND_GAP, YIELD_EVERY, Balancer
 from tests.unit.fakes import FakeEvents
 from tests.unit.world import World, running, settings
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 
 
 async def test_a_thousand_of_four_thousand_going_unknown_costs_linear_work() -> None:

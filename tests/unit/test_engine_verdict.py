@@ -12,7 +12,6 @@ from datetime import timedelta
 import anyio
 import attrs
 import pytest
-import trio.testing
 
 from asklepios.core.evidence import HoldReason
 from asklepios.core.guard import MaxUnhealthy
@@ -21,13 +20,8 @@ from asklepios.core.records import PAUSE_KEY, NodeRecord, Pause
 from asklepios.core.volumes import Attachment
 from tests.unit.world import World, running, settings, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 URL = "https://127.0.0.1:8443/redfish/v1/Systems/{}"
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 def taint_writes(w: World, name: str) -> int:

@@ -12,7 +12,6 @@ import uuid as uuidlib
 
 import anyio
 import pytest
-import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,6 +34,8 @@ from tests.unit.world import World, running, settings, until
 SWAPPED = ("00112233-4455-6677-8899-aabbccddeeff", "33221100-5544-7766-8899-aabbccddeeff")
 URL = "https://127.0.0.1:8443/redfish/v1/Systems/"
 uuids = st.uuids().map(str)
+
+pytestmark = pytest.mark.fake_clock
 
 
 # --- pure: the inventory -------------------------------------------------------------------
@@ -96,11 +97,6 @@ def test_any_text_is_symmetric_and_never_raises(a: str, b: str) -> None:
 
 
 # --- the Fencer on a fake clock ----------------------------------------------------------------
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 def fencer(**inventory: str) -> tuple[Fencer, FakeBmc, FakeCredentials]:

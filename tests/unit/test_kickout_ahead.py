@@ -16,18 +16,12 @@ from datetime import datetime, timedelta
 import anyio
 import attrs
 import pytest
-import trio.testing
 
 from asklepios.core.evidence import VERDICT_LEAD, HoldReason
 from asklepios.core.records import KickoutRecord, NodeRecord, node_key
 from tests.unit.world import World, running, settings, until
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 
 
 def kickout_in(changes: dict[str, str | None], name: str) -> KickoutRecord | None:

@@ -23,12 +23,7 @@ from asklepios.kube.client import ApiError
 from asklepios.kube.records import RecordData
 from tests.unit.fakes import FakeGate, FakeRecords
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 
 
 @attrs.define(eq=False)

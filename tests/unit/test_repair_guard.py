@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
-import trio.testing
 
 from asklepios.core.guard import MaxUnhealthy
 from tests.unit.world import World, running, settings, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 PROBE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
 
 
 @pytest.mark.parametrize("fencing", ["off", "redfish"])

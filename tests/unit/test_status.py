@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import anyio
 import attrs
 import pytest
-import trio.testing
 
 from asklepios.core.fencing import FencingError, NoBmcError
 from asklepios.core.guard import MaxUnhealthy
@@ -26,12 +25,7 @@ from asklepios.engine.status import (
 from tests.unit.fakes import FakeCredentials
 from tests.unit.world import settings
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+pytestmark = [pytest.mark.anyio, pytest.mark.fake_clock]
 
 
 @attrs.define(eq=False)

@@ -198,7 +198,7 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
         tg.start_soon(pod_watches.run)
         tg.start_soon(volume_watch.run)
         healer_stopped = anyio.Event()
-        tg.start_soon(_run_then_set, healer.run, healer_stopped)
+        tg.start_soon(run_then_set, healer.run, healer_stopped)
         tg.start_soon(_freeze_the_synced_heap, health)
         if elector is not None and caught_up is not None:
             elector.on_started, caught_up.on_caught_up = caught_up.gained, healer.leadership_gained
@@ -209,7 +209,8 @@ async def run_controller(settings: Settings, client: KubeClient, health: Health,
             _start_balancer(tg, settings, client, health, healer, gate, events, clock)
 
 
-async def _run_then_set(run: Callable[[], Awaitable[None]], stopped: anyio.Event) -> None:
+async def run_then_set(run: Callable[[], Awaitable[None]], stopped: anyio.Event) -> None:
+    """Run `run`, then set `stopped` however it ended (the elector waits for it to release the lease)."""
     try:
         await run()
     finally:
